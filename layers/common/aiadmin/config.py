@@ -1,0 +1,162 @@
+"""Settings read from the environment, validated all at once.
+
+A component declares which settings it needs; `load_settings` reports *every* missing or
+malformed value in one message, so a bad deploy fails at start with the whole list.
+Secrets come either from the variable itself or, in AWS, from SSM Parameter Store
+(`<NAME>_PARAM` holds the parameter name; read with powertools Parameters, decrypted and
+cached). Secret values are wrapped in `Secret`, whose repr never shows the value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+DEFAULT_YCLIENTS_BASE_URL = "https://api.yclients.com"
+
+
+class SettingsError(RuntimeError):
+    """Raised at start-up with every problem found in the environment."""
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https", "ws", "wss") or not parsed.netloc:
+        raise ValueError("must be an absolute http(s) or ws(s) URL")
+    return value.rstrip("/")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _secret(min_length: int) -> Callable[[str], Secret]:
+    def parse(value: str) -> Secret:
+        if len(value) < min_length:
+            raise ValueError(f"must be at least {min_length} characters")
+        return Secret(value)
+
+    return parse
+
+
+@dataclass(frozen=True)
+class _Field:
+    env: str
+    parse: Callable[[str], Any]
+    default: str | None = None
+    secret: bool = False
+
+
+_FIELDS: dict[str, _Field] = {
+    "table_name": _Field("TABLE_NAME", _non_empty),
+    "yclients_base_url": _Field("YCLIENTS_BASE_URL", _url, DEFAULT_YCLIENTS_BASE_URL),
+    "yclients_app_id": _Field("YCLIENTS_APP_ID", _positive_int),
+    "yclients_partner_token": _Field("YCLIENTS_PARTNER_TOKEN", _secret(8), secret=True),
+    "jwt_secret": _Field("JWT_SECRET", _secret(32), secret=True),
+    "websocket_url": _Field("WEBSOCKET_URL", _url),
+    "websocket_management_url": _Field("WEBSOCKET_MANAGEMENT_URL", _url),
+    "public_base_url": _Field("PUBLIC_BASE_URL", _url),
+    "token_ttl_seconds": _Field("ONBOARDING_TOKEN_TTL_SECONDS", _positive_int, "1800"),
+    "wa_engine": _Field("WA_ENGINE", _non_empty, "simulated"),
+    "wa_sim_server_url": _Field("WA_SIM_SERVER_URL", _url),
+    "wa_time_scale": _Field("WA_TIME_SCALE", _positive_float, "1"),
+    "sessions_dir": _Field("SESSIONS_DIR", _non_empty, "./.local-data/sessions"),
+    "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.25"),
+    "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "30"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The values a component asked for; asking for one it did not declare is a bug."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(f"setting {name!r} was not loaded by this component") from None
+
+
+def _read_secret_parameter(name: str) -> str:
+    # Imported lazily: only AWS deployments use SSM, and tests of the parsing need no boto3 call.
+    from aws_lambda_powertools.utilities import parameters
+
+    value = parameters.get_parameter(name, decrypt=True, max_age=300)
+    return str(value)
+
+
+def load_settings(
+    names: Iterable[str],
+    environ: Mapping[str, str] | None = None,
+    read_parameter: Callable[[str], str] = _read_secret_parameter,
+) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name in names:
+        spec = _FIELDS[name]
+        raw = env.get(spec.env)
+        if raw is None and spec.secret and env.get(spec.env + "_PARAM"):
+            try:
+                raw = read_parameter(env[spec.env + "_PARAM"])
+            except Exception as exc:  # any failure to fetch is reported with the rest
+                problems.append(f"{spec.env}_PARAM: cannot read the parameter ({type(exc).__name__})")
+                continue
+        if raw is None:
+            raw = spec.default
+        if raw is None:
+            hint = f" (or {spec.env}_PARAM)" if spec.secret else ""
+            problems.append(f"{spec.env}{hint}: missing")
+            continue
+        try:
+            values[name] = spec.parse(raw)
+        except ValueError as exc:
+            # The value itself is never echoed: it may be a secret.
+            problems.append(f"{spec.env}: {exc}")
+    if problems:
+        raise SettingsError("Invalid configuration: " + "; ".join(problems))
+    return Settings(values)

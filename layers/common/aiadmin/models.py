@@ -1,0 +1,96 @@
+"""Pydantic models at the boundaries: what the store keeps and what the page receives."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aiadmin.states import OWNER_TEXT, SalonState
+
+
+class Salon(BaseModel):
+    """One salon's onboarding record."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    salon_id: int
+    state: SalonState
+    salon_name: str = ""
+    user_name: str = ""
+    consent_at: float | None = None
+    activation_deadline: float | None = None
+    # The current WhatsApp pairing string is a credential for a few seconds: it is stored so
+    # a reopened page can draw it at once, and never logged.
+    qr: str | None = None
+    qr_expires_at: float | None = None
+    version: int = 0
+    updated_at: float = 0
+    updated_by: str = ""
+
+
+SessionDesire = Literal["link", "run", "pause", "stop"]
+
+
+class SessionLease(BaseModel):
+    """Who owns a salon's WhatsApp session and what the rest of the system wants from it.
+
+    `desired` is the command channel from handlers to the owning runner: `link` (start a
+    linking attempt; a new `generation` means a fresh attempt), `run` (keep the linked
+    session connected), `pause` (frozen: keep keys, disconnect), `stop` (uninstalled: log out
+    and delete keys)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    salon_id: int
+    desired: SessionDesire
+    generation: int = 0
+    owner: str | None = None
+    lease_expires: float = 0
+
+
+class UserData(BaseModel):
+    """The owner's data YClients passes in `user_data` (every field optional, untrusted)."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    id: str | None = None
+    user_id: str | None = None
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    salon_name: str | None = None
+    is_approved: bool | None = None
+
+
+class StateMessage(BaseModel):
+    """What the onboarding page receives over the WebSocket."""
+
+    type: Literal["state"] = "state"
+    salon_id: int
+    state: SalonState
+    title: str
+    hint: str
+    salon_name: str = ""
+    qr: str | None = None
+    qr_svg: str | None = None
+    qr_expires_at: float | None = None
+    activation_deadline: float | None = None
+    server_time: float = Field(default=0)
+
+    @classmethod
+    def of(cls, salon: Salon, now: float, qr_svg: str | None = None) -> StateMessage:
+        title, hint = OWNER_TEXT[salon.state]
+        showing_qr = salon.state == SalonState.QR_READY
+        return cls(
+            salon_id=salon.salon_id,
+            state=salon.state,
+            title=title,
+            hint=hint,
+            salon_name=salon.salon_name,
+            qr=salon.qr if showing_qr else None,
+            qr_svg=qr_svg if showing_qr else None,
+            qr_expires_at=salon.qr_expires_at if showing_qr else None,
+            activation_deadline=salon.activation_deadline,
+            server_time=now,
+        )

@@ -1,0 +1,62 @@
+"""Onboarding use cases shared by the handlers and the runner. No AWS in the signatures:
+they take a `Store` and plain values."""
+
+from __future__ import annotations
+
+from aiadmin.models import Salon, StateMessage, UserData
+from aiadmin.qr import render_svg
+from aiadmin.states import LINKED_STATES, LINKING_STATES, SalonState
+from aiadmin.store import Store
+
+# YClients accepts the activation call within one hour of the owner's consent.
+ACTIVATION_WINDOW_SECONDS = 3600
+
+# States from which a new consent (the owner pressed "Подключить" again) starts over.
+_RESTART_STATES = frozenset({
+    SalonState.UNINSTALLED, SalonState.QR_EXPIRED, SalonState.EXPIRED_CONSENT,
+    SalonState.WHATSAPP_LOGGED_OUT, SalonState.BANNED,
+})
+
+
+def start_onboarding(store: Store, salon_id: int, user: UserData, now: float) -> Salon:
+    """Record the owner's consent and make sure a linking attempt runs.
+
+    A repeat visit while linking joins the running attempt; a visit to a linked salon only
+    shows its state; a salon that is new, uninstalled, expired or unlinked starts over."""
+    profile = {
+        "salon_name": (user.salon_name or "")[:200],
+        "user_name": (user.name or "")[:200],
+    }
+    salon = store.get_salon(salon_id)
+    if salon is None or salon.state in _RESTART_STATES:
+        salon = store.transition(
+            salon_id, SalonState.PENDING_WHATSAPP, actor="redirect", reason="owner consent",
+            attrs={**profile, "consent_at": now, "activation_deadline": now + ACTIVATION_WINDOW_SECONDS,
+                   "qr": None, "qr_expires_at": None},
+        )
+        store.request_session(salon_id, "link")
+        return salon
+    store.update_profile(salon_id, profile)
+    if salon.state in LINKING_STATES and store.get_session(salon_id) is None:
+        store.request_session(salon_id, "link")
+    return salon.model_copy(update=profile)
+
+
+def request_new_qr(store: Store, salon_id: int) -> Salon | None:
+    """The owner asked for a new code after the last one expired. None if not applicable."""
+    salon = store.get_salon(salon_id)
+    if salon is None or salon.state != SalonState.QR_EXPIRED:
+        return None
+    salon = store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="new QR requested",
+                             expected=[SalonState.QR_EXPIRED])
+    store.request_session(salon_id, "link")
+    return salon
+
+
+def state_message(salon: Salon, now: float) -> str:
+    """The JSON the page receives for a salon's current state (with the QR drawn as SVG)."""
+    svg = render_svg(salon.qr) if salon.state == SalonState.QR_READY and salon.qr else None
+    return StateMessage.of(salon, now, qr_svg=svg).model_dump_json()
+
+
+__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "request_new_qr", "start_onboarding", "state_message"]

@@ -1,0 +1,45 @@
+"""Pushes to the onboarding page's WebSocket connections via the API Gateway management API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from aiadmin.observability import logger
+from aiadmin.store import Store
+
+
+class Pusher:
+    def __init__(self, endpoint_url: str, client: Any | None = None) -> None:
+        self._client = client or boto3.client(
+            "apigatewaymanagementapi",
+            endpoint_url=endpoint_url,
+            config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
+        )
+
+    def send(self, connection_id: str, payload: str) -> bool:
+        """True when delivered; False when the connection is gone (the caller forgets it)."""
+        try:
+            self._client.post_to_connection(ConnectionId=connection_id, Data=payload.encode())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("GoneException", "410"):
+                return False
+            raise
+        return True
+
+    def fan_out(self, store: Store, salon_id: int, payload: str) -> int:
+        """Send to every connection of the salon; delete the gone ones. Returns deliveries."""
+        delivered = 0
+        for connection_id in store.connections_of(salon_id):
+            try:
+                if self.send(connection_id, payload):
+                    delivered += 1
+                else:
+                    store.remove_connection(connection_id, salon_id)
+            except ClientError:
+                # One broken connection must not stop the others from getting the state.
+                logger.exception("push failed", extra={"salon_id": salon_id})
+        return delivered

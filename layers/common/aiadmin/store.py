@@ -1,0 +1,347 @@
+"""DynamoDB access for the one application table (`AppTable` in template.yaml).
+
+Key schema (single table, string keys `pk`/`sk`):
+
+| item              | pk                | sk                     | notes                                   |
+|-------------------|-------------------|------------------------|-----------------------------------------|
+| salon state       | SALON#<id>        | STATE                  | `Salon` model; streamed to ws_notify     |
+| salon event log   | SALON#<id>        | EVENT#<ms>#<rand>      | who/what/when; TTL                      |
+| connection (fan-out) | SALON#<id>     | CONN#<connection id>   | TTL                                     |
+| connection by id  | CONN#<connection id> | CONN                | salon_id; TTL                           |
+| session lease     | SALON#<id>        | SESSION                | `SessionLease`; GSI LeaseIndex          |
+| idempotency       | idempotency#...   | <hash>                 | written by powertools Idempotency       |
+
+`LeaseIndex` (pk `lease_pk`, sk `lease_expires`) holds only sessions that need an owner
+process (sparse): a runner finds claimable sessions with one Query
+`lease_pk = LEASE AND lease_expires < now`, and claims each with a conditional write.
+TTL attribute: `ttl` (epoch seconds).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from aiadmin.models import Salon, SessionDesire, SessionLease
+from aiadmin.observability import logger, metrics
+from aiadmin.states import IllegalTransition, SalonState, check_transition
+
+CONNECTION_TTL_SECONDS = 2 * 3600
+EVENT_TTL_SECONDS = 90 * 24 * 3600
+LEASE_PARTITION = "LEASE"
+_TRANSITION_ATTEMPTS = 5
+
+
+def _salon_pk(salon_id: int) -> str:
+    return f"SALON#{salon_id}"
+
+
+def _to_dynamo(value: Any) -> Any:
+    """boto3 refuses floats: store them as Decimal (via str, so 0.1 stays 0.1)."""
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    return value
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    code = exc.response.get("Error", {}).get("Code", "")
+    return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+class ConcurrentUpdate(RuntimeError):
+    """The salon kept changing under us; the caller may retry later."""
+
+
+class Store:
+    """All reads and writes of the application table. `table` is a boto3 Table resource."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self._client = table.meta.client  # the resource's client accepts plain Python types
+
+    # ---- salons -------------------------------------------------------------------------
+
+    def get_salon(self, salon_id: int) -> Salon | None:
+        item = self._table.get_item(
+            Key={"pk": _salon_pk(salon_id), "sk": "STATE"}, ConsistentRead=True
+        ).get("Item")
+        return Salon.model_validate(_from_dynamo(item)) if item else None
+
+    def transition(
+        self,
+        salon_id: int,
+        new_state: SalonState,
+        actor: str,
+        reason: str = "",
+        attrs: Mapping[str, Any] | None = None,
+        expected: Iterable[SalonState] | None = None,
+    ) -> Salon:
+        """Move a salon to `new_state` (and set `attrs`), append an event, count a metric.
+
+        Optimistic: the write is conditional on the version read, retried on a race.
+        `expected`, if given, restricts the states this caller may move the salon from
+        (e.g. the runner only turns a QR into `qr_expired` while it is `qr_ready`).
+        Raises IllegalTransition when the state machine refuses it."""
+        for _ in range(_TRANSITION_ATTEMPTS):
+            current = self.get_salon(salon_id)
+            current_state = current.state if current else None
+            if expected is not None and current_state not in set(expected):
+                raise IllegalTransition(current_state, new_state)
+            try:
+                check_transition(current_state, new_state)
+            except IllegalTransition:
+                logger.warning(
+                    "refused illegal transition",
+                    extra={"salon_id": salon_id, "from": current_state, "to": new_state, "actor": actor},
+                )
+                raise
+            now = time.time()
+            version = current.version if current else 0
+            fields: dict[str, Any] = {
+                **(attrs or {}),
+                "state": new_state.value,
+                "version": version + 1,
+                "updated_at": now,
+                "updated_by": actor,
+                "salon_id": salon_id,
+            }
+            names = {f"#f{i}": key for i, key in enumerate(fields)}
+            values = {f":v{i}": _to_dynamo(value) for i, value in enumerate(fields.values())}
+            update = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields)))
+            if current:
+                condition = "#version = :expected"
+                names["#version"] = "version"
+                values[":expected"] = version
+            else:
+                condition = "attribute_not_exists(pk)"
+            try:
+                self._client.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Update": {
+                                "TableName": self._table.name,
+                                "Key": {"pk": _salon_pk(salon_id), "sk": "STATE"},
+                                "UpdateExpression": update,
+                                "ConditionExpression": condition,
+                                "ExpressionAttributeNames": names,
+                                "ExpressionAttributeValues": values,
+                            }
+                        },
+                        {"Put": {"TableName": self._table.name, "Item": self._event_item(
+                            salon_id, current_state, new_state, actor, reason, now)}},
+                    ]
+                )
+            except ClientError as exc:
+                if _is_condition_failure(exc):
+                    continue
+                raise
+            metrics.add_metric(name=f"Transition_{new_state.value}", unit="Count", value=1)
+            logger.info(
+                "salon state changed",
+                extra={"salon_id": salon_id, "from": current_state, "to": new_state, "actor": actor},
+            )
+            return Salon.model_validate(_from_dynamo({**(current.model_dump() if current else {}), **fields}))
+        raise ConcurrentUpdate(f"salon {salon_id} changed concurrently {_TRANSITION_ATTEMPTS} times")
+
+    def get_salon_secrets(self, salon_id: int) -> dict[str, str]:
+        """The per-salon secrets kept beside the state (never part of the `Salon` model,
+        so they never reach a page or a log line)."""
+        item = self._table.get_item(
+            Key={"pk": _salon_pk(salon_id), "sk": "STATE"}, ConsistentRead=True,
+            ProjectionExpression="api_key, webhook_secret",
+        ).get("Item") or {}
+        return {key: str(value) for key, value in item.items()}
+
+    @staticmethod
+    def salon_from_image(image: Mapping[str, Any]) -> Salon:
+        """A `Salon` from a stream record's deserialised new image."""
+        return Salon.model_validate(_from_dynamo(dict(image)))
+
+    def update_profile(self, salon_id: int, attrs: Mapping[str, Any]) -> None:
+        """Set descriptive fields (names, consent) that do not change the state."""
+        names = {f"#f{i}": key for i, key in enumerate(attrs)}
+        values = {f":v{i}": _to_dynamo(value) for i, value in enumerate(attrs.values())}
+        self._table.update_item(
+            Key={"pk": _salon_pk(salon_id), "sk": "STATE"},
+            UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(attrs))),
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
+    @staticmethod
+    def _event_item(
+        salon_id: int, old: SalonState | None, new: SalonState, actor: str, reason: str, now: float
+    ) -> dict[str, Any]:
+        return {
+            "pk": _salon_pk(salon_id),
+            "sk": f"EVENT#{int(now * 1000):015d}#{secrets.token_hex(4)}",
+            "from_state": old.value if old else None,
+            "to_state": new.value,
+            "actor": actor,
+            "reason": reason[:500],
+            "at": Decimal(str(now)),
+            "ttl": int(now) + EVENT_TTL_SECONDS,
+        }
+
+    def events_of(self, salon_id: int) -> list[dict[str, Any]]:
+        response = self._table.query(
+            KeyConditionExpression=Key("pk").eq(_salon_pk(salon_id)) & Key("sk").begins_with("EVENT#")
+        )
+        return [_from_dynamo(item) for item in response["Items"]]
+
+    # ---- WebSocket connections ------------------------------------------------------------
+
+    def add_connection(self, connection_id: str, salon_id: int, now: float | None = None) -> None:
+        expires = int(now or time.time()) + CONNECTION_TTL_SECONDS
+        self._client.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": self._table.name, "Item": {
+                    "pk": _salon_pk(salon_id), "sk": f"CONN#{connection_id}",
+                    "connection_id": connection_id, "ttl": expires}}},
+                {"Put": {"TableName": self._table.name, "Item": {
+                    "pk": f"CONN#{connection_id}", "sk": "CONN", "salon_id": salon_id, "ttl": expires}}},
+            ]
+        )
+
+    def salon_of_connection(self, connection_id: str) -> int | None:
+        item = self._table.get_item(Key={"pk": f"CONN#{connection_id}", "sk": "CONN"}).get("Item")
+        return int(item["salon_id"]) if item else None
+
+    def remove_connection(self, connection_id: str, salon_id: int | None = None) -> None:
+        """Forget a connection; harmless when it is already gone (a replayed $disconnect)."""
+        if salon_id is None:
+            salon_id = self.salon_of_connection(connection_id)
+        self._table.delete_item(Key={"pk": f"CONN#{connection_id}", "sk": "CONN"})
+        if salon_id is not None:
+            self._table.delete_item(Key={"pk": _salon_pk(salon_id), "sk": f"CONN#{connection_id}"})
+
+    def connections_of(self, salon_id: int) -> list[str]:
+        response = self._table.query(
+            KeyConditionExpression=Key("pk").eq(_salon_pk(salon_id)) & Key("sk").begins_with("CONN#"),
+            ProjectionExpression="connection_id",
+        )
+        return [str(item["connection_id"]) for item in response["Items"]]
+
+    # ---- WhatsApp session leases (runner ownership and commands) -------------------------
+
+    def get_session(self, salon_id: int) -> SessionLease | None:
+        item = self._table.get_item(
+            Key={"pk": _salon_pk(salon_id), "sk": "SESSION"}, ConsistentRead=True
+        ).get("Item")
+        return SessionLease.model_validate(_from_dynamo(item)) if item else None
+
+    def request_session(self, salon_id: int, desired: SessionDesire) -> SessionLease:
+        """Tell whichever runner owns (or will own) the salon's session what to do.
+
+        A new `link` bumps the generation so the owner starts a fresh attempt. The session
+        enters the lease index, so an unowned one is claimed by some runner within a poll."""
+        bump = 1 if desired == "link" else 0
+        response = self._table.update_item(
+            Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
+            UpdateExpression=(
+                "SET desired = :d, salon_id = :s, lease_pk = :lp, "
+                "generation = if_not_exists(generation, :zero) + :bump, "
+                "lease_expires = if_not_exists(lease_expires, :zero)"
+            ),
+            ExpressionAttributeValues={
+                ":d": desired, ":s": salon_id, ":lp": LEASE_PARTITION, ":zero": 0, ":bump": bump,
+            },
+            ReturnValues="ALL_NEW",
+        )
+        return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
+
+    def claimable_sessions(self, now: float, limit: int = 25) -> list[SessionLease]:
+        response = self._table.query(
+            IndexName="LeaseIndex",
+            KeyConditionExpression=Key("lease_pk").eq(LEASE_PARTITION) & Key("lease_expires").lt(_to_dynamo(now)),
+            Limit=limit,
+        )
+        return [SessionLease.model_validate(_from_dynamo(item)) for item in response["Items"]]
+
+    def claim_session(self, salon_id: int, runner_id: str, now: float, lease_seconds: float) -> SessionLease | None:
+        """Take the lease if it is free or expired; None when another runner got it first."""
+        try:
+            response = self._table.update_item(
+                Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
+                UpdateExpression="SET #owner = :me, lease_expires = :until",
+                ConditionExpression="attribute_exists(lease_pk) AND lease_expires < :now",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={
+                    ":me": runner_id, ":until": _to_dynamo(now + lease_seconds), ":now": _to_dynamo(now),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return None
+            raise
+        return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
+
+    def renew_session(self, salon_id: int, runner_id: str, now: float, lease_seconds: float) -> SessionLease | None:
+        """Extend our lease; None when we no longer own it (another runner took over)."""
+        try:
+            response = self._table.update_item(
+                Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
+                UpdateExpression="SET lease_expires = :until",
+                ConditionExpression="#owner = :me AND attribute_exists(lease_pk)",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":me": runner_id, ":until": _to_dynamo(now + lease_seconds)},
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return None
+            raise
+        return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
+
+    def release_session(self, salon_id: int, runner_id: str, retire: bool = False) -> None:
+        """Give the lease back (another runner may claim at once), or, with `retire`, take
+        the session out of the lease index altogether (nothing left to run)."""
+        update = "REMOVE #owner, lease_pk" if retire else "SET lease_expires = :zero REMOVE #owner"
+        values = {":me": runner_id} if retire else {":me": runner_id, ":zero": 0}
+        try:
+            self._table.update_item(
+                Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
+                UpdateExpression=update,
+                ConditionExpression="#owner = :me",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+
+    def get_sessions(self, salon_ids: Iterable[int]) -> dict[int, SessionLease]:
+        ids = list(dict.fromkeys(salon_ids))
+        found: dict[int, SessionLease] = {}
+        for start in range(0, len(ids), 100):
+            keys = [{"pk": _salon_pk(i), "sk": "SESSION"} for i in ids[start:start + 100]]
+            request: dict[str, Any] = {self._table.name: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self._client.batch_get_item(RequestItems=request)
+                for item in response["Responses"].get(self._table.name, []):
+                    lease = SessionLease.model_validate(_from_dynamo(item))
+                    found[lease.salon_id] = lease
+                request = response.get("UnprocessedKeys") or {}
+        return found

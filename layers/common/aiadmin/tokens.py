@@ -1,0 +1,43 @@
+"""Onboarding tokens: short-lived JWTs (HS256, pyjwt) that open one salon's page and sockets."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import jwt
+
+AUDIENCE = "aiadmin-onboarding"
+ALGORITHM = "HS256"
+
+
+class InvalidToken(ValueError):
+    """Missing, expired, forged or malformed; the reason is for logs, not for the owner."""
+
+
+def issue_token(salon_id: int, secret: str, ttl_seconds: int, now: float | None = None) -> str:
+    issued = int(now if now is not None else time.time())
+    claims = {
+        "sub": str(salon_id),
+        "aud": AUDIENCE,
+        "iat": issued,
+        "exp": issued + ttl_seconds,
+        "jti": secrets.token_urlsafe(8),
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(token: str | None, secret: str) -> int:
+    """The salon id the token was issued for."""
+    if not token:
+        raise InvalidToken("missing")
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], audience=AUDIENCE,
+            options={"require": ["exp", "iat", "sub", "aud"]},
+        )
+        return int(claims["sub"])
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("expired") from exc
+    except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
+        raise InvalidToken(type(exc).__name__) from exc

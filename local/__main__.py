@@ -1,0 +1,28 @@
+"""`python -m local`: run the whole service on this machine (see README)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+from local.stack import StackOptions, run_stack
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")),
+                        help="0 picks a free port (default: $PORT or 3000)")
+    parser.add_argument("--runners", type=int, default=1, help="runner processes to start")
+    parser.add_argument("--time-scale", type=float, default=float(os.environ.get("WA_TIME_SCALE", "1")),
+                        help="scale WhatsApp's QR timings (0.1 = ten times faster)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="where simulated WhatsApp keys are kept")
+    args = parser.parse_args()
+    asyncio.run(run_stack(StackOptions(host=args.host, port=args.port, runners=args.runners,
+                                       time_scale=args.time_scale, data_dir=args.data_dir)))
+
+
+if __name__ == "__main__":
+    main()

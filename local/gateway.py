@@ -1,0 +1,354 @@
+"""A local stand-in for API Gateway: the HTTP API, the WebSocket API and its `@connections`
+management endpoint, routing to the Lambda handlers exactly as template.yaml declares.
+
+Handlers run in worker threads (like concurrent Lambda invocations) and receive the same
+event shapes API Gateway sends: HTTP API payload 2.0, WebSocket CONNECT / MESSAGE /
+DISCONNECT events, and DynamoDB stream batches (see `StreamPoller`)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import json
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qsl
+
+import boto3
+from aiohttp import WSMsgType, web
+
+from local.template import FunctionSpec, HttpRoute, Template
+
+API_ID = "local"
+STAGE = "$default"
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of the Lambda context object that handlers and powertools read."""
+
+    function_name: str
+    aws_request_id: str
+    memory_limit_in_mb: int = 256
+    function_version: str = "$LATEST"
+    log_group_name: str = "/aws/lambda/local"
+    log_stream_name: str = "local"
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:eu-central-1:000000000000:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 15000
+
+
+class LambdaHost:
+    """Loads each function's handler module from its CodeUri (once, like a warm container) and
+    invokes it. Environment variables must be in `os.environ` before the first invocation."""
+
+    def __init__(self, template: Template, workers: int = 16) -> None:
+        self._functions = template.functions
+        self._modules: dict[str, ModuleType] = {}
+        self._lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
+
+    def _module(self, spec: FunctionSpec) -> ModuleType:
+        key = f"{spec.code_dir}:{spec.module}"
+        with self._lock:
+            if key not in self._modules:
+                path = spec.code_dir / f"{spec.module}.py"
+                module_spec = importlib.util.spec_from_file_location(f"lambda_{spec.code_dir.name}_{spec.module}", path)
+                assert module_spec and module_spec.loader
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[module_spec.name] = module
+                module_spec.loader.exec_module(module)
+                self._modules[key] = module
+            return self._modules[key]
+
+    def invoke_sync(self, function: str, event: dict[str, Any]) -> Any:
+        spec = self._functions[function]
+        handler = getattr(self._module(spec), spec.handler)
+        return handler(event, LambdaContext(function_name=function, aws_request_id=str(uuid.uuid4())))
+
+    async def invoke(self, function: str, event: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.invoke_sync, function, event)
+
+
+def _route_pattern(path: str) -> re.Pattern[str]:
+    regex = ""
+    for part in re.split(r"(\{[^}]+\})", path):
+        if part.startswith("{") and part.endswith("+}"):
+            regex += f"(?P<{part[1:-2]}>.+)"
+        elif part.startswith("{"):
+            regex += f"(?P<{part[1:-1]}>[^/]+)"
+        else:
+            regex += re.escape(part)
+    return re.compile(f"^{regex}$")
+
+
+def _now_fields() -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {"requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"), "requestTimeEpoch": int(now.timestamp() * 1000)}
+
+
+class Gateway:
+    def __init__(self, template: Template, host: LambdaHost, ws_path: str = "/ws") -> None:
+        self._host = host
+        self._ws_path = ws_path
+        self._ws_routes = template.ws_routes
+        self._ws_selection = template.ws_route_selection
+        # Literal paths win over parameterised ones, as in API Gateway.
+        ordered = sorted(template.http_routes, key=lambda r: ("{" in r.path, -len(r.path)))
+        self._http: list[tuple[HttpRoute, re.Pattern[str]]] = [(r, _route_pattern(r.path)) for r in ordered]
+        self._sockets: dict[str, tuple[web.WebSocketResponse, float, str, str]] = {}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get(self._ws_path, self.websocket),
+            web.post("/@connections/{connection_id}", self.post_to_connection),
+            web.delete("/@connections/{connection_id}", self.delete_connection),
+            web.get("/@connections/{connection_id}", self.get_connection),
+        ]
+
+    # ---- HTTP API ----------------------------------------------------------------------
+
+    async def http(self, request: web.Request) -> web.StreamResponse:
+        for route, pattern in self._http:
+            match = pattern.match(request.path)
+            if match and route.method in (request.method, "ANY"):
+                event = await self._http_event(request, route, match.groupdict())
+                try:
+                    result = await self._host.invoke(route.function, event)
+                except Exception as exc:  # a crashed Lambda is a 500 from API Gateway, logged here
+                    print(f"[gateway] {route.function} raised {type(exc).__name__}: {exc}", file=sys.stderr)
+                    return web.json_response({"message": "Internal Server Error"}, status=500)
+                return self._http_response(result)
+        return web.json_response({"message": "Not Found"}, status=404)
+
+    async def _http_event(self, request: web.Request, route: HttpRoute, params: dict[str, str]) -> dict[str, Any]:
+        body = await request.read()
+        try:
+            text: str | None = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        headers: dict[str, str] = {}
+        for key, value in request.headers.items():
+            key = key.lower()
+            headers[key] = f"{headers[key]},{value}" if key in headers else value
+        query: dict[str, str] = {}
+        for key, value in parse_qsl(request.query_string, keep_blank_values=True):
+            query[key] = f"{query[key]},{value}" if key in query else value
+        route_key = f"{route.method} {route.path}"
+        event: dict[str, Any] = {
+            "version": "2.0",
+            "routeKey": route_key,
+            "rawPath": request.path,
+            "rawQueryString": request.query_string,
+            "headers": headers,
+            "requestContext": {
+                "accountId": "000000000000", "apiId": API_ID, "domainName": request.host,
+                "domainPrefix": request.host.split(".")[0],
+                "http": {"method": request.method, "path": request.path, "protocol": "HTTP/1.1",
+                         "sourceIp": request.remote or "127.0.0.1", "userAgent": request.headers.get("User-Agent", "")},
+                "requestId": secrets.token_hex(8), "routeKey": route_key, "stage": STAGE,
+                "time": _now_fields()["requestTime"], "timeEpoch": _now_fields()["requestTimeEpoch"],
+            },
+            "isBase64Encoded": text is None,
+        }
+        if request.cookies:
+            event["cookies"] = [f"{k}={v}" for k, v in request.cookies.items()]
+        if query:
+            event["queryStringParameters"] = query
+        if params:
+            event["pathParameters"] = params
+        if body:
+            event["body"] = text if text is not None else base64.b64encode(body).decode()
+        return event
+
+    @staticmethod
+    def _http_response(result: Any) -> web.Response:
+        if not isinstance(result, Mapping) or "statusCode" not in result:
+            return web.json_response(result)
+        body = result.get("body") or ""
+        raw = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode()
+        response = web.Response(status=int(result["statusCode"]), body=raw)
+        for key, value in (result.get("headers") or {}).items():
+            response.headers[key] = str(value)
+        for key, values in (result.get("multiValueHeaders") or {}).items():
+            for value in values:
+                response.headers.add(key, str(value))
+        for cookie in result.get("cookies") or []:
+            response.headers.add("Set-Cookie", cookie)
+        return response
+
+    # ---- WebSocket API -------------------------------------------------------------------
+
+    def _ws_event(self, request: web.Request, connection_id: str, route_key: str, event_type: str,
+                  connected_at: float, **extra: Any) -> dict[str, Any]:
+        context = {
+            "routeKey": route_key, "eventType": event_type, "extendedRequestId": secrets.token_hex(8),
+            "messageDirection": "IN", "stage": STAGE, "connectedAt": int(connected_at * 1000),
+            "identity": {"sourceIp": request.remote or "127.0.0.1", "userAgent": request.headers.get("User-Agent", "")},
+            "requestId": secrets.token_hex(8), "domainName": request.host, "connectionId": connection_id,
+            "apiId": API_ID, **_now_fields(),
+        }
+        context.update(extra.pop("context", {}))
+        return {"requestContext": context, "isBase64Encoded": False, **extra}
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        connection_id = base64.b64encode(secrets.token_bytes(9)).decode().replace("/", "A").replace("+", "B")
+        connected_at = time.time()
+        headers = {k: v for k, v in request.headers.items()}
+        query = dict(parse_qsl(request.query_string, keep_blank_values=True))
+        connect = self._ws_event(
+            request, connection_id, "$connect", "CONNECT", connected_at,
+            headers=headers, multiValueHeaders={k: [v] for k, v in headers.items()},
+            queryStringParameters=query or None,
+            multiValueQueryStringParameters={k: [v] for k, v in query.items()} or None,
+        )
+        if "$connect" in self._ws_routes:
+            try:
+                result = await self._host.invoke(self._ws_routes["$connect"], connect)
+            except Exception as exc:
+                print(f"[gateway] $connect raised {type(exc).__name__}: {exc}", file=sys.stderr)
+                return web.Response(status=500)
+            status = int(result.get("statusCode", 200)) if isinstance(result, Mapping) else 200
+            if not 200 <= status < 300:
+                return web.Response(status=status, text="Forbidden" if status == 403 else "Unauthorized")
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=128 * 1024)
+        await ws.prepare(request)
+        self._sockets[connection_id] = (ws, connected_at, request.remote or "127.0.0.1",
+                                        request.headers.get("User-Agent", ""))
+        pending: set[asyncio.Task[Any]] = set()
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                route_key = self._select_route(message.data)
+                if route_key is None:
+                    continue
+                event = self._ws_event(request, connection_id, route_key, "MESSAGE", connected_at,
+                                       body=message.data, context={"messageId": secrets.token_hex(6)})
+                task = asyncio.create_task(self._host.invoke(self._ws_routes[route_key], event))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        finally:
+            self._sockets.pop(connection_id, None)
+            if "$disconnect" in self._ws_routes:
+                event = self._ws_event(request, connection_id, "$disconnect", "DISCONNECT", connected_at,
+                                       headers=headers, multiValueHeaders={k: [v] for k, v in headers.items()},
+                                       context={"disconnectStatusCode": ws.close_code or 1005,
+                                                "disconnectReason": ""})
+                try:
+                    await self._host.invoke(self._ws_routes["$disconnect"], event)
+                except Exception as exc:
+                    print(f"[gateway] $disconnect raised {type(exc).__name__}: {exc}", file=sys.stderr)
+        return ws
+
+    def _select_route(self, body: str) -> str | None:
+        if self._ws_selection.startswith("$request.body."):
+            try:
+                value: Any = json.loads(body)
+                for part in self._ws_selection.removeprefix("$request.body.").split("."):
+                    value = value.get(part) if isinstance(value, dict) else None
+            except ValueError:
+                value = None
+            if isinstance(value, str) and value in self._ws_routes and not value.startswith("$"):
+                return value
+        return "$default" if "$default" in self._ws_routes else None
+
+    # ---- @connections management API -------------------------------------------------------
+
+    @staticmethod
+    def _gone() -> web.Response:
+        return web.json_response({"message": "Gone"}, status=410, headers={"x-amzn-ErrorType": "GoneException"})
+
+    async def post_to_connection(self, request: web.Request) -> web.Response:
+        entry = self._sockets.get(request.match_info["connection_id"])
+        if entry is None or entry[0].closed:
+            return self._gone()
+        data = await request.read()
+        try:
+            await entry[0].send_str(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            await entry[0].send_bytes(data)
+        except ConnectionResetError:
+            return self._gone()
+        return web.Response(status=200)
+
+    async def delete_connection(self, request: web.Request) -> web.Response:
+        entry = self._sockets.get(request.match_info["connection_id"])
+        if entry is None:
+            return self._gone()
+        await entry[0].close()
+        return web.Response(status=204)
+
+    async def get_connection(self, request: web.Request) -> web.Response:
+        entry = self._sockets.get(request.match_info["connection_id"])
+        if entry is None:
+            return self._gone()
+        _, connected_at, source_ip, user_agent = entry
+        stamp = datetime.fromtimestamp(connected_at, UTC).isoformat()
+        return web.json_response({"ConnectedAt": stamp, "LastActiveAt": stamp,
+                                  "Identity": {"SourceIp": source_ip, "UserAgent": user_agent}})
+
+
+class StreamPoller:
+    """Reads the DynamoDB stream of each table a function subscribes to (as declared in the
+    template) and invokes the function with the batch, like Lambda's event source mapping."""
+
+    def __init__(self, template: Template, host: LambdaHost, interval: float = 0.1) -> None:
+        self._sources = template.streams
+        self._host = host
+        self._interval = interval
+        self._streams = boto3.client("dynamodbstreams")
+        self._dynamodb = boto3.client("dynamodb")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        iterators: list[tuple[str, str]] = []
+        for source in self._sources:
+            arn = self._dynamodb.describe_table(TableName=source.table)["Table"]["LatestStreamArn"]
+            for shard in self._streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+                iterator = self._streams.get_shard_iterator(
+                    StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+                iterators.append((source.function, iterator))
+        while not stop.is_set():
+            for index, (function, iterator) in enumerate(iterators):
+                response = await asyncio.to_thread(self._streams.get_records, ShardIterator=iterator)
+                iterators[index] = (function, response.get("NextShardIterator") or iterator)
+                records = response.get("Records", [])
+                if records:
+                    event = {"Records": [_stream_record(r) for r in records]}
+                    try:
+                        await self._host.invoke(function, event)
+                    except Exception as exc:
+                        print(f"[streams] {function} raised {type(exc).__name__}: {exc}", file=sys.stderr)
+            try:
+                await asyncio.wait_for(stop.wait(), self._interval)
+            except TimeoutError:
+                pass
+
+
+def _stream_record(record: dict[str, Any]) -> dict[str, Any]:
+    record = dict(record)
+    dynamodb = dict(record.get("dynamodb", {}))
+    created = dynamodb.get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):
+        dynamodb["ApproximateCreationDateTime"] = created.timestamp()
+    record["dynamodb"] = dynamodb
+    record.setdefault("eventSource", "aws:dynamodb")
+    record.setdefault("awsRegion", os.environ.get("AWS_DEFAULT_REGION", "eu-central-1"))
+    return record

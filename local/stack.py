@@ -1,0 +1,170 @@
+"""Starts the whole local stack: moto (DynamoDB and its streams), the gateway with the
+handlers, the simulated WhatsApp servers, the fake YClients marketplace (unless
+`YCLIENTS_BASE_URL` names another one) and the runner as a separate Python process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+from aiohttp import web
+from moto.server import ThreadedMotoServer
+
+from aiadmin.observability import logger
+from local.fake_whatsapp import FakeWhatsApp
+from local.fake_yclients import FakeYClients
+from local.gateway import Gateway, LambdaHost, StreamPoller
+from local.template import ROOT, create_tables, load_template, resolve_environment
+
+# Built-in test credentials: good for this machine only, never for a real marketplace.
+DEFAULT_PARTNER_TOKEN = "local-partner-token-not-a-secret"
+DEFAULT_APP_ID = "4242"
+DEFAULT_JWT_SECRET = "local-jwt-secret-not-a-secret-0123456789"
+REGION = "eu-central-1"
+
+
+@dataclass
+class StackOptions:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    runners: int = 1
+    time_scale: float = 1.0
+    data_dir: Path | None = None
+    quiet: bool = False
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _aws_environment(moto_url: str) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+        "AWS_ENDPOINT_URL_DYNAMODB": moto_url, "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": moto_url,
+        "AWS_ENDPOINT_URL_SQS": moto_url, "AWS_ENDPOINT_URL_SSM": moto_url,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+
+
+async def run_stack(options: StackOptions) -> None:
+    template = load_template()
+    moto_port = free_port(options.host)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per moto call drowns the output
+    moto = ThreadedMotoServer(ip_address=options.host, port=moto_port, verbose=False)
+    moto.start()
+    moto_url = f"http://{options.host}:{moto_port}"
+    os.environ.update(_aws_environment(moto_url))
+    table_names = create_tables(boto3.client("dynamodb"), template)
+
+    host = LambdaHost(template)
+    gateway = Gateway(template, host)
+    whatsapp = FakeWhatsApp(time_scale=options.time_scale)
+    external_marketplace = os.environ.get("YCLIENTS_BASE_URL")
+    partner_token = os.environ.get("YCLIENTS_PARTNER_TOKEN", DEFAULT_PARTNER_TOKEN)
+    app_id = os.environ.get("YCLIENTS_APP_ID", DEFAULT_APP_ID)
+    marketplace = FakeYClients(partner_token=partner_token, application_id=int(app_id) if app_id.isdigit() else 0)
+
+    app = web.Application(client_max_size=1024 * 1024)
+    app.add_routes(gateway.routes())
+    app.add_routes(whatsapp.routes())
+    if not external_marketplace:
+        app.add_routes(marketplace.routes())
+    app.router.add_get("/", lambda _r: web.HTTPFound(marketplace.prefix + "/"))
+    app.router.add_route("*", "/{tail:.*}", gateway.http)
+    site_runner = web.AppRunner(app, access_log=None)
+    await site_runner.setup()
+    site = web.TCPSite(site_runner, options.host, options.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base = f"http://{options.host}:{port}"
+    marketplace.redirect_url = f"{base}/auth/yclients/redirect"
+    marketplace.callback_url = f"{base}/callback/yclients"
+
+    data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="aiadmin-local-"))
+    overrides = {
+        **_aws_environment(moto_url),
+        "YCLIENTS_BASE_URL": external_marketplace or f"{base}{marketplace.prefix}",
+        "YCLIENTS_APP_ID": app_id,
+        "YCLIENTS_PARTNER_TOKEN": partner_token,
+        "JWT_SECRET": os.environ.get("JWT_SECRET", DEFAULT_JWT_SECRET),
+        "WEBSOCKET_URL": f"ws://{options.host}:{port}/ws",
+        "WEBSOCKET_MANAGEMENT_URL": base,
+        "PUBLIC_BASE_URL": base,
+        "POWERTOOLS_LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+        # EMF metric lines are for CloudWatch; locally they only drown the output.
+        "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
+    }
+    function_env: dict[str, str] = {}
+    for spec in template.functions.values():
+        function_env.update(resolve_environment({**template.globals_env, **spec.environment}, overrides, table_names))
+    os.environ.update(function_env)  # the handlers run in this process
+    logger.setLevel(overrides["POWERTOOLS_LOG_LEVEL"])  # created at import, before the overrides
+
+    runner_env = {
+        **os.environ, **overrides,
+        "TABLE_NAME": table_names["AppTable"],
+        "WA_ENGINE": "simulated", "WA_SIM_SERVER_URL": base, "WA_TIME_SCALE": str(options.time_scale),
+        "SESSIONS_DIR": str(data_dir / "sessions"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "layers" / "common"), os.environ.get("PYTHONPATH", "")]),
+    }
+    runners = [
+        subprocess.Popen([sys.executable, "-m", "wa_runner"], cwd=ROOT,
+                         env={**runner_env, "RUNNER_ID": f"local-runner-{index + 1}"})
+        for index in range(options.runners)
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    poller = asyncio.create_task(StreamPoller(template, host).run(stop))
+
+    print(
+        "\nAI Admin local stack is ready.\n"
+        f"  Start here (fake YClients marketplace): {base}/_yclients/\n"
+        f"  Registration redirect:  {base}/auth/yclients/redirect\n"
+        f"  Onboarding page:        {base}/marketplace/onboarding\n"
+        f"  WebSocket API:          ws://{options.host}:{port}/ws\n"
+        f"  Simulated phone:        POST {base}/_local/whatsapp/scan {{\"qr\": \"<decoded QR>\"}}\n"
+        f"  DynamoDB (moto):        {moto_url}\n"
+        f"  Marketplace in use:     {overrides['YCLIENTS_BASE_URL']}\n"
+        "Press Ctrl-C to stop.\n"
+        f"LOCAL_STACK_READY {base}",
+        flush=True,
+    )
+    try:
+        while not stop.is_set():
+            for process in runners:
+                if process.poll() is not None:
+                    print(f"runner exited with {process.returncode}; stopping the stack", file=sys.stderr)
+                    stop.set()
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+    finally:
+        print("Stopping the local stack...", flush=True)
+        for process in runners:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in runners:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        poller.cancel()
+        await site_runner.cleanup()
+        host.executor.shutdown(wait=False, cancel_futures=True)
+        moto.stop()
+        print("Stopped.", flush=True)

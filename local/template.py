@@ -1,0 +1,161 @@
+"""Reads template.yaml so the local stack and the tests follow the infrastructure as declared:
+HTTP routes, WebSocket routes, function handlers and environment, and DynamoDB tables.
+
+Intrinsic functions are resolved only as far as the local stack needs: `Ref` to a table or a
+parameter, and `Sub` strings that name resources; anything else is a local override."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cfnlint.decode import cfn_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    logical_id: str
+    code_dir: Path
+    module: str
+    handler: str
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    method: str
+    path: str
+    function: str
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    function: str
+    table: str
+
+
+@dataclass
+class Template:
+    resources: dict[str, Any]
+    globals_env: dict[str, Any]
+    functions: dict[str, FunctionSpec]
+    http_routes: list[HttpRoute]
+    ws_routes: dict[str, str]
+    ws_route_selection: str
+    streams: list[StreamSource]
+
+    def tables(self) -> dict[str, dict[str, Any]]:
+        return {name: res.get("Properties", {}) for name, res in self.resources.items()
+                if res.get("Type") == "AWS::DynamoDB::Table"}
+
+
+def _plain(node: Any) -> Any:
+    """cfn-lint's nodes are dict/str/list subclasses; turn them into plain Python values."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+_SUB_REF = re.compile(r"\$\{(\w+)(?:\.Arn)?\}")
+
+
+def _referenced(value: Any) -> str | None:
+    """The logical id named by a `Ref`, or by the first `${X}` / `${X.Arn}` of a `Sub`."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return str(value["Ref"])
+        if "Fn::Sub" in value:
+            text = value["Fn::Sub"] if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"][0]
+            for name in _SUB_REF.findall(text):
+                if not name.startswith("AWS"):
+                    return name
+        if "Fn::GetAtt" in value:
+            target = value["Fn::GetAtt"]
+            return str(target[0] if isinstance(target, list) else target.split(".")[0])
+    return None
+
+
+def load_template(path: Path = TEMPLATE) -> Template:
+    raw = _plain(cfn_yaml.load(str(path)))
+    resources: dict[str, Any] = raw["Resources"]
+    globals_env = raw.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    functions: dict[str, FunctionSpec] = {}
+    http_routes: list[HttpRoute] = []
+    streams: list[StreamSource] = []
+    for name, res in resources.items():
+        if res.get("Type") != "AWS::Serverless::Function":
+            continue
+        props = res["Properties"]
+        module, handler = props["Handler"].rsplit(".", 1)
+        functions[name] = FunctionSpec(
+            name, (path.parent / props["CodeUri"]).resolve(), module, handler,
+            props.get("Environment", {}).get("Variables", {}),
+        )
+        for event in props.get("Events", {}).values():
+            if event["Type"] == "HttpApi":
+                http_routes.append(HttpRoute(event["Properties"]["Method"].upper(), event["Properties"]["Path"], name))
+            elif event["Type"] == "DynamoDB":
+                table = _referenced(event["Properties"]["Stream"])
+                if table:
+                    streams.append(StreamSource(name, table))
+    integrations = {name: _referenced(res["Properties"].get("IntegrationUri"))
+                    for name, res in resources.items() if res.get("Type") == "AWS::ApiGatewayV2::Integration"}
+    ws_routes: dict[str, str] = {}
+    selection = "$request.body.action"
+    for name, res in resources.items():
+        if res.get("Type") == "AWS::ApiGatewayV2::Route":
+            integration = _referenced(res["Properties"]["Target"])
+            function = integrations.get(integration or "")
+            if function:
+                ws_routes[res["Properties"]["RouteKey"]] = function
+        elif res.get("Type") == "AWS::ApiGatewayV2::Api" and res["Properties"].get("ProtocolType") == "WEBSOCKET":
+            selection = res["Properties"].get("RouteSelectionExpression", selection)
+    return Template(resources, globals_env, functions, http_routes, ws_routes, selection, streams)
+
+
+def resolve_environment(spec: Mapping[str, Any], overrides: Mapping[str, str], resource_names: Mapping[str, str]) -> dict[str, str]:
+    """Environment values for local runs: overrides win; `Ref`s to resources become their local names."""
+    env: dict[str, str] = {}
+    for key, value in spec.items():
+        if key in overrides:
+            env[key] = overrides[key]
+        elif isinstance(value, (str, int, float)):
+            env[key] = str(value)
+        elif (ref := _referenced(value)) in resource_names:
+            env[key] = resource_names[ref]  # type: ignore[index]
+    for key, value in overrides.items():
+        env.setdefault(key, value)
+    return env
+
+
+def create_tables(dynamodb: Any, template: Template) -> dict[str, str]:
+    """Create every table of the template (named by logical id) through the given boto3 client.
+    Returns logical id -> table name."""
+    names: dict[str, str] = {}
+    for logical_id, props in template.tables().items():
+        request: dict[str, Any] = {
+            "TableName": logical_id,
+            "AttributeDefinitions": props["AttributeDefinitions"],
+            "KeySchema": props["KeySchema"],
+            "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+        }
+        if "GlobalSecondaryIndexes" in props:
+            request["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        if "StreamSpecification" in props:
+            request["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
+        dynamodb.create_table(**request)
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl:
+            dynamodb.update_time_to_live(TableName=logical_id, TimeToLiveSpecification=ttl)
+        names[logical_id] = logical_id
+    return names

@@ -1,0 +1,76 @@
+"""Starts the local stack (`python -m local`) as a separate process for integration and
+browser tests, on ports chosen at run time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningStack:
+    base_url: str
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://") + "/ws"
+
+    @property
+    def marketplace(self) -> str:
+        return self.base_url + "/_yclients"
+
+    def marketplace_state(self) -> dict:
+        return requests.get(self.marketplace + "/_state", timeout=5).json()
+
+
+@contextmanager
+def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, str] | None = None,
+                data_dir: Path | None = None) -> Iterator[RunningStack]:
+    env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "local", "--port", "0", "--time-scale", str(time_scale),
+               "--runners", str(runners)]
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    output: list[str] = []
+    ready = threading.Event()
+    base: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("LOCAL_STACK_READY "):
+                base.append(line.split()[1])
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.time() + 60
+    while not ready.wait(0.2):
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            raise RuntimeError("local stack did not start:\n" + "".join(output))
+    stack = RunningStack(base[0], process, output)
+    try:
+        yield stack
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)

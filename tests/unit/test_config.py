@@ -1,0 +1,46 @@
+import pytest
+
+from aiadmin.config import Secret, SettingsError, load_settings
+
+NAMES = ["table_name", "yclients_app_id", "yclients_partner_token", "jwt_secret", "websocket_url"]
+
+
+def test_every_problem_is_reported_in_one_message() -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(NAMES, environ={"YCLIENTS_APP_ID": "abc", "WEBSOCKET_URL": "not a url"})
+    message = str(error.value)
+    for expected in ("TABLE_NAME", "YCLIENTS_APP_ID", "YCLIENTS_PARTNER_TOKEN", "JWT_SECRET", "WEBSOCKET_URL"):
+        assert expected in message
+
+
+def test_secrets_are_never_echoed() -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(["jwt_secret"], environ={"JWT_SECRET": "short-secret-value"})
+    assert "short-secret-value" not in str(error.value)
+    settings = load_settings(["jwt_secret"], environ={"JWT_SECRET": "x" * 40})
+    assert "x" * 40 not in repr(settings.jwt_secret)
+    assert settings.jwt_secret == Secret("x" * 40)
+
+
+def test_defaults_and_parsing() -> None:
+    settings = load_settings(["yclients_base_url", "yclients_app_id"], environ={"YCLIENTS_APP_ID": "77"})
+    assert settings.yclients_base_url == "https://api.yclients.com"
+    assert settings.yclients_app_id == 77
+
+
+def test_secret_from_parameter_store() -> None:
+    asked = []
+
+    def read(name: str) -> str:
+        asked.append(name)
+        return "p" * 40
+
+    settings = load_settings(["jwt_secret"], environ={"JWT_SECRET_PARAM": "/aiadmin/jwt"}, read_parameter=read)
+    assert asked == ["/aiadmin/jwt"]
+    assert settings.jwt_secret.reveal() == "p" * 40
+
+
+def test_unloaded_setting_is_an_error() -> None:
+    settings = load_settings(["table_name"], environ={"TABLE_NAME": "t"})
+    with pytest.raises(AttributeError):
+        _ = settings.jwt_secret

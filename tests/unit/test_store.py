@@ -1,0 +1,101 @@
+import time
+
+import pytest
+
+from aiadmin.models import UserData
+from aiadmin.onboarding import start_onboarding
+from aiadmin.states import IllegalTransition, SalonState
+from aiadmin.store import Store
+
+
+def test_transition_writes_state_and_event(store: Store) -> None:
+    store.transition(1, SalonState.PENDING_WHATSAPP, actor="test", reason="consent")
+    salon = store.transition(1, SalonState.QR_READY, actor="runner", attrs={"qr": "code", "qr_expires_at": 12.5})
+    assert salon.state == SalonState.QR_READY and salon.version == 2
+    stored = store.get_salon(1)
+    assert stored is not None and stored.qr == "code" and stored.qr_expires_at == 12.5
+    events = store.events_of(1)
+    assert [(e["from_state"], e["to_state"], e["actor"]) for e in events] == [
+        (None, "pending_whatsapp", "test"), ("pending_whatsapp", "qr_ready", "runner")]
+
+
+def test_illegal_transition_changes_nothing(store: Store) -> None:
+    store.transition(1, SalonState.PENDING_WHATSAPP, actor="test")
+    with pytest.raises(IllegalTransition):
+        store.transition(1, SalonState.ACTIVE, actor="test")
+    salon = store.get_salon(1)
+    assert salon is not None and salon.state == SalonState.PENDING_WHATSAPP and salon.version == 1
+    assert len(store.events_of(1)) == 1
+
+
+def test_expected_states_guard_the_transition(store: Store) -> None:
+    store.transition(1, SalonState.PENDING_WHATSAPP, actor="test")
+    with pytest.raises(IllegalTransition):
+        store.transition(1, SalonState.QR_EXPIRED, actor="runner", expected=[SalonState.QR_READY])
+
+
+def test_connections_fan_out_index(store: Store) -> None:
+    store.add_connection("c1", 7)
+    store.add_connection("c2", 7)
+    store.add_connection("c3", 8)
+    assert sorted(store.connections_of(7)) == ["c1", "c2"]
+    assert store.salon_of_connection("c3") == 8
+    store.remove_connection("c1")
+    store.remove_connection("c1")  # a replayed $disconnect is harmless
+    assert store.connections_of(7) == ["c2"]
+    assert store.salon_of_connection("c1") is None
+
+
+def test_exactly_one_runner_claims_a_session(store: Store) -> None:
+    store.request_session(5, "link")
+    now = time.time()
+    assert [s.salon_id for s in store.claimable_sessions(now)] == [5]
+    first = store.claim_session(5, "runner-a", now, 30)
+    second = store.claim_session(5, "runner-b", now, 30)
+    assert first is not None and first.owner == "runner-a"
+    assert second is None
+    assert store.claimable_sessions(now + 1) == []
+    assert store.renew_session(5, "runner-b", now, 30) is None
+    assert store.renew_session(5, "runner-a", now, 30) is not None
+    # An expired lease is claimable by another runner.
+    assert store.claim_session(5, "runner-b", now + 31, 30) is not None
+    assert store.renew_session(5, "runner-a", now + 31, 30) is None
+
+
+def test_release_and_retire(store: Store) -> None:
+    store.request_session(5, "link")
+    now = time.time()
+    store.claim_session(5, "runner-a", now, 30)
+    store.release_session(5, "runner-a")
+    assert [s.salon_id for s in store.claimable_sessions(now)] == [5]
+    store.claim_session(5, "runner-b", now, 30)
+    store.release_session(5, "runner-b", retire=True)
+    assert store.claimable_sessions(now + 100) == []
+
+
+def test_new_link_request_bumps_generation(store: Store) -> None:
+    assert store.request_session(5, "link").generation == 1
+    assert store.request_session(5, "run").generation == 1
+    assert store.request_session(5, "link").generation == 2
+
+
+def test_onboarding_start_and_repeat_visit(store: Store) -> None:
+    user = UserData(name="Анна", salon_name="Лотос")
+    now = time.time()
+    salon = start_onboarding(store, 9, user, now)
+    assert salon.state == SalonState.PENDING_WHATSAPP
+    assert salon.activation_deadline == pytest.approx(now + 3600)
+    session = store.get_session(9)
+    assert session is not None and session.desired == "link" and session.generation == 1
+    # A second visit while linking joins the same attempt.
+    again = start_onboarding(store, 9, user, now + 5)
+    assert again.state == SalonState.PENDING_WHATSAPP
+    assert store.get_session(9).generation == 1  # type: ignore[union-attr]
+    assert len(store.events_of(9)) == 1
+
+
+def test_salon_secrets_stay_out_of_the_model(store: Store) -> None:
+    store.transition(3, SalonState.PENDING_WHATSAPP, actor="t", attrs={"api_key": "k", "webhook_secret": "w"})
+    salon = store.get_salon(3)
+    assert salon is not None and "api_key" not in salon.model_dump_json()
+    assert store.get_salon_secrets(3) == {"api_key": "k", "webhook_secret": "w"}

@@ -1,0 +1,1 @@
+"""The WhatsApp runner: a long-running process that owns salons' WhatsApp sessions."""

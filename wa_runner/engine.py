@@ -1,0 +1,53 @@
+"""The engine interface: "a WhatsApp session" as the runner sees it.
+
+Two implementations: `simulated` (talks to the local stack's simulated WhatsApp server,
+for development and tests) and, later, `neonize` (real WhatsApp). Engines report what
+happens as `EngineEvent`s on one queue; the runner turns them into salon states."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class EventKind(StrEnum):
+    QR = "qr"                          # a new code to show (code, expires_at)
+    QR_TIMEOUT = "qr_timeout"          # all codes of the attempt expired
+    PAIR_SUCCESS = "pair_success"      # the phone scanned and accepted
+    CONNECTED = "connected"            # the linked session is up
+    LOGGED_OUT = "logged_out"          # the phone unlinked the device: do not reconnect
+    STREAM_REPLACED = "stream_replaced"
+    BANNED = "banned"
+    CLIENT_OUTDATED = "client_outdated"
+    DISCONNECTED = "disconnected"      # transport lost; the engine may reconnect
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    kind: EventKind
+    salon_id: int
+    generation: int
+    code: str | None = None
+    expires_at: float | None = None
+    detail: str = ""
+
+
+class WhatsAppEngine(Protocol):
+    events: asyncio.Queue[EngineEvent]
+
+    def has_credentials(self, salon_id: int) -> bool:
+        """Whether a linked device's keys are stored for the salon (resume without a scan)."""
+
+    async def start(self, salon_id: int, generation: int) -> None:
+        """Connect the salon's session: resume with stored keys, or start a QR attempt."""
+
+    async def stop(self, salon_id: int, logout: bool = False) -> None:
+        """Disconnect; with `logout`, also unlink the device and delete its keys."""
+
+    def running(self) -> set[int]:
+        """Salons whose session task is alive."""
+
+    async def close(self) -> None:
+        """Stop every session (keys are kept)."""

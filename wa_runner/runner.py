@@ -1,0 +1,232 @@
+"""The runner: claims salons' sessions through DynamoDB leases, drives the engine, turns engine
+events into salon states, pushes them to the onboarding page and activates the integration.
+
+Blocking calls (boto3, requests) run in worker threads so one slow call never stalls the
+engine's event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiadmin.models import Salon, SessionLease
+from aiadmin.observability import logger, metrics
+from aiadmin.onboarding import state_message
+from aiadmin.push import Pusher
+from aiadmin.states import IllegalTransition, SalonState
+from aiadmin.store import Store
+from aiadmin.yclients import ActivationOutcome, YClientsClient
+from wa_runner.engine import EngineEvent, EventKind, WhatsAppEngine
+
+ACTOR = "runner"
+S = SalonState
+_LINKING = [S.PENDING_WHATSAPP, S.QR_READY, S.QR_EXPIRED]
+_ACTIVATION_ATTEMPTS = 6
+
+
+@dataclass
+class OwnedSession:
+    lease: SessionLease
+    started_generation: int | None = None
+
+
+class Runner:
+    def __init__(self, runner_id: str, store: Store, engine: WhatsAppEngine, pusher: Pusher,
+                 yclients: YClientsClient, public_base_url: str, poll_seconds: float = 0.25,
+                 lease_seconds: float = 30) -> None:
+        self.runner_id = runner_id
+        self._store = store
+        self._engine = engine
+        self._pusher = pusher
+        self._yclients = yclients
+        self._public_base_url = public_base_url.rstrip("/")
+        self._poll_seconds = poll_seconds
+        self._lease_seconds = lease_seconds
+        self._owned: dict[int, OwnedSession] = {}
+        self._activations: dict[int, asyncio.Task[None]] = {}
+
+    # ---- main loops --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        events = asyncio.create_task(self._consume_events())
+        last_sync = 0.0
+        try:
+            while not stop.is_set():
+                now = time.time()
+                await self._claim_new(now)
+                if now - last_sync >= min(1.0, self._lease_seconds / 3):
+                    await self._sync_owned(now)
+                    last_sync = now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._poll_seconds)
+        finally:
+            events.cancel()
+            await self._shutdown()
+
+    async def _claim_new(self, now: float) -> None:
+        try:
+            candidates = await asyncio.to_thread(self._store.claimable_sessions, now)
+        except Exception:
+            logger.exception("lease query failed")
+            return
+        for candidate in candidates:
+            lease = await asyncio.to_thread(
+                self._store.claim_session, candidate.salon_id, self.runner_id, now, self._lease_seconds)
+            if lease is None:
+                continue
+            logger.info("claimed session", extra={"salon_id": lease.salon_id, "desired": lease.desired})
+            self._owned[lease.salon_id] = OwnedSession(lease)
+            await self._apply(self._owned[lease.salon_id])
+
+    async def _sync_owned(self, now: float) -> None:
+        """Renew our leases and pick up commands (desired / generation changes)."""
+        for salon_id in list(self._owned):
+            lease = await asyncio.to_thread(
+                self._store.renew_session, salon_id, self.runner_id, now, self._lease_seconds)
+            owned = self._owned.get(salon_id)
+            if owned is None:
+                continue
+            if lease is None:
+                logger.warning("lost lease", extra={"salon_id": salon_id})
+                self._owned.pop(salon_id, None)
+                await self._engine.stop(salon_id)
+                continue
+            changed = (lease.desired, lease.generation) != (owned.lease.desired, owned.lease.generation)
+            owned.lease = lease
+            if changed:
+                await self._apply(owned)
+
+    async def _apply(self, owned: OwnedSession) -> None:
+        """Make the engine match what the lease asks for."""
+        lease = owned.lease
+        salon_id = lease.salon_id
+        if lease.desired == "stop":
+            await self._engine.stop(salon_id, logout=True)
+            await asyncio.to_thread(self._store.release_session, salon_id, self.runner_id, True)
+            self._owned.pop(salon_id, None)
+        elif lease.desired == "pause":
+            await self._engine.stop(salon_id)
+        elif lease.desired == "run" or (lease.desired == "link" and owned.started_generation != lease.generation):
+            if lease.desired == "link" and owned.started_generation is not None:
+                await self._engine.stop(salon_id, logout=False)
+            owned.started_generation = lease.generation
+            await self._engine.start(salon_id, lease.generation)
+
+    async def _shutdown(self) -> None:
+        """On SIGTERM: disconnect cleanly and hand the leases back so another runner takes over at once."""
+        await self._engine.close()
+        for task in self._activations.values():
+            task.cancel()
+        for salon_id in list(self._owned):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._store.release_session, salon_id, self.runner_id)
+        self._owned.clear()
+
+    # ---- engine events -----------------------------------------------------------------
+
+    async def _consume_events(self) -> None:
+        while True:
+            event = await self._engine.events.get()
+            try:
+                await self._handle(event)
+            except IllegalTransition as exc:
+                logger.info("engine event ignored", extra={"salon_id": event.salon_id, "kind": event.kind,
+                                                            "reason": str(exc)})
+            except Exception:
+                logger.exception("engine event failed", extra={"salon_id": event.salon_id, "kind": event.kind})
+            finally:
+                metrics.flush_metrics(raise_on_empty_metrics=False)
+
+    async def _transition(self, salon_id: int, state: SalonState, reason: str,
+                          attrs: dict[str, Any] | None = None,
+                          expected: list[SalonState] | None = None) -> Salon:
+        salon = await asyncio.to_thread(self._store.transition, salon_id, state, ACTOR, reason, attrs, expected)
+        await self._push(salon)
+        return salon
+
+    async def _push(self, salon: Salon) -> None:
+        payload = state_message(salon, time.time())
+        await asyncio.to_thread(self._pusher.fan_out, self._store, salon.salon_id, payload)
+
+    async def _handle(self, event: EngineEvent) -> None:
+        owned = self._owned.get(event.salon_id)
+        if owned is None:
+            return
+        salon_id = event.salon_id
+        if event.kind == EventKind.QR:
+            await self._transition(salon_id, S.QR_READY, "new QR code",
+                                   {"qr": event.code, "qr_expires_at": event.expires_at}, expected=_LINKING)
+        elif event.kind == EventKind.QR_TIMEOUT:
+            await self._engine.stop(salon_id)
+            await self._transition(salon_id, S.QR_EXPIRED, "no scan within 160 s",
+                                   {"qr": None, "qr_expires_at": None}, expected=[S.QR_READY])
+        elif event.kind == EventKind.PAIR_SUCCESS:
+            await self._transition(salon_id, S.PAIRING, "phone scanned the code",
+                                   {"qr": None, "qr_expires_at": None})
+            await asyncio.to_thread(self._store.request_session, salon_id, "run")
+            owned.lease = owned.lease.model_copy(update={"desired": "run"})
+        elif event.kind == EventKind.CONNECTED:
+            await self._on_connected(salon_id)
+        elif event.kind == EventKind.LOGGED_OUT:
+            await self._engine.stop(salon_id, logout=True)
+            await self._transition(salon_id, S.WHATSAPP_LOGGED_OUT, "device unlinked on the phone")
+            await asyncio.to_thread(self._store.release_session, salon_id, self.runner_id, True)
+            self._owned.pop(salon_id, None)
+        elif event.kind in (EventKind.BANNED, EventKind.CLIENT_OUTDATED):
+            state = S.BANNED if event.kind == EventKind.BANNED else S.CLIENT_OUTDATED
+            await self._engine.stop(salon_id)
+            await self._transition(salon_id, state, event.detail or event.kind.value)
+        elif event.kind == EventKind.DISCONNECTED and owned.lease.desired == "run":
+            # A linked session lost its transport: reconnect after a short, jittered pause.
+            await asyncio.sleep(1 + random.random())
+            if salon_id in self._owned and salon_id not in self._engine.running():
+                await self._engine.start(salon_id, owned.lease.generation)
+
+    async def _on_connected(self, salon_id: int) -> None:
+        salon = await asyncio.to_thread(self._store.get_salon, salon_id)
+        if salon is None:
+            return
+        if salon.state in (S.PAIRING, S.PENDING_WHATSAPP, S.QR_READY):
+            salon = await self._transition(salon_id, S.WHATSAPP_CONNECTED, "session connected")
+        if salon.state in (S.WHATSAPP_CONNECTED, S.ACTIVATION_FAILED, S.ACTIVATING) and salon_id not in self._activations:
+            task = asyncio.create_task(self._activate(salon))
+            self._activations[salon_id] = task
+            task.add_done_callback(lambda _t: self._activations.pop(salon_id, None))
+
+    # ---- activation in YClients ---------------------------------------------------------
+
+    async def _activate(self, salon: Salon) -> None:
+        salon_id = salon.salon_id
+        api_key = secrets.token_urlsafe(32)
+        webhook_secret = secrets.token_urlsafe(24)
+        if salon.state != S.ACTIVATING:
+            await self._transition(salon_id, S.ACTIVATING, "activating in YClients",
+                                   {"api_key": api_key, "webhook_secret": webhook_secret})
+        else:
+            stored = await asyncio.to_thread(self._store.get_salon_secrets, salon_id)
+            api_key, webhook_secret = stored.get("api_key", api_key), stored.get("webhook_secret", webhook_secret)
+        webhook_url = f"{self._public_base_url}/webhook/yclients/{salon_id}/{webhook_secret}"
+        delay = 1.0
+        for attempt in range(1, _ACTIVATION_ATTEMPTS + 1):
+            deadline = salon.activation_deadline
+            if deadline is not None and time.time() > deadline:
+                await self._transition(salon_id, S.EXPIRED_CONSENT, "activation window of one hour passed")
+                return
+            result = await asyncio.to_thread(self._yclients.activate, salon_id, api_key, [webhook_url], ["whatsapp"])
+            if result.outcome in (ActivationOutcome.ACTIVATED, ActivationOutcome.ALREADY_ACTIVE):
+                metrics.add_metric(name="Activated", unit="Count", value=1)
+                await self._transition(salon_id, S.ACTIVE, f"YClients answered {result.status}")
+                return
+            if result.outcome == ActivationOutcome.PERMANENT_FAILURE:
+                break
+            logger.warning("activation failed, retrying",
+                           extra={"salon_id": salon_id, "attempt": attempt, "status": result.status})
+            await asyncio.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 60)
+        metrics.add_metric(name="ActivationFailed", unit="Count", value=1)
+        await self._transition(salon_id, S.ACTIVATION_FAILED, "YClients refused or kept failing")
