@@ -1,0 +1,46 @@
+"""Steps of the owner's journey over real HTTP and a real WebSocket, shared by the
+integration tests and the benchmark."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import requests
+import websockets
+
+
+def press_connect(marketplace: str, salon_id: int) -> str:
+    """The owner presses "Подключить" in the (fake) marketplace; returns our redirect URL."""
+    response = requests.post(f"{marketplace}/connect/{salon_id}", allow_redirects=False, timeout=10)
+    assert response.status_code == 302, response.text
+    return str(response.headers["Location"])
+
+
+def follow_redirect(redirect_url: str) -> tuple[requests.Response, str | None]:
+    response = requests.get(redirect_url, allow_redirects=False, timeout=10)
+    location = response.headers.get("Location", "")
+    token = location.split("#token=", 1)[1] if "#token=" in location else None
+    return response, token
+
+
+async def receive_until(ws: websockets.ClientConnection, states: set[str], timeout: float = 20,
+                        seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Read state messages until one of `states` arrives; every message is appended to `seen`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no state in {states}; saw {[m.get('state') for m in seen or []]}")
+        import asyncio
+
+        message = json.loads(await asyncio.wait_for(ws.recv(), remaining))
+        if seen is not None:
+            seen.append(message)
+        if message.get("type") == "state" and message.get("state") in states:
+            return message
+
+
+def scan(base_url: str, qr: str) -> requests.Response:
+    return requests.post(f"{base_url}/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
