@@ -81,7 +81,7 @@ class FakeYClients:
                 f'<button type="submit">Подключить</button></form></li>'
             )
         page = (
-            '<!doctype html><html lang="ru"><head><meta charset="utf-8"><title>YClients Маркетплейс (локальный)</title>'
+            '<!doctype html><html lang="ru"><head><meta charset="utf-8"><title>YClients Маркетплейс (локальный)</title><link rel="icon" href="data:,">'
             '</head><body><h1>Маркетплейс YClients: AI Admin</h1>'
             '<p>Локальная имитация маркетплейса. Нажмите «Подключить», чтобы пройти подключение как владелец салона.</p>'
             f'<ul>{"".join(rows)}</ul></body></html>'

@@ -1,0 +1,118 @@
+"""The owner's journey in a real browser: Debian's Chromium, headless, driven by playwright.
+
+The QR is decoded *from a screenshot* of the page with zbar, so the test fails if the page
+draws a code that a phone could not read back as exactly the engine's pairing string."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import requests
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from pyzbar.pyzbar import decode
+
+from tests.support.stack import RunningStack, local_stack
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Without these, Chromium keeps trying to reach Google's hosts, which this network refuses.
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[RunningStack]:
+    with local_stack(time_scale=0.5) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        assert chromium.version.split(".")[0] == _debian_chromium_major()
+        yield chromium
+        chromium.close()
+
+
+def _debian_chromium_major() -> str:
+    output = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, check=True).stdout
+    return output.split()[1].split(".")[0]
+
+
+def _new_page(browser: Browser) -> Page:
+    # A phone-sized window, as most owners open the page on a phone.
+    return browser.new_page(viewport={"width": 480, "height": 900}, locale="ru-RU")
+
+
+def _decode_qr(page: Page) -> str:
+    png = page.locator("#qr").screenshot()
+    results = decode(Image.open(io.BytesIO(png)))
+    assert len(results) == 1, "exactly one QR code must be readable on the page"
+    return results[0].data.decode("utf-8")
+
+
+def test_owner_scans_the_qr_from_the_page_and_sees_active(stack: RunningStack, browser: Browser) -> None:
+    page = _new_page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(stack.marketplace + "/")
+    page.locator("li[data-salon='102'] button").click()  # "Подключить"
+    page.wait_for_url("**/marketplace/onboarding*")
+    assert "token=" not in page.url, "the token must leave the address bar"
+    card = page.locator("#card")
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(page.locator("#salon")).to_contain_text("Барбершоп «Борода & Ко»")
+    expect(page.locator("#countdown")).to_contain_text("Код обновится через")
+    expect(page.locator("#deadline")).to_contain_text("Осталось времени")
+
+    qr = _decode_qr(page)
+    assert qr.startswith("https://wa.me/settings/linked_devices#2@")
+    response = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+    assert response.status_code == 200, response.text
+
+    expect(card).to_have_attribute("data-state", "active", timeout=15000)
+    expect(page.locator("#title")).to_have_text("Готово! AI Admin подключён")
+    expect(page.locator("#qr-box")).to_be_hidden()
+    assert stack.marketplace_state()["salons"]["102"]["status"] == "active"
+    assert errors == []
+    page.screenshot(path=str(_artifact("onboarding-active.png")))
+
+
+def test_owner_supplied_names_are_escaped(stack: RunningStack, browser: Browser) -> None:
+    page = _new_page(browser)
+    page.goto(stack.marketplace + "/")
+    page.locator("li[data-salon='103'] button").click()
+    expect(page.locator("#card")).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    # "<Ноготок>" is shown as text, never parsed as markup.
+    expect(page.locator("#salon")).to_have_text("Салон: Студия маникюра <Ноготок>")
+    assert page.locator("#salon ноготок").count() == 0
+    page.screenshot(path=str(_artifact("onboarding-qr.png")))
+
+
+def test_page_without_a_token_tells_the_owner_what_to_do(stack: RunningStack, browser: Browser) -> None:
+    page = _new_page(browser)
+    page.goto(stack.base_url + "/marketplace/onboarding")
+    expect(page.locator("#title")).to_have_text("Ссылка устарела")
+
+
+def test_bad_redirect_shows_a_friendly_page(stack: RunningStack, browser: Browser) -> None:
+    page = _new_page(browser)
+    response = page.goto(stack.base_url + "/auth/yclients/redirect?salon_id=101&user_data=e30&user_data_sign=00")
+    assert response is not None and response.status == 400
+    expect(page.locator("h1")).to_have_text("Ссылка недействительна")
+
+
+def _artifact(name: str):  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    directory = Path(__file__).resolve().parents[2] / "test-artifacts"
+    directory.mkdir(exist_ok=True)
+    return directory / name
