@@ -136,7 +136,8 @@ class FakeWhatsApp:
         attempt.used = True
         for ref in attempt.refs:
             self.attempts.pop(ref, None)
-        device = Device(secrets.token_hex(8), attempt.session, f"7900{secrets.randbelow(10**7):07d}.0:{secrets.randbelow(90) + 10}@s.whatsapp.net")
+        jid = f"7900{secrets.randbelow(10**7):07d}.0:{secrets.randbelow(90) + 10}@s.whatsapp.net"
+        device = Device(secrets.token_hex(8), attempt.session, jid)
         self.devices[device.device_id] = device
         device.socket = attempt.socket
         await attempt.socket.send_json({"type": "pair-success", "jid": device.jid, "device_id": device.device_id})

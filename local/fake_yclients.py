@@ -20,9 +20,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from aiohttp import web
-
 from aiadmin.yclients import sign_user_data
+from aiohttp import web
 
 ACTIVATION_WINDOW_SECONDS = 3600
 
@@ -81,9 +80,11 @@ class FakeYClients:
                 f'<button type="submit">Подключить</button></form></li>'
             )
         page = (
-            '<!doctype html><html lang="ru"><head><meta charset="utf-8"><title>YClients Маркетплейс (локальный)</title><link rel="icon" href="data:,">'
+            '<!doctype html><html lang="ru"><head><meta charset="utf-8">'
+            '<title>YClients Маркетплейс (локальный)</title><link rel="icon" href="data:,">'
             '</head><body><h1>Маркетплейс YClients: AI Admin</h1>'
-            '<p>Локальная имитация маркетплейса. Нажмите «Подключить», чтобы пройти подключение как владелец салона.</p>'
+            '<p>Локальная имитация маркетплейса. Нажмите «Подключить», '
+            'чтобы пройти подключение как владелец салона.</p>'
             f'<ul>{"".join(rows)}</ul></body></html>'
         )
         return web.Response(text=page, content_type="text/html")

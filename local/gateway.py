@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib.util
 import json
 import os
@@ -336,10 +337,8 @@ class StreamPoller:
                         await self._host.invoke(function, event)
                     except Exception as exc:
                         print(f"[streams] {function} raised {type(exc).__name__}: {exc}", file=sys.stderr)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval)
-            except TimeoutError:
-                pass
 
 
 def _stream_record(record: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ handlers, the simulated WhatsApp servers, the fake YClients marketplace (unless
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -16,19 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from aiadmin.observability import logger
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
-from aiadmin.observability import logger
 from local.fake_whatsapp import FakeWhatsApp
 from local.fake_yclients import FakeYClients
 from local.gateway import Gateway, LambdaHost, StreamPoller
 from local.template import ROOT, create_tables, load_template, resolve_environment
 
 # Built-in test credentials: good for this machine only, never for a real marketplace.
-DEFAULT_PARTNER_TOKEN = "local-partner-token-not-a-secret"
+DEFAULT_PARTNER_TOKEN = "local-partner-token-not-a-secret"  # noqa: S105
 DEFAULT_APP_ID = "4242"
-DEFAULT_JWT_SECRET = "local-jwt-secret-not-a-secret-0123456789"
+DEFAULT_JWT_SECRET = "local-jwt-secret-not-a-secret-0123456789"  # noqa: S105
 REGION = "eu-central-1"
 
 
@@ -81,7 +82,11 @@ async def run_stack(options: StackOptions) -> None:
     app.add_routes(whatsapp.routes())
     if not external_marketplace:
         app.add_routes(marketplace.routes())
-    app.router.add_get("/", lambda _r: web.HTTPFound(marketplace.prefix + "/"))
+
+    async def index(_request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(marketplace.prefix + "/")
+
+    app.router.add_get("/", index)
     app.router.add_route("*", "/{tail:.*}", gateway.http)
     site_runner = web.AppRunner(app, access_log=None)
     await site_runner.setup()
@@ -149,10 +154,8 @@ async def run_stack(options: StackOptions) -> None:
                 if process.poll() is not None:
                     print(f"runner exited with {process.returncode}; stopping the stack", file=sys.stderr)
                     stop.set()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
     finally:
         print("Stopping the local stack...", flush=True)
         for process in runners:

@@ -112,7 +112,7 @@ def load_template(path: Path = TEMPLATE) -> Template:
                     for name, res in resources.items() if res.get("Type") == "AWS::ApiGatewayV2::Integration"}
     ws_routes: dict[str, str] = {}
     selection = "$request.body.action"
-    for name, res in resources.items():
+    for res in resources.values():
         if res.get("Type") == "AWS::ApiGatewayV2::Route":
             integration = _referenced(res["Properties"]["Target"])
             function = integrations.get(integration or "")
@@ -123,7 +123,9 @@ def load_template(path: Path = TEMPLATE) -> Template:
     return Template(resources, globals_env, functions, http_routes, ws_routes, selection, streams)
 
 
-def resolve_environment(spec: Mapping[str, Any], overrides: Mapping[str, str], resource_names: Mapping[str, str]) -> dict[str, str]:
+def resolve_environment(
+    spec: Mapping[str, Any], overrides: Mapping[str, str], resource_names: Mapping[str, str]
+) -> dict[str, str]:
     """Environment values for local runs: overrides win; `Ref`s to resources become their local names."""
     env: dict[str, str] = {}
     for key, value in spec.items():

@@ -21,6 +21,7 @@ from aiadmin.push import Pusher
 from aiadmin.states import IllegalTransition, SalonState
 from aiadmin.store import Store
 from aiadmin.yclients import ActivationOutcome, YClientsClient
+
 from wa_runner.engine import EngineEvent, EventKind, WhatsAppEngine
 
 ACTOR = "runner"
@@ -193,7 +194,8 @@ class Runner:
             return
         if salon.state in (S.PAIRING, S.PENDING_WHATSAPP, S.QR_READY):
             salon = await self._transition(salon_id, S.WHATSAPP_CONNECTED, "session connected")
-        if salon.state in (S.WHATSAPP_CONNECTED, S.ACTIVATION_FAILED, S.ACTIVATING) and salon_id not in self._activations:
+        needs_activation = salon.state in (S.WHATSAPP_CONNECTED, S.ACTIVATION_FAILED, S.ACTIVATING)
+        if needs_activation and salon_id not in self._activations:
             task = asyncio.create_task(self._activate(salon))
             self._activations[salon_id] = task
             task.add_done_callback(lambda _t: self._activations.pop(salon_id, None))

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import requests
 import websockets
-from websockets.exceptions import InvalidStatus
-
 from aiadmin.tokens import issue_token
 from aiadmin.yclients import sign_user_data
+from websockets.exceptions import InvalidStatus
+
 from local.stack import DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
 from tests.support.journey import follow_redirect, press_connect, receive_until, scan
 from tests.support.stack import RunningStack, local_stack

@@ -1,11 +1,12 @@
-import pytest
+import itertools
 
+import pytest
 from aiadmin.states import ALLOWED_TRANSITIONS, OWNER_TEXT, IllegalTransition, SalonState, check_transition
 
 
 def test_the_happy_path_is_allowed() -> None:
     path = [None, "pending_whatsapp", "qr_ready", "qr_ready", "pairing", "whatsapp_connected", "activating", "active"]
-    for old, new in zip(path, path[1:], strict=False):
+    for old, new in itertools.pairwise(path):
         check_transition(SalonState(old) if old else None, SalonState(new))
 
 

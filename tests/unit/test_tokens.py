@@ -2,7 +2,6 @@ import time
 
 import jwt
 import pytest
-
 from aiadmin.tokens import InvalidToken, issue_token, verify_token
 
 SECRET = "s" * 40

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aiadmin.models import SessionDesire
 from aiadmin.states import IllegalTransition, SalonState
 from aiadmin.store import Store
 
@@ -10,7 +11,10 @@ def apply_lifecycle_event(store: Store, salon_id: int, event: str) -> str:
     """Returns what happened: `uninstalled`, `frozen`, `unchanged` or `recorded`.
 
     Idempotent: a repeated event finds the salon already in the target state."""
-    targets = {"uninstall": (SalonState.UNINSTALLED, "stop"), "freeze": (SalonState.FROZEN, "pause")}
+    targets: dict[str, tuple[SalonState, SessionDesire]] = {
+        "uninstall": (SalonState.UNINSTALLED, "stop"),
+        "freeze": (SalonState.FROZEN, "pause"),
+    }
     if event not in targets:
         return "recorded"
     target, desired = targets[event]

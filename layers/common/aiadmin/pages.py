@@ -9,7 +9,8 @@ _ERROR_PAGE = """<!doctype html>
 <html lang="ru"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
-<style nonce="{nonce}">body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;color:#222}}
+<style nonce="{nonce}">
+body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;color:#222}}
 h1{{font-size:1.4rem}}</style></head>
 <body><h1>{title}</h1><p>{message}</p>
 <p>Откройте YClients и нажмите «Подключить» у приложения AI Admin ещё раз.</p></body></html>

@@ -137,7 +137,8 @@ class YClientsClient:
         if status == 403 and any(marker in message.lower() for marker in _ALREADY_INSTALLED_MARKERS):
             return ActivationResult(ActivationOutcome.ALREADY_ACTIVE, status, message)
         if status in (400, 401, 403, 404, 422):
-            logger.error("activation refused", extra={"salon_id": salon_id, "status": status, "yclients_message": message})
+            logger.error("activation refused",
+                         extra={"salon_id": salon_id, "status": status, "yclients_message": message})
             return ActivationResult(ActivationOutcome.PERMANENT_FAILURE, status, message)
         return ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, status, message)
 
