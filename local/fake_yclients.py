@@ -20,8 +20,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from aiadmin.yclients import sign_user_data
 from aiohttp import web
+
+from aiadmin.yclients import sign_user_data
 
 ACTIVATION_WINDOW_SECONDS = 3600
 
@@ -102,9 +103,12 @@ class FakeYClients:
         return f"{self.redirect_url}?{query}"
 
     async def connect(self, request: web.Request) -> web.Response:
-        salon = self.salons.get(_int(request.match_info["salon_id"]))
-        if salon is None:
+        salon_id = _int(request.match_info["salon_id"])
+        if not 0 < salon_id < 10**9:
             raise web.HTTPNotFound(text="no such salon")
+        # Any salon of the marketplace can press the button; unknown ones get a made-up profile.
+        salon = self.salons.setdefault(salon_id, FakeSalon(salon_id, f"Салон №{salon_id}", "Мария Кузнецова",
+                                                           "79000000000"))
         if salon.status != "active":
             salon.status = "pending"
         salon.consent_at = time.time()

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
-from aiadmin.observability import logger
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
+from aiadmin.observability import logger
 from local.fake_whatsapp import FakeWhatsApp
 from local.fake_yclients import FakeYClients
 from local.gateway import Gateway, LambdaHost, StreamPoller

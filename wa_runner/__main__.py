@@ -9,12 +9,12 @@ import socket
 import sys
 
 import boto3
+
 from aiadmin.config import SettingsError, load_settings
 from aiadmin.observability import logger
 from aiadmin.push import Pusher
 from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
-
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.runner import Runner
 

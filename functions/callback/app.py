@@ -9,13 +9,14 @@ import json
 from typing import Any
 
 import boto3
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from aiadmin.config import load_settings
 from aiadmin.lifecycle import apply_lifecycle_event
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.store import Store
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 settings = load_settings(["table_name", "yclients_partner_token", "yclients_app_id"])
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))

@@ -10,6 +10,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
 import boto3
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from aiadmin.config import load_settings
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import start_onboarding
@@ -17,8 +20,6 @@ from aiadmin.pages import error_page, new_nonce, security_headers
 from aiadmin.store import Store
 from aiadmin.tokens import issue_token
 from aiadmin.yclients import BadUserData, YClientsClient, verify_user_data
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 settings = load_settings([
     "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token", "jwt_secret",

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from aiadmin.config import load_settings
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.store import Store
 from aiadmin.tokens import InvalidToken, verify_token
-from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 settings = load_settings(["table_name", "jwt_secret"])
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))

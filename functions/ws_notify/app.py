@@ -8,12 +8,6 @@ import time
 from typing import Any
 
 import boto3
-from aiadmin.config import load_settings
-from aiadmin.models import Salon
-from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import request_new_qr, state_message
-from aiadmin.push import Pusher
-from aiadmin.store import Store
 from aws_lambda_powertools.utilities.data_classes import (
     APIGatewayWebSocketEvent,
     DynamoDBStreamEvent,
@@ -21,6 +15,13 @@ from aws_lambda_powertools.utilities.data_classes import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
+
+from aiadmin.config import load_settings
+from aiadmin.models import Salon
+from aiadmin.observability import logger, metrics, tracer
+from aiadmin.onboarding import request_new_qr, state_message
+from aiadmin.push import Pusher
+from aiadmin.store import Store
 
 settings = load_settings(["table_name", "websocket_management_url"])
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))

@@ -16,7 +16,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from pyzbar.pyzbar import decode
 
-from tests.support.stack import RunningStack, local_stack
+from local.process import RunningStack, local_stack
 
 pytestmark = pytest.mark.browser
 

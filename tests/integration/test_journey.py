@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import requests
 import websockets
-from aiadmin.tokens import issue_token
-from aiadmin.yclients import sign_user_data
 from websockets.exceptions import InvalidStatus
 
+from aiadmin.tokens import issue_token
+from aiadmin.yclients import sign_user_data
+from local.owner import follow_redirect, press_connect, receive_until, scan
+from local.process import RunningStack, local_stack
 from local.stack import DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
-from tests.support.journey import follow_redirect, press_connect, receive_until, scan
-from tests.support.stack import RunningStack, local_stack
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
 import pytest
+
 from aiadmin.config import Secret, SettingsError, load_settings
 
 NAMES = ["table_name", "yclients_app_id", "yclients_partner_token", "jwt_secret", "websocket_url"]

@@ -1,6 +1,7 @@
 import itertools
 
 import pytest
+
 from aiadmin.states import ALLOWED_TRANSITIONS, OWNER_TEXT, IllegalTransition, SalonState, check_transition
 
 

@@ -1,6 +1,7 @@
 import time
 
 import pytest
+
 from aiadmin.models import UserData
 from aiadmin.onboarding import start_onboarding
 from aiadmin.states import IllegalTransition, SalonState

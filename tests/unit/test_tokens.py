@@ -2,6 +2,7 @@ import time
 
 import jwt
 import pytest
+
 from aiadmin.tokens import InvalidToken, issue_token, verify_token
 
 SECRET = "s" * 40

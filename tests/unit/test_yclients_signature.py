@@ -2,9 +2,10 @@ import base64
 import json
 
 import pytest
-from aiadmin.yclients import BadUserData, sign_user_data, verify_user_data
 from hypothesis import given
 from hypothesis import strategies as st
+
+from aiadmin.yclients import BadUserData, sign_user_data, verify_user_data
 
 TOKEN = "partner-token-123456"
 USER = {"id": 5101, "name": "Анна Петрова", "phone": "79001234567", "salon_name": "Салон «Лотос»", "is_approved": True}

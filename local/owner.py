@@ -1,8 +1,9 @@
-"""Steps of the owner's journey over real HTTP and a real WebSocket, shared by the
-integration tests and the benchmark."""
+"""The salon owner's side of the journey over real HTTP and a real WebSocket (what the
+browser does), shared by the integration tests and the benchmark."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -14,7 +15,8 @@ import websockets
 def press_connect(marketplace: str, salon_id: int) -> str:
     """The owner presses "Подключить" in the (fake) marketplace; returns our redirect URL."""
     response = requests.post(f"{marketplace}/connect/{salon_id}", allow_redirects=False, timeout=10)
-    assert response.status_code == 302, response.text
+    if response.status_code != 302:
+        raise RuntimeError(f"marketplace answered {response.status_code}: {response.text[:200]}")
     return str(response.headers["Location"])
 
 
@@ -33,8 +35,6 @@ async def receive_until(ws: websockets.ClientConnection, states: set[str], timeo
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"no state in {states}; saw {[m.get('state') for m in seen or []]}")
-        import asyncio
-
         message = json.loads(await asyncio.wait_for(ws.recv(), remaining))
         if seen is not None:
             seen.append(message)

@@ -1,5 +1,5 @@
-"""Starts the local stack (`python -m local`) as a separate process for integration and
-browser tests, on ports chosen at run time."""
+"""Starts the local stack (`python -m local`) as a separate process, on ports chosen at run
+time: used by the integration and browser tests and by the benchmarks."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
