@@ -1,7 +1,9 @@
 # `make dev`: set up and run the local stack.  `make test`: set up and run every check.
 # Both create the virtual environment and install what they need on first use.
 
-PYTHON ?= $(firstword $(shell command -v python3.12 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3)
+# Python 3.12 (the Lambda runtime) when there is one that runs, else any python3 >= 3.11.
+PYTHON ?= $(shell for p in $(HOME)/.pyenv/versions/3.12*/bin/python3.12 python3.12 python3; do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -22,6 +22,7 @@ from aiadmin.states import IllegalTransition, SalonState
 from aiadmin.store import Store
 from aiadmin.yclients import ActivationOutcome, YClientsClient
 from wa_runner.engine import EngineEvent, EventKind, WhatsAppEngine
+from wa_runner.healthcheck import beat
 
 ACTOR = "runner"
 S = SalonState
@@ -62,6 +63,7 @@ class Runner:
                 if now - last_sync >= min(1.0, self._lease_seconds / 3):
                     await self._sync_owned(now)
                     last_sync = now
+                    beat()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._poll_seconds)
         finally:
