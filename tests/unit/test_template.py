@@ -1,0 +1,28 @@
+"""The local stack routes by reading template.yaml: these are the routes it must find there."""
+
+from local.template import load_template
+
+
+def test_http_and_websocket_routes_come_from_the_template() -> None:
+    template = load_template()
+    routes = {(r.method, r.path): r.function for r in template.http_routes}
+    assert routes[("GET", "/auth/yclients/redirect")] == "RedirectFunction"
+    assert routes[("GET", "/marketplace/onboarding")] == "RedirectFunction"
+    assert routes[("POST", "/callback/yclients")] == "CallbackFunction"
+    assert template.ws_routes == {"$connect": "WsConnectFunction", "$disconnect": "WsConnectFunction",
+                                  "$default": "WsNotifyFunction"}
+    assert [(s.function, s.table) for s in template.streams] == [("StateStreamFunction", "AppTable")]
+
+
+def test_every_function_points_at_existing_code() -> None:
+    for spec in load_template().functions.values():
+        module = spec.code_dir / f"{spec.module}.py"
+        assert module.is_file(), module
+        assert f"def {spec.handler}(" in module.read_text()
+
+
+def test_table_has_the_lease_index_ttl_and_stream() -> None:
+    props = load_template().tables()["AppTable"]
+    assert [i["IndexName"] for i in props["GlobalSecondaryIndexes"]] == ["LeaseIndex"]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+    assert props["StreamSpecification"]["StreamViewType"] == "NEW_IMAGE"
