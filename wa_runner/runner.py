@@ -190,10 +190,13 @@ class Runner:
             state = S.BANNED if event.kind == EventKind.BANNED else S.CLIENT_OUTDATED
             await self._engine.stop(salon_id)
             await self._transition(salon_id, state, event.detail or event.kind.value)
-        elif event.kind == EventKind.DISCONNECTED and owned.lease.desired == "run":
-            # A linked session lost its transport: reconnect after a short, jittered pause.
+        elif event.kind == EventKind.DISCONNECTED and owned.lease.desired in ("run", "link"):
+            # The transport dropped (not a stop of ours: those cancel the session quietly).
+            # Reconnect after a short, jittered pause; a linking attempt starts over.
+            logger.warning("session disconnected, reconnecting", extra={"salon_id": salon_id, "detail": event.detail})
             await asyncio.sleep(1 + random.random())
-            if salon_id in self._owned and salon_id not in self._engine.running():
+            if salon_id in self._owned and salon_id not in self._engine.running() \
+                    and event.generation == owned.lease.generation:
                 await self._engine.start(salon_id, owned.lease.generation)
 
     async def _on_connected(self, salon_id: int) -> None:

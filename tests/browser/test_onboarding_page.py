@@ -17,6 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from pyzbar.pyzbar import decode
 
 from local.process import RunningStack, local_stack
+from tests.helpers import report_stack_output_on_failure
 
 pytestmark = pytest.mark.browser
 
@@ -27,9 +28,10 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[RunningStack]:
+def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
     with local_stack(time_scale=0.5) as running:
         yield running
+        report_stack_output_on_failure(request, running)
 
 
 @pytest.fixture(scope="module")

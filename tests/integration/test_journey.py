@@ -19,15 +19,17 @@ from aiadmin.yclients import sign_user_data
 from local.owner import follow_redirect, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
 from local.stack import DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
+from tests.helpers import report_stack_output_on_failure
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[RunningStack]:
+def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
     # Time scaled 0.1: a pairing attempt's six codes last 16 s instead of 160 s.
-    with local_stack(time_scale=0.1) as running:
+    with local_stack(time_scale=0.1, extra_env={"LOG_LEVEL": "INFO"}) as running:
         yield running
+        report_stack_output_on_failure(request, running)
 
 
 def test_owner_links_whatsapp_and_the_integration_becomes_active(stack: RunningStack) -> None:
