@@ -64,6 +64,7 @@ class Runner:
                     await self._sync_owned(now)
                     last_sync = now
                     beat()
+                    await self._heartbeat(now)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._poll_seconds)
         finally:
@@ -109,6 +110,12 @@ class Runner:
             owned.lease = lease
             if changed:
                 await self._apply(owned)
+
+    async def _heartbeat(self, now: float) -> None:
+        try:
+            await asyncio.to_thread(self._store.record_heartbeat, self.runner_id, now, len(self._owned))
+        except Exception:
+            logger.exception("heartbeat write failed")
 
     async def _apply(self, owned: OwnedSession) -> None:
         """Make the engine match what the lease asks for."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from typing import Any
 
 import boto3
@@ -18,7 +19,11 @@ from aiadmin.lifecycle import apply_lifecycle_event
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.store import Store
 
-settings = load_settings(["table_name", "yclients_partner_token", "yclients_app_id"])
+SETTINGS = ["table_name", "yclients_partner_token", "yclients_app_id"]
+# Settings are loaded at start-up and the function refuses to start without them, so a
+# running health check can only report them present; the booleans say which ones it checked.
+settings = load_settings(SETTINGS)
+RUNNER_STALE_SECONDS = 60
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))
 app = APIGatewayHttpResolver()
 
@@ -60,6 +65,27 @@ def lifecycle() -> Response:
     result = apply_lifecycle_event(store, webhook.salon_id, webhook.event)
     logger.info("lifecycle webhook", extra={"salon_id": webhook.salon_id, "event": webhook.event, "result": result})
     return _json(200, {"success": True, "result": result})
+
+
+@app.get("/marketplace/health-check")
+def health_check() -> Response:
+    """For ops and YClients: which settings are present (booleans only, never a value), whether
+    the store answers, and how old the freshest runner heartbeat is."""
+    try:
+        store.ping()
+        store_ok = True
+        heartbeat = store.latest_heartbeat()
+    except Exception:
+        logger.exception("health check: store unreachable")
+        store_ok, heartbeat = False, None
+    age = round(time.time() - heartbeat, 1) if heartbeat is not None else None
+    healthy = store_ok and age is not None and age < RUNNER_STALE_SECONDS
+    return _json(200 if healthy else 503, {
+        "success": healthy,
+        "settings": {name: True for name in SETTINGS},
+        "store_reachable": store_ok,
+        "runner_heartbeat_age_seconds": age,
+    })
 
 
 @app.exception_handler(Exception)

@@ -196,3 +196,13 @@ def test_onboarding_page_is_served_with_a_strict_policy(stack: RunningStack) -> 
     policy = response.headers["Content-Security-Policy"]
     assert "script-src 'nonce-" in policy and "unsafe-inline" not in policy
     assert stack.ws_url in response.text
+
+
+def test_health_check_reports_without_secrets(stack: RunningStack) -> None:
+    response = requests.get(stack.base_url + "/marketplace/health-check", timeout=5)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["store_reachable"] is True
+    assert 0 <= body["runner_heartbeat_age_seconds"] < 5
+    assert set(body["settings"].values()) == {True}
+    assert DEFAULT_PARTNER_TOKEN not in response.text and DEFAULT_JWT_SECRET not in response.text

@@ -99,3 +99,11 @@ def test_salon_secrets_stay_out_of_the_model(store: Store) -> None:
     salon = store.get_salon(3)
     assert salon is not None and "api_key" not in salon.model_dump_json()
     assert store.get_salon_secrets(3) == {"api_key": "k", "webhook_secret": "w"}
+
+
+def test_latest_heartbeat_of_all_runners(store: Store) -> None:
+    assert store.latest_heartbeat() is None
+    store.record_heartbeat("a", 100.0, 3)
+    store.record_heartbeat("b", 250.5, 0)
+    store.record_heartbeat("a", 200.0, 3)
+    assert store.latest_heartbeat() == 250.5

@@ -9,6 +9,7 @@ Key schema (single table, string keys `pk`/`sk`):
 | connection (fan-out) | SALON#<id>     | CONN#<connection id>   | TTL                                     |
 | connection by id  | CONN#<connection id> | CONN                | salon_id; TTL                           |
 | session lease     | SALON#<id>        | SESSION                | `SessionLease`; GSI LeaseIndex          |
+| runner heartbeat  | RUNNERS           | <runner id>            | at, sessions; TTL                       |
 | idempotency       | idempotency#...   | <hash>                 | written by powertools Idempotency       |
 
 `LeaseIndex` (pk `lease_pk`, sk `lease_expires`) holds only sessions that need an owner
@@ -35,6 +36,7 @@ from aiadmin.states import IllegalTransition, SalonState, check_transition
 CONNECTION_TTL_SECONDS = 2 * 3600
 EVENT_TTL_SECONDS = 90 * 24 * 3600
 LEASE_PARTITION = "LEASE"
+RUNNERS_PARTITION = "RUNNERS"
 _TRANSITION_ATTEMPTS = 5
 
 
@@ -347,3 +349,21 @@ class Store:
                     found[lease.salon_id] = lease
                 request = response.get("UnprocessedKeys") or {}
         return found
+
+    # ---- runner heartbeats ----------------------------------------------------------------
+
+    def record_heartbeat(self, runner_id: str, now: float, sessions: int) -> None:
+        """All runners' heartbeats share one small partition: the health check reads it whole."""
+        self._table.put_item(Item={
+            "pk": RUNNERS_PARTITION, "sk": runner_id, "at": _to_dynamo(now), "sessions": sessions,
+            "ttl": int(now) + 24 * 3600,
+        })
+
+    def latest_heartbeat(self) -> float | None:
+        response = self._table.query(KeyConditionExpression=Key("pk").eq(RUNNERS_PARTITION))
+        stamps = [float(item["at"]) for item in response["Items"]]
+        return max(stamps) if stamps else None
+
+    def ping(self) -> None:
+        """A cheap read that fails when the table cannot be reached."""
+        self._table.get_item(Key={"pk": RUNNERS_PARTITION, "sk": "-"})
