@@ -11,6 +11,11 @@ from typing import Any
 
 import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -26,6 +31,23 @@ settings = load_settings(SETTINGS)
 RUNNER_STALE_SECONDS = 60
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))
 app = APIGatewayHttpResolver()
+
+# Replays of a lifecycle webhook (YClients' retries are undocumented) return the first answer
+# and change nothing. The window is short on purpose: the payload carries no event id, so the
+# same event for the same salon after a reinstall must be processed again, not suppressed.
+idempotency_store = DynamoDBPersistenceLayer(
+    table_name=settings.table_name, key_attr="pk", sort_key_attr="sk", expiry_attr="ttl")
+idempotency_config = IdempotencyConfig(event_key_jmespath="[salon_id, application_id, event]",
+                                       expires_after_seconds=300)
+
+
+@idempotent_function(data_keyword_argument="webhook", persistence_store=idempotency_store,
+                     config=idempotency_config)
+def process_lifecycle(webhook: dict[str, Any]) -> dict[str, Any]:
+    result = apply_lifecycle_event(store, int(webhook["salon_id"]), str(webhook["event"]))
+    logger.info("lifecycle webhook", extra={"salon_id": webhook["salon_id"], "event": webhook["event"],
+                                            "result": result})
+    return {"success": True, "result": result}
 
 
 class LifecycleWebhook(BaseModel):
@@ -62,9 +84,9 @@ def lifecycle() -> Response:
         return _json(400, {"success": False, "message": "salon_id, application_id and event are required"})
     if webhook.application_id != settings.yclients_app_id:
         return _json(400, {"success": False, "message": "unknown application_id"})
-    result = apply_lifecycle_event(store, webhook.salon_id, webhook.event)
-    logger.info("lifecycle webhook", extra={"salon_id": webhook.salon_id, "event": webhook.event, "result": result})
-    return _json(200, {"success": True, "result": result})
+    answer = process_lifecycle(webhook={"salon_id": webhook.salon_id, "application_id": webhook.application_id,
+                                        "event": webhook.event})
+    return _json(200, answer)
 
 
 @app.get("/marketplace/health-check")
@@ -98,4 +120,5 @@ def unexpected(exc: Exception) -> Response:
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    idempotency_config.register_lambda_context(context)
     return app.resolve(event, context)

@@ -186,8 +186,14 @@ def test_lifecycle_webhook_checks_token_and_uninstall_reaches_the_page(stack: Ru
             return await receive_until(ws, {"uninstalled"})
 
     assert asyncio.run(uninstall())["state"] == "uninstalled"
+    # A replay gets the first answer again (powertools Idempotency) and changes nothing.
     replay = requests.post(f"{stack.marketplace}/send/101/uninstall", timeout=10).json()
-    assert replay["status"] == 200 and json.loads(replay["body"])["result"] == "unchanged"
+    assert replay["status"] == 200 and json.loads(replay["body"]) == {"success": True, "result": "uninstalled"}
+    # Unknown events are recorded and answered 2xx.
+    unknown = {"salon_id": 101, "application_id": 4242, "event": "something_new",
+               "partner_token": DEFAULT_PARTNER_TOKEN}
+    answer = requests.post(callback, json=unknown, timeout=5)
+    assert answer.status_code == 200 and answer.json()["result"] == "recorded"
 
 
 def test_onboarding_page_is_served_with_a_strict_policy(stack: RunningStack) -> None:
