@@ -7,7 +7,7 @@ import html
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
@@ -29,6 +29,13 @@ store = Store(boto3.resource("dynamodb").Table(settings.table_name))
 yclients = YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
                           settings.yclients_app_id)
 PAGE_TEMPLATE = (Path(__file__).parent / "onboarding.html").read_text(encoding="utf-8")
+CHOOSER_TEMPLATE = """<!doctype html><html lang="ru"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Выберите филиал</title>
+<link rel="icon" href="data:,"><style nonce="{{nonce}}">body{font-family:system-ui,sans-serif;max-width:32rem;
+margin:3rem auto;padding:0 1rem}li{margin:.6rem 0;font-size:1.1rem}</style></head>
+<body><h1>Выберите филиал</h1><p>WhatsApp подключается к каждому филиалу отдельно.
+Выберите, с какого начать; к остальным можно вернуться по этой же ссылке.</p><ul>{{items}}</ul></body></html>
+"""
 _WS_ORIGIN = "{0.scheme}://{0.netloc}".format(urlparse(settings.websocket_url))
 
 app = APIGatewayHttpResolver()
@@ -58,12 +65,8 @@ def redirect() -> Response:
     ids = _salon_ids(app.current_event.raw_query_string)
     if not ids:
         return _owner_error(400, "Не указан салон", "В ссылке из YClients нет номера салона.")
-    if len(ids) > 1:
-        return _owner_error(400, "Выбрано несколько салонов",
-                            "Подключайте AI Admin к каждому филиалу отдельно.")
-    if not ids[0].isdigit() or not 0 < int(ids[0]) < 2**53:
+    if not all(i.isdigit() and 0 < int(i) < 2**53 for i in ids):
         return _owner_error(400, "Неверный номер салона", "Ссылка из YClients повреждена.")
-    salon_id = int(ids[0])
     user_data, sign = query.get("user_data"), query.get("user_data_sign")
     if not user_data or not sign:
         return _owner_error(400, "Ссылка без подписи", "Ссылка не подписана YClients, мы не можем ей доверять.")
@@ -73,6 +76,9 @@ def redirect() -> Response:
         logger.warning("redirect refused", extra={"reason": str(exc)})
         metrics.add_metric(name="RedirectRefused", unit="Count", value=1)
         return _owner_error(400, "Ссылка недействительна", "Подпись YClients не сходится.")
+    if len(ids) > 1:
+        return _choose_salon(ids, user_data, sign)
+    salon_id = int(ids[0])
     status = yclients.app_status(salon_id)
     if status not in _INSTALLED_STATUSES:
         logger.warning("salon has no pending app", extra={"salon_id": salon_id, "status": status})
@@ -86,6 +92,19 @@ def redirect() -> Response:
         "Location": f"/marketplace/onboarding#token={token}", "Cache-Control": "no-store",
         "Referrer-Policy": "no-referrer",
     })
+
+
+def _choose_salon(ids: list[str], user_data: str, sign: str) -> Response:
+    """Several locations at once (`salon_ids[]`): one onboarding per salon, chosen by the owner.
+    Each link carries the same signed user data and goes through every check again."""
+    nonce = new_nonce()
+    links = [(i, urlencode({"salon_id": i, "user_data": user_data, "user_data_sign": sign})) for i in ids]
+    items = "".join(
+        f'<li><a href="/auth/yclients/redirect?{html.escape(query)}">Филиал №{html.escape(i)}</a></li>'
+        for i, query in links
+    )
+    body = CHOOSER_TEMPLATE.replace("{{nonce}}", nonce).replace("{{items}}", items)
+    return Response(status_code=200, body=body, headers=security_headers(nonce))
 
 
 @app.get("/marketplace/onboarding")
