@@ -54,6 +54,11 @@ async def main() -> None:
     logger.info("runner started", extra={"runner_id": runner_id, "engine": settings.wa_engine})
     print(f"runner {runner_id} ready", flush=True)
     await runner.run(stop)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Leases are released; a second signal (Ctrl-C reaches the whole process group, then
+        # the local stack sends SIGTERM) has nothing left to do.
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
     logger.info("runner stopped", extra={"runner_id": runner_id})
 
 
