@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import websockets
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from local.owner import follow_redirect, press_connect, receive_until, scan
+from local.owner import follow_redirect, open_page, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
 
 
@@ -38,8 +35,7 @@ async def one_onboarding(stack: RunningStack, salon_id: int) -> tuple[float, flo
     response, token = follow_redirect(redirect_url)
     if token is None:
         raise RuntimeError(f"redirect refused: {response.status_code}")
-    async with websockets.connect(f"{stack.ws_url}?token={token}") as ws:
-        await ws.send(json.dumps({"action": "sync"}))
+    async with open_page(stack.ws_url, token) as ws:
         message = await receive_until(ws, {"qr_ready"})
         first_qr = time.perf_counter() - started
         scanned = time.perf_counter()

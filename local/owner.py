@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import requests
@@ -40,6 +42,15 @@ async def receive_until(ws: websockets.ClientConnection, states: set[str], timeo
             seen.append(message)
         if message.get("type") == "state" and message.get("state") in states:
             return message
+
+
+@asynccontextmanager
+async def open_page(ws_url: str, token: str | None) -> AsyncIterator[websockets.ClientConnection]:
+    """What the onboarding page does on load: open the socket with the token and ask for the
+    salon's current state."""
+    async with websockets.connect(f"{ws_url}?token={token}") as ws:
+        await ws.send(json.dumps({"action": "sync"}))
+        yield ws
 
 
 def scan(base_url: str, qr: str) -> requests.Response:

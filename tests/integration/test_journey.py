@@ -18,7 +18,7 @@ from websockets.exceptions import InvalidStatus
 
 from aiadmin.tokens import issue_token
 from aiadmin.yclients import sign_user_data
-from local.owner import follow_redirect, press_connect, receive_until, scan
+from local.owner import follow_redirect, open_page, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
 from local.stack import DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
 from tests.helpers import report_stack_output_on_failure
@@ -42,8 +42,7 @@ def test_owner_links_whatsapp_and_the_integration_becomes_active(stack: RunningS
 
     async def journey() -> list[dict[str, Any]]:
         seen: list[dict[str, Any]] = []
-        async with websockets.connect(f"{stack.ws_url}?token={token}") as ws:
-            await ws.send(json.dumps({"action": "sync"}))
+        async with open_page(stack.ws_url, token) as ws:
             qr_message = await receive_until(ws, {"qr_ready"}, seen=seen)
             assert qr_message["qr"].startswith("https://wa.me/settings/linked_devices#2@")
             assert qr_message["qr_svg"].lstrip().startswith("<")
@@ -72,11 +71,9 @@ def test_reopened_page_gets_the_current_state(stack: RunningStack) -> None:
     _, token = follow_redirect(press_connect(stack.marketplace, 102))
 
     async def reopen() -> tuple[dict[str, Any], dict[str, Any]]:
-        async with websockets.connect(f"{stack.ws_url}?token={token}") as ws:
-            await ws.send(json.dumps({"action": "sync"}))
+        async with open_page(stack.ws_url, token) as ws:
             first = await receive_until(ws, {"qr_ready"})
-        async with websockets.connect(f"{stack.ws_url}?token={token}") as ws:
-            await ws.send(json.dumps({"action": "sync"}))
+        async with open_page(stack.ws_url, token) as ws:
             second = await receive_until(ws, {"qr_ready"})
         return first, second
 
@@ -93,8 +90,7 @@ def test_qr_expires_and_owner_gets_a_new_one(stack: RunningStack) -> None:
     _, token = follow_redirect(press_connect(stack.marketplace, 103))
 
     async def wait_out() -> tuple[dict[str, Any], dict[str, Any]]:
-        async with websockets.connect(f"{stack.ws_url}?token={token}") as ws:
-            await ws.send(json.dumps({"action": "sync"}))
+        async with open_page(stack.ws_url, token) as ws:
             first = await receive_until(ws, {"qr_ready"})
             expired = await receive_until(ws, {"qr_expired"}, timeout=30)
             assert expired["qr"] is None and expired["qr_svg"] is None
@@ -144,8 +140,7 @@ def _assert_no_salon(stack: RunningStack, salon_id: int) -> None:
     token = issue_token(salon_id, DEFAULT_JWT_SECRET, 60)
 
     async def probe() -> None:
-        async with websockets.connect(f"{stack.ws_url}?token={token}") as ws:
-            await ws.send(json.dumps({"action": "sync"}))
+        async with open_page(stack.ws_url, token) as ws:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(ws.recv(), 1.0)
 
@@ -178,8 +173,7 @@ def test_lifecycle_webhook_checks_token_and_uninstall_reaches_the_page(stack: Ru
     _, token = follow_redirect(press_connect(stack.marketplace, 101))  # salon 101 is active from the first test
 
     async def uninstall() -> dict[str, Any]:
-        async with websockets.connect(f"{stack.ws_url}?token={token}") as ws:
-            await ws.send(json.dumps({"action": "sync"}))
+        async with open_page(stack.ws_url, token) as ws:
             current = await receive_until(ws, {"active", "pending_whatsapp", "qr_ready"})
             assert current["state"] == "active"  # a repeat visit shows the state, no new pairing
             sent = requests.post(f"{stack.marketplace}/send/101/uninstall", timeout=10).json()

@@ -363,7 +363,3 @@ class Store:
         response = self._table.query(KeyConditionExpression=Key("pk").eq(RUNNERS_PARTITION))
         stamps = [float(item["at"]) for item in response["Items"]]
         return max(stamps) if stamps else None
-
-    def ping(self) -> None:
-        """A cheap read that fails when the table cannot be reached."""
-        self._table.get_item(Key={"pk": RUNNERS_PARTITION, "sk": "-"})
