@@ -6,15 +6,23 @@ YClients signs it: URL-safe base64 `user_data` of compact UTF-8 JSON with raw Cy
 HMAC-SHA256 of the decoded bytes keyed with the partner token) and the partner API our
 service calls (`/marketplace/...`, Bearer partner token). It can also send lifecycle
 webhooks on demand. Mounted under a path prefix; `YCLIENTS_BASE_URL` points at that prefix.
+
+Like the real one it enforces the hour between consent and activation, and answers 429 to a
+client above 5 requests/s. Tests script it (`POST <prefix>/_script`): the next answers of an
+operation can be any status, an HTML page, a `success: false` envelope or a slow answer, and
+`<prefix>/_calls` lists what our service asked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import html
+import itertools
 import json
 import time
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -25,6 +33,11 @@ from aiohttp import web
 from aiadmin.yclients import sign_user_data
 
 ACTIVATION_WINDOW_SECONDS = 3600
+RATE_LIMIT_PER_SECOND = 5
+DEFAULT_TARIFFS = [
+    {"id": 1, "title": "AI Admin: месяц", "price": 2990, "currency_iso": "RUB", "period_days": 30},
+    {"id": 2, "title": "AI Admin: год", "price": 29900, "currency_iso": "RUB", "period_days": 365},
+]
 
 
 @dataclass
@@ -46,6 +59,27 @@ def default_salons() -> dict[int, FakeSalon]:
 
 
 @dataclass
+class ScriptedAnswer:
+    """One answer a test wants for the next call of an operation."""
+
+    status: int = 200
+    body: Any = None            # JSON body; None: the normal envelope for the status
+    html: str | None = None     # an HTML page instead of JSON (what a followed redirect returns)
+    delay: float = 0.0          # seconds before answering (our client times out at 10 s)
+    headers: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+
+    def response(self) -> web.Response:
+        if self.html is not None:
+            return web.Response(status=self.status, text=self.html, content_type="text/html", headers=self.headers)
+        if self.body is not None:
+            return web.json_response(self.body, status=self.status, headers=self.headers)
+        response = _envelope(self.status, {"success": True} if self.status < 300 else None, self.message)
+        response.headers.update(self.headers)
+        return response
+
+
+@dataclass
 class FakeYClients:
     partner_token: str
     application_id: int
@@ -54,16 +88,38 @@ class FakeYClients:
     callback_url: str = ""   # our lifecycle webhook URL
     salons: dict[int, FakeSalon] = field(default_factory=default_salons)
     activations: list[dict[str, Any]] = field(default_factory=list)
+    payments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    tariffs: list[dict[str, Any]] = field(default_factory=lambda: list(DEFAULT_TARIFFS))
+    channels: dict[str, bool] = field(default_factory=dict)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    scripts: dict[str, deque[ScriptedAnswer]] = field(default_factory=lambda: defaultdict(deque))
+    rate_limit: int = RATE_LIMIT_PER_SECOND
+    _recent: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    _payment_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9001))
 
     def routes(self) -> list[web.RouteDef]:
         p = self.prefix
+        m = p + "/marketplace"
         return [
             web.get(p + "/", self.start_page),
             web.post(p + "/connect/{salon_id}", self.connect),
             web.post(p + "/send/{salon_id}/{event}", self.send_webhook),
+            web.post(p + "/send-entity/{salon_id}", self.send_entity_webhook),
             web.get(p + "/_state", self.state),
-            web.get(p + "/marketplace/salon/{salon_id}/application/{application_id}", self.app_status),
-            web.post(p + "/marketplace/partner/callback", self.partner_callback),
+            web.get(p + "/_calls", self.list_calls),
+            web.post(p + "/_script", self.script),
+            web.post(p + "/_salon/{salon_id}", self.set_salon),
+            web.get(m + "/salon/{salon_id}/application/{application_id}", self._api("app_status", self.app_status)),
+            web.post(m + "/salon/{salon_id}/application/{application_id}/uninstall",
+                     self._api("uninstall", self.uninstall)),
+            web.get(m + "/application/{application_id}/salons", self._api("installed_salons", self.installed_salons)),
+            web.post(m + "/partner/callback", self._api("activate", self.partner_callback)),
+            web.post(m + "/partner/callback/redirect", self._api("activate_redirect", self.partner_callback_redirect)),
+            web.post(m + "/partner/payment", self._api("payment", self.payment)),
+            web.post(m + "/partner/payment/refund/{payment_id}", self._api("refund", self.refund)),
+            web.get(m + "/application/payment_link", self._api("payment_link", self.payment_link)),
+            web.get(m + "/application/{application_id}/tariffs", self._api("tariffs", self.list_tariffs)),
+            web.post(m + "/application/update_channel", self._api("update_channel", self.update_channel)),
         ]
 
     # ---- the owner's side ----------------------------------------------------------------
@@ -114,7 +170,10 @@ class FakeYClients:
         salon.consent_at = time.time()
         raise web.HTTPFound(self.signed_redirect(salon))
 
+    # ---- webhooks YClients sends -----------------------------------------------------------
+
     async def send_webhook(self, request: web.Request) -> web.Response:
+        """A lifecycle webhook to our callback URL, as YClients sends it (`?times=2`: a replay)."""
         salon = self.salons.get(_int(request.match_info["salon_id"]))
         event = request.match_info["event"]
         if salon is None:
@@ -123,38 +182,139 @@ class FakeYClients:
             salon.status = "uninstalled"
         elif event == "freeze":
             salon.status = "freezed"
-        body = {"salon_id": salon.salon_id, "application_id": self.application_id,
-                "event": event, "partner_token": self.partner_token}
-        async with aiohttp.ClientSession() as http, http.post(self.callback_url, json=body) as response:
+        elif event == "payment" and salon.status == "freezed":
+            salon.status = "active"
+        body: dict[str, Any] = {"salon_id": salon.salon_id, "application_id": self.application_id,
+                                "event": event, "partner_token": self.partner_token}
+        if event == "payment":
+            # Altegio's notes mention period fields on `payment`; YClients' are a guess.
+            body.update({"payment_sum": 2990, "currency_iso": "RUB",
+                         "period_from": time.strftime("%Y-%m-%d 00:00:00"),
+                         "period_to": time.strftime("%Y-%m-%d 00:00:00", time.localtime(time.time() + 30 * 86400))})
+        return await self._post_json(self.callback_url, body)
+
+    async def send_entity_webhook(self, request: web.Request) -> web.Response:
+        """An entity webhook (a record, a client, ...) to the URL our service registered at activation."""
+        salon_id = _int(request.match_info["salon_id"])
+        urls = [url for a in self.activations if a["salon_id"] == salon_id for url in a["webhook_urls"]]
+        if not urls:
+            raise web.HTTPNotFound(text="no webhook URL registered for this salon")
+        try:
+            extra = await request.json() if request.can_read_body else {}
+        except ValueError:
+            extra = {}
+        body = {"company_id": salon_id, "resource": "record", "resource_id": 4242001, "status": "create",
+                "data": {"id": 4242001, "datetime": "2026-11-21T12:00:00+03:00", "services": [{"title": "Маникюр"}]},
+                **(extra if isinstance(extra, dict) else {})}
+        return await self._post_json(urls[-1], body)
+
+    @staticmethod
+    async def _post_json(url: str, body: dict[str, Any]) -> web.Response:
+        timeout = aiohttp.ClientTimeout(total=15)  # YClients gives up on a webhook after 15 s
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.post(url, json=body) as response:
             return web.json_response({"status": response.status, "body": await response.text()})
+
+    # ---- test controls ----------------------------------------------------------------------
 
     async def state(self, request: web.Request) -> web.Response:
         return web.json_response({
             "salons": {str(s.salon_id): {"status": s.status, "consent_at": s.consent_at} for s in self.salons.values()},
             "activations": self.activations,
+            "payments": {str(k): v for k, v in self.payments.items()},
+            "channels": self.channels,
         })
 
+    async def list_calls(self, request: web.Request) -> web.Response:
+        operation = request.query.get("operation")
+        return web.json_response([c for c in self.calls if operation in (None, c["operation"])])
+
+    async def script(self, request: web.Request) -> web.Response:
+        """`{"operation": "activate", "answers": [{"status": 503}, {"html": "<html>", "status": 200}, ...]}`;
+        `"answers": []` clears the script; `"rate_limit": n` changes the per-second limit."""
+        try:
+            body = await request.json()
+            if "rate_limit" in body:
+                self.rate_limit = int(body["rate_limit"])
+            operation = str(body.get("operation", ""))
+            answers = [ScriptedAnswer(**answer) for answer in body.get("answers", [])]
+        except (ValueError, TypeError, AttributeError) as exc:
+            return web.json_response({"error": f"bad script: {exc}"}, status=400)
+        if operation:
+            self.scripts[operation] = deque(answers)
+        return web.json_response({"scripted": {k: len(v) for k, v in self.scripts.items()}})
+
+    async def set_salon(self, request: web.Request) -> web.Response:
+        """Move a salon's marketplace state: `{"status": ..., "consent_age_seconds": ...}`."""
+        salon = self.salons.get(_int(request.match_info["salon_id"]))
+        if salon is None:
+            raise web.HTTPNotFound(text="no such salon")
+        body = await request.json()
+        if "status" in body:
+            salon.status = body["status"]
+        if "consent_age_seconds" in body:
+            salon.consent_at = time.time() - float(body["consent_age_seconds"])
+        return web.json_response({"status": salon.status, "consent_at": salon.consent_at})
+
     # ---- the partner API -----------------------------------------------------------------
+
+    def _api(self, operation: str, handler: Any) -> Any:
+        """Every partner call: recorded, throttled like YClients (per client address), checked
+        for the partner token, and answered from the test's script when there is one."""
+        async def handle(request: web.Request) -> web.StreamResponse:
+            now = time.time()
+            record: dict[str, Any] = {"operation": operation, "at": now, "path": request.path}
+            if request.can_read_body:
+                try:
+                    record["body"] = await request.json()
+                except ValueError:
+                    record["body"] = None
+            self.calls.append(record)
+            recent = self._recent[request.remote or ""]
+            while recent and now - recent[0] >= 1.0:
+                recent.popleft()
+            recent.append(now)
+            if len(recent) > self.rate_limit:
+                record["status"] = 429
+                return _envelope(429, None, "Too Many Requests")
+            script = self.scripts.get(operation)
+            if script:
+                answer = script.popleft()
+                record["status"] = answer.status
+                if answer.delay:
+                    await asyncio.sleep(answer.delay)
+                return answer.response()
+            if not self._authorised(request):
+                record["status"] = 401
+                return _envelope(401, None, "Неверный токен партнёра")
+            response: web.Response = await handler(request)
+            record["status"] = response.status
+            return response
+        return handle
 
     def _authorised(self, request: web.Request) -> bool:
         expected = f"Bearer {self.partner_token}".encode()
         return hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected)
 
+    def _installed(self, salon_id: int, application_id: int) -> FakeSalon | None:
+        salon = self.salons.get(salon_id)
+        if application_id != self.application_id or salon is None or salon.status in (None, "uninstalled"):
+            return None
+        return salon
+
     async def app_status(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return _envelope(401, None, "Неверный токен партнёра")
         salon = self.salons.get(_int(request.match_info["salon_id"]))
         if _int(request.match_info["application_id"]) != self.application_id or salon is None or salon.status is None:
             return _envelope(404, None, "Приложение не установлено")
-        return _envelope(200, {"connection_status": {"status": salon.status}, "payments": [], "logs": []})
+        payments = [p for p in self.payments.values() if p["salon_id"] == salon.salon_id]
+        return _envelope(200, {"connection_status": {"status": salon.status}, "payments": payments, "logs": []})
 
     async def partner_callback(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return _envelope(401, None, "Неверный токен партнёра")
         try:
             body = await request.json()
             salon_id, application_id = int(body["salon_id"]), int(body["application_id"])
             api_key, webhook_urls = body["api_key"], body["webhook_urls"]
+            if not isinstance(api_key, str) or not isinstance(webhook_urls, list):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
             return _envelope(422, None, "Ошибка валидации", errors={"body": ["salon_id, application_id, api_key"]})
         salon = self.salons.get(salon_id)
@@ -168,6 +328,87 @@ class FakeYClients:
         self.activations.append({"salon_id": salon_id, "application_id": application_id, "api_key": api_key,
                                  "webhook_urls": webhook_urls, "channels": body.get("channels"), "at": time.time()})
         return _envelope(201, {"success": True})
+
+    async def partner_callback_redirect(self, request: web.Request) -> web.Response:
+        """The same activation, answered with a 301 towards YClients' UI (what trips clients that follow it)."""
+        response = await self.partner_callback(request)
+        if response.status >= 300:
+            return response
+        raise web.HTTPMovedPermanently(self.prefix + "/")
+
+    async def uninstall(self, request: web.Request) -> web.Response:
+        salon = self._installed(_int(request.match_info["salon_id"]), _int(request.match_info["application_id"]))
+        if salon is None:
+            return _envelope(404, None, "Приложение не установлено")
+        salon.status = "uninstalled"
+        if self.callback_url:
+            # YClients tells the partner through the lifecycle callback, as for an owner's uninstall.
+            await self._post_json(self.callback_url, {
+                "salon_id": salon.salon_id, "application_id": self.application_id, "event": "uninstall",
+                "partner_token": self.partner_token})
+        return _envelope(200, None)
+
+    async def installed_salons(self, request: web.Request) -> web.Response:
+        if _int(request.match_info["application_id"]) != self.application_id:
+            return _envelope(404, None, "Приложение не найдено")
+        page, count = max(_int(request.query.get("page", "1")), 1), _int(request.query.get("count", "100"))
+        if not 0 < count <= 1000:
+            return _envelope(422, None, "Ошибка валидации", errors={"count": ["1..1000"]})
+        installed = [{"salon_id": s.salon_id, "title": s.name, "status": s.status}
+                     for s in self.salons.values() if s.status not in (None, "uninstalled")]
+        return _envelope(200, installed[(page - 1) * count:page * count])
+
+    async def payment(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            salon_id, application_id = int(body["salon_id"]), int(body["application_id"])
+            amount = float(body["payment_sum"])
+            fields = {k: str(body[k]) for k in ("currency_iso", "payment_date", "period_from", "period_to")}
+            for key in ("payment_date", "period_from", "period_to"):
+                time.strptime(fields[key], "%Y-%m-%d %H:%M:%S")
+        except (ValueError, KeyError, TypeError):
+            return _envelope(422, None, "Ошибка валидации", errors={"body": ["payment fields, dates as Y-m-d H:i:s"]})
+        if self._installed(salon_id, application_id) is None:
+            return _envelope(400, None, "Агрегатор не найден")
+        payment_id = next(self._payment_ids)
+        self.payments[payment_id] = {"id": payment_id, "salon_id": salon_id, "payment_sum": amount, **fields,
+                                     "refunded": False}
+        return _envelope(201, {"id": payment_id})
+
+    async def refund(self, request: web.Request) -> web.Response:
+        payment = self.payments.get(_int(request.match_info["payment_id"]))
+        if payment is None:
+            return _envelope(404, None, "Платёж не найден")
+        payment["refunded"] = True
+        return _envelope(200, None)
+
+    async def payment_link(self, request: web.Request) -> web.Response:
+        salon_id = _int(request.query.get("salon_id", ""))
+        if _int(request.query.get("application_id", "")) != self.application_id or salon_id not in self.salons:
+            return _envelope(400, None, "Агрегатор не найден")
+        if not self.tariffs:
+            return _envelope(404, None, "У приложения нет тарифов")
+        discount = request.query.get("discount")
+        url = f"https://yclients.example/pay/{self.application_id}/{salon_id}" + (f"?discount={discount}"
+                                                                                  if discount else "")
+        return _envelope(200, {"url": url})
+
+    async def list_tariffs(self, request: web.Request) -> web.Response:
+        if _int(request.match_info["application_id"]) != self.application_id:
+            return _envelope(404, None, "Приложение не найдено")
+        return _envelope(200, self.tariffs)
+
+    async def update_channel(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            salon_id, application_id = int(body["salon_id"]), int(body["application_id"])
+            channel, available = str(body["channel_slug"]), bool(body["is_available"])
+        except (ValueError, KeyError, TypeError):
+            return _envelope(422, None, "Ошибка валидации")
+        if channel not in ("whatsapp", "sms") or self._installed(salon_id, application_id) is None:
+            return _envelope(400, None, "Агрегатор не найден")
+        self.channels[f"{salon_id}:{channel}"] = available
+        return _envelope(200, None)
 
 
 def _int(value: str) -> int:

@@ -9,25 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from aiadmin.activation import ACTIVATABLE_STATES, ActivationPolicy, Activator
 from aiadmin.models import Salon, SessionLease
 from aiadmin.observability import logger, metrics
 from aiadmin.onboarding import state_message
 from aiadmin.push import Pusher
 from aiadmin.states import IllegalTransition, SalonState
 from aiadmin.store import Store
-from aiadmin.yclients import ActivationOutcome, YClientsClient
+from aiadmin.yclients import YClientsClient
 from wa_runner.engine import EngineEvent, EventKind, WhatsAppEngine
 from wa_runner.healthcheck import beat
 
 ACTOR = "runner"
 S = SalonState
 _LINKING = [S.PENDING_WHATSAPP, S.QR_READY, S.QR_EXPIRED]
-_ACTIVATION_ATTEMPTS = 6
 
 
 @dataclass
@@ -39,7 +39,7 @@ class OwnedSession:
 class Runner:
     def __init__(self, runner_id: str, store: Store, engine: WhatsAppEngine, pusher: Pusher,
                  yclients: YClientsClient, public_base_url: str, poll_seconds: float = 0.25,
-                 lease_seconds: float = 30) -> None:
+                 lease_seconds: float = 30, activation_policy: ActivationPolicy | None = None) -> None:
         self.runner_id = runner_id
         self._store = store
         self._engine = engine
@@ -50,6 +50,8 @@ class Runner:
         self._lease_seconds = lease_seconds
         self._owned: dict[int, OwnedSession] = {}
         self._activations: dict[int, asyncio.Task[None]] = {}
+        self._activation_policy = activation_policy or ActivationPolicy()
+        self._stopping = threading.Event()  # ends activation backoffs running in worker threads
 
     # ---- main loops --------------------------------------------------------------------
 
@@ -127,6 +129,9 @@ class Runner:
             self._owned.pop(salon_id, None)
         elif lease.desired == "pause":
             await self._engine.stop(salon_id)
+        elif lease.desired == "run" and salon_id in self._engine.running():
+            # Already connected: a renewed `run` asks for a retry of a failed or new activation.
+            await self._activate_if_needed(salon_id)
         elif lease.desired == "run" or (lease.desired == "link" and owned.started_generation != lease.generation):
             if lease.desired == "link" and owned.started_generation is not None:
                 await self._engine.stop(salon_id, logout=False)
@@ -135,6 +140,7 @@ class Runner:
 
     async def _shutdown(self) -> None:
         """On SIGTERM: disconnect cleanly and hand the leases back so another runner takes over at once."""
+        self._stopping.set()
         await self._engine.close()
         for task in self._activations.values():
             task.cancel()
@@ -211,9 +217,13 @@ class Runner:
         if salon is None:
             return
         if salon.state in (S.PAIRING, S.PENDING_WHATSAPP, S.QR_READY):
-            salon = await self._transition(salon_id, S.WHATSAPP_CONNECTED, "session connected")
-        needs_activation = salon.state in (S.WHATSAPP_CONNECTED, S.ACTIVATION_FAILED, S.ACTIVATING)
-        if needs_activation and salon_id not in self._activations:
+            await self._transition(salon_id, S.WHATSAPP_CONNECTED, "session connected")
+        await self._activate_if_needed(salon_id)
+
+    async def _activate_if_needed(self, salon_id: int) -> None:
+        salon = await asyncio.to_thread(self._store.get_salon, salon_id)
+        needs_activation = salon is not None and (salon.state in ACTIVATABLE_STATES or salon.state == S.ACTIVATING)
+        if salon is not None and needs_activation and salon_id not in self._activations:
             task = asyncio.create_task(self._activate(salon))
             self._activations[salon_id] = task
             task.add_done_callback(lambda _t: self._activations.pop(salon_id, None))
@@ -221,32 +231,16 @@ class Runner:
     # ---- activation in YClients ---------------------------------------------------------
 
     async def _activate(self, salon: Salon) -> None:
-        salon_id = salon.salon_id
-        api_key = secrets.token_urlsafe(32)
-        webhook_secret = secrets.token_urlsafe(24)
-        if salon.state != S.ACTIVATING:
-            await self._transition(salon_id, S.ACTIVATING, "activating in YClients",
-                                   {"api_key": api_key, "webhook_secret": webhook_secret})
-        else:
-            stored = await asyncio.to_thread(self._store.get_salon_secrets, salon_id)
-            api_key, webhook_secret = stored.get("api_key", api_key), stored.get("webhook_secret", webhook_secret)
-        webhook_url = f"{self._public_base_url}/webhook/yclients/{salon_id}/{webhook_secret}"
-        delay = 1.0
-        for attempt in range(1, _ACTIVATION_ATTEMPTS + 1):
-            deadline = salon.activation_deadline
-            if deadline is not None and time.time() > deadline:
-                await self._transition(salon_id, S.EXPIRED_CONSENT, "activation window of one hour passed")
-                return
-            result = await asyncio.to_thread(self._yclients.activate, salon_id, api_key, [webhook_url], ["whatsapp"])
-            if result.outcome in (ActivationOutcome.ACTIVATED, ActivationOutcome.ALREADY_ACTIVE):
-                metrics.add_metric(name="Activated", unit="Count", value=1)
-                await self._transition(salon_id, S.ACTIVE, f"YClients answered {result.status}")
-                return
-            if result.outcome == ActivationOutcome.PERMANENT_FAILURE:
-                break
-            logger.warning("activation failed, retrying",
-                           extra={"salon_id": salon_id, "attempt": attempt, "status": result.status})
-            await asyncio.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 60)
-        metrics.add_metric(name="ActivationFailed", unit="Count", value=1)
-        await self._transition(salon_id, S.ACTIVATION_FAILED, "YClients refused or kept failing")
+        """The activation rules live in `aiadmin.activation`; here it runs in a worker thread whose
+        backoff waits end at once when the runner stops."""
+        activator = Activator(self._store, self._yclients, self._public_base_url, self.runner_id,
+                              self._activation_policy, notify=self._push_sync)
+        end = await asyncio.to_thread(activator.run, salon.salon_id, self._wait_unless_stopping)
+        metrics.flush_metrics(raise_on_empty_metrics=False)
+        logger.info("activation ended", extra={"salon_id": salon.salon_id, "end": end})
+
+    def _wait_unless_stopping(self, seconds: float) -> bool:
+        return not self._stopping.wait(seconds)
+
+    def _push_sync(self, salon: Salon) -> None:
+        self._pusher.fan_out(self._store, salon.salon_id, state_message(salon, time.time()))

@@ -19,7 +19,7 @@ from aiadmin.onboarding import start_onboarding
 from aiadmin.pages import error_page, new_nonce, security_headers
 from aiadmin.store import Store
 from aiadmin.tokens import issue_token
-from aiadmin.yclients import BadUserData, YClientsClient, verify_user_data
+from aiadmin.yclients import BadUserData, PartnerApiError, YClientsClient, verify_user_data
 
 settings = load_settings([
     "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token", "jwt_secret",
@@ -79,13 +79,18 @@ def redirect() -> Response:
     if len(ids) > 1:
         return _choose_salon(ids, user_data, sign)
     salon_id = int(ids[0])
-    status = yclients.app_status(salon_id)
+    try:
+        status = yclients.app_status(salon_id)
+    except PartnerApiError as exc:
+        logger.warning("YClients app status unavailable", extra={"salon_id": salon_id, "error": str(exc)})
+        return _owner_error(503, "YClients не отвечает",
+                            "Не получилось проверить подключение в YClients. Попробуйте ещё раз через минуту.")
     if status not in _INSTALLED_STATUSES:
         logger.warning("salon has no pending app", extra={"salon_id": salon_id, "status": status})
         return _owner_error(403, "Приложение не подключено",
                             "YClients не подтверждает, что этот салон подключает AI Admin.")
     now = time.time()
-    start_onboarding(store, salon_id, user, now)
+    start_onboarding(store, salon_id, user, now, marketplace_status=status or "pending")
     token = issue_token(salon_id, settings.jwt_secret.reveal(), settings.token_ttl_seconds, now)
     # The token travels in the fragment: browsers never send it to a server, so no access log holds it.
     return Response(status_code=302, body="", headers={

@@ -105,6 +105,8 @@ _FIELDS: dict[str, _Field] = {
     "sessions_dir": _Field("SESSIONS_DIR", _non_empty, "./.local-data/sessions"),
     "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.25"),
     "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "30"),
+    "activation_retry_seconds": _Field("ACTIVATION_RETRY_SECONDS", _positive_float, "1"),
+    "entity_queue_url": _Field("ENTITY_QUEUE_URL", _url),
 }
 
 

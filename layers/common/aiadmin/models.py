@@ -24,6 +24,8 @@ class Salon(BaseModel):
     # a reopened page can draw it at once, and never logged.
     qr: str | None = None
     qr_expires_at: float | None = None
+    # Why YClients refused the activation (status and its message), for ops; cleared on a retry.
+    activation_error: str | None = None
     version: int = 0
     updated_at: float = 0
     updated_by: str = ""

@@ -18,23 +18,44 @@ _RESTART_STATES = frozenset({
 })
 
 
-def start_onboarding(store: Store, salon_id: int, user: UserData, now: float) -> Salon:
+def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
+                     marketplace_status: str = "pending") -> Salon:
     """Record the owner's consent and make sure a linking attempt runs.
 
     A repeat visit while linking joins the running attempt; a visit to a linked salon only
-    shows its state; a salon that is new, uninstalled, expired or unlinked starts over."""
+    shows its state, except that a fresh consent retries a failed activation and lets a frozen
+    salon be activated again; a salon that is new, uninstalled, expired or unlinked starts over.
+    `marketplace_status` is the app's status in YClients (`pending` or `active`)."""
     profile = {
         "salon_name": (user.salon_name or "")[:200],
         "user_name": (user.name or "")[:200],
     }
+    consent = {"consent_at": now, "activation_deadline": now + ACTIVATION_WINDOW_SECONDS}
     salon = store.get_salon(salon_id)
     if salon is None or salon.state in _RESTART_STATES:
         salon = store.transition(
             salon_id, SalonState.PENDING_WHATSAPP, actor="redirect", reason="owner consent",
-            attrs={**profile, "consent_at": now, "activation_deadline": now + ACTIVATION_WINDOW_SECONDS,
-                   "qr": None, "qr_expires_at": None},
+            attrs={**profile, **consent, "qr": None, "qr_expires_at": None},
         )
         store.request_session(salon_id, "link")
+        return salon
+    if salon.state == SalonState.ACTIVATION_FAILED or (
+            salon.state == SalonState.FROZEN and marketplace_status == "pending"):
+        # A new consent opens a new hour; the runner owning the linked session activates again.
+        if salon.state == SalonState.FROZEN:
+            salon = store.transition(salon_id, SalonState.ACTIVATING, actor="redirect",
+                                     reason="owner reconnected a frozen salon", attrs={**profile, **consent},
+                                     expected=[SalonState.FROZEN])
+        else:
+            store.update_profile(salon_id, {**profile, **consent})
+            salon = salon.model_copy(update={**profile, **consent})
+        store.request_session(salon_id, "run", renew_command=True)
+        return salon
+    if salon.state == SalonState.FROZEN and marketplace_status == "active":
+        # Paid in YClients meanwhile (the payment webhook may come later or never).
+        salon = store.transition(salon_id, SalonState.ACTIVE, actor="redirect", reason="active in YClients again",
+                                 attrs=profile, expected=[SalonState.FROZEN])
+        store.request_session(salon_id, "run", renew_command=True)
         return salon
     store.update_profile(salon_id, profile)
     if salon.state in LINKING_STATES and store.get_session(salon_id) is None:

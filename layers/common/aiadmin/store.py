@@ -176,6 +176,30 @@ class Store:
         ).get("Item") or {}
         return {key: str(value) for key, value in item.items()}
 
+    def hold_activation(self, salon_id: int, owner: str, now: float, lock_seconds: float) -> bool:
+        """Take or renew the salon's activation lock: only while it is `activating`, and only when
+        the lock is ours, free or expired. False: someone else activates, or the salon moved on."""
+        try:
+            self._table.update_item(
+                Key={"pk": _salon_pk(salon_id), "sk": "STATE"},
+                UpdateExpression="SET activation_owner = :me, activation_lock_until = :until",
+                ConditionExpression=(
+                    "#state = :activating AND (attribute_not_exists(activation_owner) OR "
+                    "attribute_type(activation_owner, :null) OR activation_owner = :me OR "
+                    "activation_lock_until < :now)"
+                ),
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={
+                    ":me": owner, ":until": _to_dynamo(now + lock_seconds), ":now": _to_dynamo(now),
+                    ":activating": SalonState.ACTIVATING.value, ":null": "NULL",
+                },
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
     @staticmethod
     def salon_from_image(image: Mapping[str, Any]) -> Salon:
         """A `Salon` from a stream record's deserialised new image."""
@@ -255,12 +279,14 @@ class Store:
         ).get("Item")
         return SessionLease.model_validate(_from_dynamo(item)) if item else None
 
-    def request_session(self, salon_id: int, desired: SessionDesire) -> SessionLease:
+    def request_session(self, salon_id: int, desired: SessionDesire, renew_command: bool = False) -> SessionLease:
         """Tell whichever runner owns (or will own) the salon's session what to do.
 
-        A new `link` bumps the generation so the owner starts a fresh attempt. The session
-        enters the lease index, so an unowned one is claimed by some runner within a poll."""
-        bump = 1 if desired == "link" else 0
+        A new `link` bumps the generation so the owner starts a fresh attempt; `renew_command`
+        bumps it for the other commands too, so the owner acts on a repeated `run` (e.g. retry
+        an activation). The session enters the lease index, so an unowned one is claimed by
+        some runner within a poll."""
+        bump = 1 if desired == "link" or renew_command else 0
         response = self._table.update_item(
             Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
             UpdateExpression=(

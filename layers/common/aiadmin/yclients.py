@@ -13,17 +13,28 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
 import requests
 from pydantic import ValidationError
+from pyrate_limiter import Duration, Limiter, Rate
+from requests_ratelimiter import LimiterAdapter
 
 from aiadmin.models import UserData
 from aiadmin.observability import logger
 
 ACCEPT = "application/vnd.yclients.v2+json"
 DEFAULT_TIMEOUT = (3.05, 10)
+PAYMENT_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# YClients allows 5 requests/s (and 200/min) per IP. One limiter per process, shared by every
+# client instance, so no combination of handlers or sessions in a process can exceed it. The
+# window is 1.1 s rather than 1 s: requests leave at the limit's edge, and network jitter must
+# not squeeze six of them into one second on YClients' side.
+PROCESS_LIMITER = Limiter([Rate(5, 1100), Rate(200, Duration.MINUTE)])
 
 
 class BadUserData(ValueError):
@@ -73,19 +84,79 @@ class ActivationResult:
     outcome: ActivationOutcome
     status: int | None
     message: str = ""
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class PartnerResponse:
+    """One partner API answer: the status, the JSON envelope when there was one."""
+
+    status: int
+    body: dict[str, Any] | None
+    retry_after: float | None = None
+
+    @property
+    def message(self) -> str:
+        return str(((self.body or {}).get("meta") or {}).get("message") or "")
+
+    @property
+    def data(self) -> Any:
+        return (self.body or {}).get("data")
+
+    @property
+    def ok(self) -> bool:
+        # `success: false` inside a 2xx is a failure (seen in another partner's client).
+        return 200 <= self.status < 300 and self.body is not None and self.body.get("success") is not False
+
+
+class PartnerApiError(RuntimeError):
+    """YClients refused a partner call or answered something that is not its JSON envelope."""
+
+    def __init__(self, operation: str, status: int | None, message: str) -> None:
+        super().__init__(f"{operation}: YClients answered {status or 'nothing'} {message}".strip())
+        self.status = status
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        return self.status is None or self.status == 429 or self.status >= 500
 
 
 _ALREADY_INSTALLED_MARKERS = ("уже установил", "already installed")
+# The issue's reading of the live errors: a wrong application ("Агрегатор не найден"), a bad
+# partner token and a validation error do not get better by retrying; they need ops.
+_PERMANENT_ACTIVATION_STATUSES = frozenset({400, 401, 403, 404, 422})
+
+
+def classify_activation(response: PartnerResponse | None, error: str = "") -> ActivationResult:
+    """What an activation answer means for the salon. `None`: no answer (network error, timeout)."""
+    if response is None:
+        return ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, None, error)
+    status, message = response.status, response.message
+    if response.ok:
+        return ActivationResult(ActivationOutcome.ACTIVATED, status, message)
+    if 200 <= status < 300:
+        return ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, status, message or "not the JSON envelope")
+    if status == 403 and any(marker in message.lower() for marker in _ALREADY_INSTALLED_MARKERS):
+        return ActivationResult(ActivationOutcome.ALREADY_ACTIVE, status, message)
+    if status in _PERMANENT_ACTIVATION_STATUSES:
+        return ActivationResult(ActivationOutcome.PERMANENT_FAILURE, status, message)
+    # 5xx, 429, and anything unexpected (3xx from a redirecting proxy, 408, ...): try again later.
+    return ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, status, message, response.retry_after)
 
 
 class YClientsClient:
-    """Partner-side calls to the marketplace API."""
+    """Partner-side calls to the marketplace API (Bearer partner token, v2 Accept header),
+    throttled by the process-wide limiter."""
 
     def __init__(self, base_url: str, partner_token: str, application_id: int,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None, limiter: Limiter = PROCESS_LIMITER) -> None:
         self._base_url = base_url.rstrip("/")
         self._application_id = application_id
         self._session = session or requests.Session()
+        adapter = LimiterAdapter(limiter=limiter, per_host=False)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._session.headers.update({
             "Authorization": f"Bearer {partner_token}",
             "Accept": ACCEPT,
@@ -96,17 +167,39 @@ class YClientsClient:
     def application_id(self) -> int:
         return self._application_id
 
+    def _call(self, method: str, path: str, json_body: dict[str, Any] | None = None,
+              params: dict[str, Any] | None = None) -> PartnerResponse:
+        """One request. Redirects are never followed: a redirect to YClients' UI returns an HTML
+        page, which must not be mistaken for an answer. Network errors propagate."""
+        response = self._session.request(method, f"{self._base_url}{path}", json=json_body, params=params,
+                                         timeout=DEFAULT_TIMEOUT, allow_redirects=False)
+        return PartnerResponse(response.status_code, _json_or_none(response), _retry_after(response))
+
+    def _checked(self, operation: str, method: str, path: str, json_body: dict[str, Any] | None = None,
+                 params: dict[str, Any] | None = None) -> PartnerResponse:
+        try:
+            response = self._call(method, path, json_body, params)
+        except requests.RequestException as exc:
+            raise PartnerApiError(operation, None, type(exc).__name__) from exc
+        if not response.ok:
+            raise PartnerApiError(operation, response.status, response.message or "unexpected answer")
+        return response
+
+    # ---- onboarding ----------------------------------------------------------------------
+
     def app_status(self, salon_id: int) -> str | None:
-        """`pending`, `active`, `freezed`, ... for our app in the salon; None when not installed."""
-        response = self._session.get(
-            f"{self._base_url}/marketplace/salon/{salon_id}/application/{self._application_id}",
-            timeout=DEFAULT_TIMEOUT,
-        )
-        if response.status_code == 404:
+        """`pending`, `active`, `freezed`, ... for our app in the salon; None when not installed.
+        Raises PartnerApiError when YClients cannot say (down, throttled, refused)."""
+        try:
+            response = self._call("GET", f"/marketplace/salon/{salon_id}/application/{self._application_id}")
+        except requests.RequestException as exc:
+            raise PartnerApiError("app status", None, type(exc).__name__) from exc
+        if response.status == 404:
             return None
-        response.raise_for_status()
-        body = _json_or_none(response)
-        status = (((body or {}).get("data") or {}).get("connection_status") or {}).get("status")
+        if not response.ok:
+            raise PartnerApiError("app status", response.status, response.message)
+        status = ((response.data or {}).get("connection_status") or {}).get("status") \
+            if isinstance(response.data, dict) else None
         return str(status) if status else None
 
     def activate(self, salon_id: int, api_key: str, webhook_urls: list[str],
@@ -121,26 +214,68 @@ class YClientsClient:
         if channels:
             payload["channels"] = channels
         try:
-            response = self._session.post(
-                f"{self._base_url}/marketplace/partner/callback",
-                json=payload, timeout=DEFAULT_TIMEOUT, allow_redirects=False,
-            )
+            response = self._call("POST", "/marketplace/partner/callback", payload)
         except requests.RequestException as exc:
-            return ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, None, type(exc).__name__)
-        body = _json_or_none(response)
-        message = str(((body or {}).get("meta") or {}).get("message") or "")
-        status = response.status_code
-        if 200 <= status < 300:
-            if body is None or body.get("success") is False:
-                return ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, status, message or "unexpected body")
-            return ActivationResult(ActivationOutcome.ACTIVATED, status, message)
-        if status == 403 and any(marker in message.lower() for marker in _ALREADY_INSTALLED_MARKERS):
-            return ActivationResult(ActivationOutcome.ALREADY_ACTIVE, status, message)
-        if status in (400, 401, 403, 404, 422):
+            return classify_activation(None, type(exc).__name__)
+        result = classify_activation(response)
+        if result.outcome == ActivationOutcome.PERMANENT_FAILURE:
             logger.error("activation refused",
-                         extra={"salon_id": salon_id, "status": status, "yclients_message": message})
-            return ActivationResult(ActivationOutcome.PERMANENT_FAILURE, status, message)
-        return ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, status, message)
+                         extra={"salon_id": salon_id, "status": result.status, "yclients_message": result.message})
+        return result
+
+    # ---- partner operations (for ops) ----------------------------------------------------
+
+    def installed_salons(self, page: int = 1, count: int = 100) -> list[dict[str, Any]]:
+        """Salons that installed the app, one page (`count` <= 1000)."""
+        response = self._checked("installed salons", "GET", f"/marketplace/application/{self._application_id}/salons",
+                                 params={"page": page, "count": min(max(count, 1), 1000)})
+        return list(response.data or [])
+
+    def uninstall(self, salon_id: int) -> None:
+        """Disable the app in the salon from our side (YClients then sends `uninstall`)."""
+        path = f"/marketplace/salon/{salon_id}/application/{self._application_id}/uninstall"
+        self._checked("uninstall", "POST", path)
+
+    def report_payment(self, salon_id: int, amount: float, currency_iso: str, paid_at: datetime,
+                       period_from: datetime, period_to: datetime) -> int:
+        """Report a payment received outside YClients; returns YClients' payment id."""
+        response = self._checked("payment report", "POST", "/marketplace/partner/payment", {
+            "salon_id": salon_id, "application_id": self._application_id, "payment_sum": amount,
+            "currency_iso": currency_iso, "payment_date": paid_at.strftime(PAYMENT_DATE_FORMAT),
+            "period_from": period_from.strftime(PAYMENT_DATE_FORMAT),
+            "period_to": period_to.strftime(PAYMENT_DATE_FORMAT),
+        })
+        try:
+            return int(response.data["id"])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise PartnerApiError("payment report", response.status, "no payment id in the answer") from exc
+
+    def refund_payment(self, payment_id: int) -> None:
+        self._checked("payment refund", "POST", f"/marketplace/partner/payment/refund/{int(payment_id)}")
+
+    def payment_link(self, salon_id: int, discount: int | None = None) -> str | None:
+        """A link where the salon pays for the app; None when the app has no tariffs (404, seen live)."""
+        params: dict[str, Any] = {"salon_id": salon_id, "application_id": self._application_id}
+        if discount is not None:
+            params["discount"] = discount
+        try:
+            response = self._checked("payment link", "GET", "/marketplace/application/payment_link", params=params)
+        except PartnerApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        url = (response.data or {}).get("url") if isinstance(response.data, dict) else None
+        return str(url) if url else None
+
+    def tariffs(self) -> list[dict[str, Any]]:
+        response = self._checked("tariffs", "GET", f"/marketplace/application/{self._application_id}/tariffs")
+        return list(response.data or [])
+
+    def update_channel(self, salon_id: int, channel: str, available: bool) -> None:
+        self._checked("channel update", "POST", "/marketplace/application/update_channel", {
+            "salon_id": salon_id, "application_id": self._application_id, "channel_slug": channel,
+            "is_available": available,
+        })
 
 
 def _json_or_none(response: requests.Response) -> dict[str, Any] | None:
@@ -149,3 +284,18 @@ def _json_or_none(response: requests.Response) -> dict[str, Any] | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """`Retry-After` in seconds (either form of the header), if YClients sends one."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - datetime.now().timestamp())
+    except (TypeError, ValueError):
+        return None
