@@ -68,6 +68,7 @@ class ScriptedAnswer:
     delay: float = 0.0          # seconds before answering (our client times out at 10 s)
     headers: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    passthrough: bool = False   # after the delay, answer as the marketplace normally would
 
     def response(self) -> web.Response:
         if self.html is not None:
@@ -279,10 +280,12 @@ class FakeYClients:
             script = self.scripts.get(operation)
             if script:
                 answer = script.popleft()
-                record["status"] = answer.status
+                if not answer.passthrough:
+                    record["status"] = answer.status
                 if answer.delay:
                     await asyncio.sleep(answer.delay)
-                return answer.response()
+                if not answer.passthrough:
+                    return answer.response()
             if not self._authorised(request):
                 record["status"] = 401
                 return _envelope(401, None, "Неверный токен партнёра")

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 class RunningStack:
     base_url: str
     process: subprocess.Popen[str]
+    moto_url: str
     output: list[str] = field(default_factory=list)
 
     @property
@@ -56,7 +57,7 @@ def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, 
         for line in process.stdout:
             output.append(line)
             if line.startswith("LOCAL_STACK_READY "):
-                base.append(line.split()[1])
+                base.extend(line.split()[1:3])
                 ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
@@ -65,7 +66,7 @@ def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, 
         if process.poll() is not None or time.time() > deadline:
             process.kill()
             raise RuntimeError("local stack did not start:\n" + "".join(output))
-    stack = RunningStack(base[0], process, output)
+    stack = RunningStack(base[0], process, base[1], output)
     try:
         yield stack
     finally:

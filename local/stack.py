@@ -24,7 +24,7 @@ from aiadmin.observability import logger
 from local.fake_whatsapp import FakeWhatsApp
 from local.fake_yclients import FakeYClients
 from local.gateway import Gateway, LambdaHost, StreamPoller
-from local.template import ROOT, create_tables, load_template, resolve_environment
+from local.template import ROOT, create_queues, create_tables, load_template, resolve_environment
 
 # Built-in test credentials: good for this machine only, never for a real marketplace.
 DEFAULT_PARTNER_TOKEN = "local-partner-token-not-a-secret"  # noqa: S105
@@ -68,6 +68,7 @@ async def run_stack(options: StackOptions) -> None:
     moto_url = f"http://{options.host}:{moto_port}"
     os.environ.update(_aws_environment(moto_url))
     table_names = create_tables(boto3.client("dynamodb"), template)
+    resource_names = {**table_names, **create_queues(boto3.client("sqs"), template)}
 
     host = LambdaHost(template)
     gateway = Gateway(template, host)
@@ -113,7 +114,8 @@ async def run_stack(options: StackOptions) -> None:
     }
     function_env: dict[str, str] = {}
     for spec in template.functions.values():
-        function_env.update(resolve_environment({**template.globals_env, **spec.environment}, overrides, table_names))
+        function_env.update(resolve_environment({**template.globals_env, **spec.environment}, overrides,
+                                                resource_names))
     os.environ.update(function_env)  # the handlers run in this process
     logger.setLevel(overrides["POWERTOOLS_LOG_LEVEL"])  # created at import, before the overrides
 
@@ -145,7 +147,7 @@ async def run_stack(options: StackOptions) -> None:
         f"  DynamoDB (moto):        {moto_url}\n"
         f"  Marketplace in use:     {overrides['YCLIENTS_BASE_URL']}\n"
         "Press Ctrl-C to stop.\n"
-        f"LOCAL_STACK_READY {base}",
+        f"LOCAL_STACK_READY {base} {moto_url}",
         flush=True,
     )
     try:

@@ -6,6 +6,7 @@ parameter, and `Sub` strings that name resources; anything else is a local overr
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -161,3 +162,23 @@ def create_tables(dynamodb: Any, template: Template) -> dict[str, str]:
             dynamodb.update_time_to_live(TableName=logical_id, TimeToLiveSpecification=ttl)
         names[logical_id] = logical_id
     return names
+
+
+def create_queues(sqs: Any, template: Template) -> dict[str, str]:
+    """Create every SQS queue of the template (named by logical id) through the given boto3
+    client; dead-letter redrive is resolved to the local queue. Returns logical id -> queue URL."""
+    queues = {name: res.get("Properties", {}) for name, res in template.resources.items()
+              if res.get("Type") == "AWS::SQS::Queue"}
+    urls: dict[str, str] = {}
+    # Dead-letter queues first: a redrive policy names one by ARN.
+    for logical_id in sorted(queues, key=lambda name: "RedrivePolicy" in queues[name]):
+        props = queues[logical_id]
+        attributes = {key: str(props[key]) for key in ("MessageRetentionPeriod", "VisibilityTimeout") if key in props}
+        redrive = props.get("RedrivePolicy")
+        if redrive and _referenced(redrive.get("deadLetterTargetArn")) in urls:
+            target = urls[str(_referenced(redrive["deadLetterTargetArn"]))]
+            arn = sqs.get_queue_attributes(QueueUrl=target, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": arn,
+                                                      "maxReceiveCount": int(redrive.get("maxReceiveCount", 5))})
+        urls[logical_id] = sqs.create_queue(QueueName=logical_id, Attributes=attributes)["QueueUrl"]
+    return urls

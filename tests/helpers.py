@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from aiohttp import web
 
+from local.fake_yclients import FakeYClients
 from local.process import RunningStack
 
 
@@ -14,3 +21,35 @@ def report_stack_output_on_failure(request: pytest.FixtureRequest, stack: Runnin
     so CI logs have it)."""
     if request.session.testsfailed:
         sys.__stderr__.write("\n----- local stack output -----\n" + "".join(stack.output[-300:]) + "\n")
+
+
+@contextmanager
+def fake_marketplace(partner_token: str = "partner-token-for-tests", application_id: int = 4242,
+                     callback_url: str = "") -> Iterator[tuple[FakeYClients, str]]:
+    """The fake YClients marketplace served over real HTTP from a background thread; yields it
+    and its base URL (what `YCLIENTS_BASE_URL` would be)."""
+    fake = FakeYClients(partner_token=partner_token, application_id=application_id, callback_url=callback_url)
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.add_routes(fake.routes())
+    runner = web.AppRunner(app, access_log=None)
+    started: list[int] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        started.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    while not started:
+        time.sleep(0.01)
+    try:
+        yield fake, f"http://127.0.0.1:{started[0]}{fake.prefix}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

@@ -1,6 +1,11 @@
-"""POST /callback/yclients: YClients lifecycle webhooks (`uninstall`, `freeze`, ...).
+"""YClients webhooks and the marketplace health check.
 
-Authenticity is the `partner_token` in the body, compared in constant time."""
+- POST /callback/yclients: lifecycle webhooks (`uninstall`, `freeze`, `payment`, ...);
+  authenticity is the `partner_token` in the body, compared in constant time.
+- POST /webhook/yclients/{salon_id}/{secret}: entity webhooks (records, clients, ...); not
+  signed by YClients, so the unguessable per-salon secret in the URL authenticates them.
+  Validated and queued for the bot; answered at once (YClients waits 15 s at most).
+- GET /marketplace/health-check."""
 
 from __future__ import annotations
 
@@ -17,34 +22,40 @@ from aws_lambda_powertools.utilities.idempotency import (
     idempotent_function,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aiadmin.config import load_settings
+from aiadmin.entity_queue import EntityQueue
 from aiadmin.lifecycle import apply_lifecycle_event
+from aiadmin.models import EntityWebhook
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.store import Store
 
-SETTINGS = ["table_name", "yclients_partner_token", "yclients_app_id"]
+SETTINGS = ["table_name", "yclients_partner_token", "yclients_app_id", "entity_queue_url"]
 # Settings are loaded at start-up and the function refuses to start without them, so a
 # running health check can only report them present; the booleans say which ones it checked.
 settings = load_settings(SETTINGS)
 RUNNER_STALE_SECONDS = 60
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))
+entity_queue = EntityQueue(boto3.client("sqs"), settings.entity_queue_url)
 app = APIGatewayHttpResolver()
+# SQS takes 256 KiB per message; an entity webhook is a few KiB.
+MAX_ENTITY_WEBHOOK_BYTES = 128 * 1024
 
 # Replays of a lifecycle webhook (YClients' retries are undocumented) return the first answer
 # and change nothing. The window is short on purpose: the payload carries no event id, so the
 # same event for the same salon after a reinstall must be processed again, not suppressed.
 idempotency_store = DynamoDBPersistenceLayer(
     table_name=settings.table_name, key_attr="pk", sort_key_attr="sk", expiry_attr="ttl")
-idempotency_config = IdempotencyConfig(event_key_jmespath="[salon_id, application_id, event]",
-                                       expires_after_seconds=300)
+idempotency_config = IdempotencyConfig(
+    event_key_jmespath="[salon_id, application_id, event, details.period_from, details.period_to]",
+    expires_after_seconds=300)
 
 
 @idempotent_function(data_keyword_argument="webhook", persistence_store=idempotency_store,
                      config=idempotency_config)
 def process_lifecycle(webhook: dict[str, Any]) -> dict[str, Any]:
-    result = apply_lifecycle_event(store, int(webhook["salon_id"]), str(webhook["event"]))
+    result = apply_lifecycle_event(store, int(webhook["salon_id"]), str(webhook["event"]), webhook["details"])
     logger.info("lifecycle webhook", extra={"salon_id": webhook["salon_id"], "event": webhook["event"],
                                             "result": result})
     return {"success": True, "result": result}
@@ -53,10 +64,15 @@ def process_lifecycle(webhook: dict[str, Any]) -> dict[str, Any]:
 class LifecycleWebhook(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    salon_id: int
+    salon_id: int = Field(gt=0, lt=2**53)
     application_id: int
-    event: str
+    event: str = Field(min_length=1, max_length=64)
     partner_token: str
+
+    def details(self) -> dict[str, str]:
+        """The other fields (a payment's sum and period), kept as short strings for the event log."""
+        extra = self.model_extra or {}
+        return {str(k)[:40]: str(v)[:100] for k, v in list(extra.items())[:20] if isinstance(v, str | int | float)}
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -85,8 +101,36 @@ def lifecycle() -> Response:
     if webhook.application_id != settings.yclients_app_id:
         return _json(400, {"success": False, "message": "unknown application_id"})
     answer = process_lifecycle(webhook={"salon_id": webhook.salon_id, "application_id": webhook.application_id,
-                                        "event": webhook.event})
+                                        "event": webhook.event, "details": webhook.details()})
     return _json(200, answer)
+
+
+@app.post("/webhook/yclients/<salon_id>/<secret>")
+@tracer.capture_method
+def entity_webhook(salon_id: str, secret: str) -> Response:
+    not_found = _json(404, {"success": False, "message": "not found"})
+    if not salon_id.isdigit() or not 0 < int(salon_id) < 2**53:
+        return not_found
+    stored = store.get_salon_secrets(int(salon_id)).get("webhook_secret")
+    if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
+        # The same answer for an unknown salon and a wrong secret: nothing to learn by probing.
+        metrics.add_metric(name="EntityWebhookRefused", unit="Count", value=1)
+        return not_found
+    try:
+        raw = app.current_event.decoded_body or ""
+        if len(raw.encode()) > MAX_ENTITY_WEBHOOK_BYTES:
+            return _json(413, {"success": False, "message": "body too large"})
+        webhook = EntityWebhook.model_validate_json(raw)
+    except (ValidationError, ValueError):
+        return _json(400, {"success": False,
+                           "message": "expected JSON with company_id, resource, resource_id, status"})
+    if webhook.company_id != int(salon_id):
+        return _json(400, {"success": False, "message": "company_id does not match this URL"})
+    message_id = entity_queue.put(int(salon_id), webhook)
+    metrics.add_metric(name="EntityWebhookQueued", unit="Count", value=1)
+    logger.info("entity webhook queued", extra={"salon_id": int(salon_id), "resource": webhook.resource,
+                                                "status": webhook.status, "message_id": message_id})
+    return _json(200, {"success": True})
 
 
 @app.get("/marketplace/health-check")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +49,18 @@ class SessionLease(BaseModel):
     generation: int = 0
     owner: str | None = None
     lease_expires: float = 0
+
+
+class EntityWebhook(BaseModel):
+    """An entity webhook from YClients (a record, a client, ... was created, updated or deleted)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    company_id: int
+    resource: str = Field(min_length=1, max_length=64)
+    resource_id: int | str
+    status: Literal["create", "update", "delete"]
+    data: dict[str, Any] | list[Any] | None = None
 
 
 class UserData(BaseModel):

@@ -174,7 +174,8 @@ class Store:
             Key={"pk": _salon_pk(salon_id), "sk": "STATE"}, ConsistentRead=True,
             ProjectionExpression="api_key, webhook_secret",
         ).get("Item") or {}
-        return {key: str(value) for key, value in item.items()}
+        # A removed secret is stored as NULL: it must never compare equal to anything.
+        return {key: str(value) for key, value in item.items() if isinstance(value, str) and value}
 
     def hold_activation(self, salon_id: int, owner: str, now: float, lock_seconds: float) -> bool:
         """Take or renew the salon's activation lock: only while it is `activating`, and only when
@@ -219,18 +220,28 @@ class Store:
 
     @staticmethod
     def _event_item(
-        salon_id: int, old: SalonState | None, new: SalonState, actor: str, reason: str, now: float
+        salon_id: int, old: SalonState | None, new: SalonState | None, actor: str, reason: str, now: float
     ) -> dict[str, Any]:
         return {
             "pk": _salon_pk(salon_id),
             "sk": f"EVENT#{int(now * 1000):015d}#{secrets.token_hex(4)}",
             "from_state": old.value if old else None,
-            "to_state": new.value,
+            "to_state": new.value if new else None,
             "actor": actor,
             "reason": reason[:500],
             "at": Decimal(str(now)),
             "ttl": int(now) + EVENT_TTL_SECONDS,
         }
+
+    def record_event(self, salon_id: int, actor: str, reason: str, details: Mapping[str, Any] | None = None,
+                     now: float | None = None) -> None:
+        """Append an event that changes no state (a payment, an unknown webhook)."""
+        moment = now or time.time()
+        state = self.get_salon(salon_id)
+        current = state.state if state else None
+        item = self._event_item(salon_id, current, current, actor, reason, moment)
+        item["details"] = _to_dynamo(dict(details or {}))
+        self._table.put_item(Item=item)
 
     def events_of(self, salon_id: int) -> list[dict[str, Any]]:
         response = self._table.query(

@@ -150,8 +150,10 @@ class YClientsClient:
     throttled by the process-wide limiter."""
 
     def __init__(self, base_url: str, partner_token: str, application_id: int,
-                 session: requests.Session | None = None, limiter: Limiter = PROCESS_LIMITER) -> None:
+                 session: requests.Session | None = None, limiter: Limiter = PROCESS_LIMITER,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self._base_url = base_url.rstrip("/")
+        self._timeout = timeout
         self._application_id = application_id
         self._session = session or requests.Session()
         adapter = LimiterAdapter(limiter=limiter, per_host=False)
@@ -172,7 +174,7 @@ class YClientsClient:
         """One request. Redirects are never followed: a redirect to YClients' UI returns an HTML
         page, which must not be mistaken for an answer. Network errors propagate."""
         response = self._session.request(method, f"{self._base_url}{path}", json=json_body, params=params,
-                                         timeout=DEFAULT_TIMEOUT, allow_redirects=False)
+                                         timeout=self._timeout, allow_redirects=False)
         return PartnerResponse(response.status_code, _json_or_none(response), _retry_after(response))
 
     def _checked(self, operation: str, method: str, path: str, json_body: dict[str, Any] | None = None,

@@ -1,0 +1,257 @@
+"""Activation in YClients: every documented and observed answer, over real HTTP against the
+fake marketplace, with the salon's state in a moto table built from template.yaml."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pyrate_limiter import Limiter, Rate
+
+from aiadmin.activation import ActivationEnd, ActivationPolicy, Activator, backoff_delay
+from aiadmin.states import SalonState
+from aiadmin.store import Store
+from aiadmin.yclients import PartnerApiError, YClientsClient
+from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
+from tests.helpers import fake_marketplace
+
+TOKEN = "partner-token-for-tests"
+SALON = 101
+BASE = "https://aiadmin.example"
+
+
+@pytest.fixture(scope="module")
+def marketplace() -> Iterator[tuple[FakeYClients, str]]:
+    with fake_marketplace(TOKEN) as served:
+        yield served
+
+
+@pytest.fixture
+def fake(marketplace: tuple[FakeYClients, str]) -> FakeYClients:
+    fake = marketplace[0]
+    fake.salons.clear()
+    fake.salons[SALON] = FakeSalon(SALON, "Лотос", "Анна", "79001234567", status="pending", consent_at=time.time())
+    fake.calls.clear()
+    fake.activations.clear()
+    fake.scripts.clear()
+    fake._recent.clear()
+    fake.rate_limit = 1000  # these tests are about answers, not throttling
+    return fake
+
+
+@pytest.fixture
+def client(marketplace: tuple[FakeYClients, str]) -> YClientsClient:
+    # A private limiter: the process-wide one is tested on its own below.
+    return YClientsClient(marketplace[1], TOKEN, 4242, limiter=Limiter(Rate(1000, 1000)), timeout=(1.0, 0.5))
+
+
+def _connected_salon(store: Store, salon_id: int = SALON, deadline_in: float = 3600) -> None:
+    now = time.time()
+    store.transition(salon_id, SalonState.PENDING_WHATSAPP, "test",
+                     attrs={"consent_at": now, "activation_deadline": now + deadline_in})
+    store.transition(salon_id, SalonState.PAIRING, "test")
+    store.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "test")
+
+
+class Waits:
+    """Records the backoff the activator asks for, without sleeping."""
+
+    def __init__(self, allow: bool = True) -> None:
+        self.delays: list[float] = []
+        self.allow = allow
+
+    def __call__(self, seconds: float) -> bool:
+        self.delays.append(seconds)
+        return self.allow
+
+
+def _script(fake: FakeYClients, *answers: dict[str, Any]) -> None:
+    fake.scripts["activate"] = deque(ScriptedAnswer(**a) for a in answers)
+
+
+def _activate(store: Store, client: YClientsClient, waits: Waits | None = None, owner: str = "runner-a",
+              **policy: Any) -> ActivationEnd:
+    notified: list[SalonState] = []
+    activator = Activator(store, client, BASE, owner, ActivationPolicy(**policy),
+                          notify=lambda s: notified.append(s.state))
+    return activator.run(SALON, waits or Waits())
+
+
+def test_201_activates_with_a_per_salon_key_webhook_url_and_channel(store: Store, client: YClientsClient,
+                                                                  fake: FakeYClients) -> None:
+    _connected_salon(store)
+    assert _activate(store, client) == ActivationEnd.ACTIVE
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.state == SalonState.ACTIVE
+    [activation] = fake.activations
+    secrets = store.get_salon_secrets(SALON)
+    assert activation["api_key"] == secrets["api_key"] and len(secrets["api_key"]) >= 40
+    assert activation["webhook_urls"] == [f"{BASE}/webhook/yclients/{SALON}/{secrets['webhook_secret']}"]
+    assert activation["channels"] == ["whatsapp"]
+    assert [e["to_state"] for e in store.events_of(SALON)][-2:] == ["activating", "active"]
+
+
+def test_403_already_installed_counts_as_success(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+    _connected_salon(store)
+    fake.salons[SALON].status = "active"  # a repeated call after the link is active
+    assert _activate(store, client) == ActivationEnd.ACTIVE
+    assert [c["status"] for c in fake.calls] == [403]
+
+
+@pytest.mark.parametrize(("status", "message"), [
+    (400, "Агрегатор не найден"), (401, "Неверный токен партнёра"), (422, "Ошибка валидации"),
+])
+def test_permanent_refusals_fail_at_once_with_the_reason_kept(store: Store, client: YClientsClient,
+                                                              fake: FakeYClients, status: int, message: str) -> None:
+    _connected_salon(store)
+    _script(fake, {"status": status, "message": message})
+    waits = Waits()
+    assert _activate(store, client, waits) == ActivationEnd.FAILED
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.state == SalonState.ACTIVATION_FAILED
+    assert salon.activation_error == f"{status} {message}"
+    assert len(fake.calls) == 1 and waits.delays == []  # never retried
+    assert store.events_of(SALON)[-1]["to_state"] == "activation_failed"
+
+
+def test_transient_answers_are_retried_with_growing_jittered_backoff(store: Store, client: YClientsClient,
+                                                                      fake: FakeYClients) -> None:
+    _connected_salon(store)
+    _script(fake,
+            {"status": 503},
+            {"status": 429, "headers": {"Retry-After": "3"}},
+            {"status": 200, "html": "<html><body>YClients</body></html>"},  # a followed redirect
+            {"status": 200, "body": {"success": False, "data": None, "meta": {"message": "Ошибка"}}},
+            {"status": 502, "html": "<html>Bad Gateway</html>"},
+            {"status": 201, "delay": 1.5},  # slower than the client's timeout: no answer
+            )
+    waits = Waits()
+    assert _activate(store, client, waits, first_delay=1.0, max_delay=8.0) == ActivationEnd.ACTIVE
+    assert [c.get("status") for c in fake.calls] == [503, 429, 200, 200, 502, 201, 201]
+    assert len(fake.activations) == 1
+    assert len(waits.delays) == 6
+    assert waits.delays[1] >= 3  # Retry-After honoured
+    for attempt, delay in enumerate(waits.delays, start=1):
+        ceiling = min(8.0, 2 ** (attempt - 1))
+        assert ceiling / 2 <= delay <= max(ceiling, 3 if attempt == 2 else 0)
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.state == SalonState.ACTIVE
+
+
+def test_retries_stop_when_the_hour_runs_out(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+    _connected_salon(store, deadline_in=0.6)
+    _script(fake, *[{"status": 503}] * 50)
+
+    def real_wait(seconds: float) -> bool:
+        time.sleep(seconds)
+        return True
+
+    end = Activator(store, client, BASE, "runner-a", ActivationPolicy(first_delay=0.1, max_delay=0.2)).run(
+        SALON, real_wait)
+    assert end == ActivationEnd.EXPIRED
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.state == SalonState.EXPIRED_CONSENT
+    assert 2 <= len(fake.calls) < 20
+
+
+def test_the_fake_enforces_the_hour_too(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+    _connected_salon(store)
+    fake.salons[SALON].consent_at = time.time() - 3601
+    assert _activate(store, client) == ActivationEnd.FAILED
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.activation_error is not None and "422" in salon.activation_error
+
+
+def test_two_concurrent_triggers_make_exactly_one_activation(store: Store, client: YClientsClient,
+                                                            fake: FakeYClients) -> None:
+    _connected_salon(store)
+    _script(fake, {"passthrough": True, "delay": 0.3})  # slow enough for the two to overlap
+    barrier = threading.Barrier(2)
+    ends: list[ActivationEnd] = []
+
+    def trigger(owner: str) -> None:
+        barrier.wait()
+        ends.append(_activate(store, client, owner=owner))
+
+    threads = [threading.Thread(target=trigger, args=(owner,)) for owner in ("runner-a", "runner-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # The loser sees the winner's state change (BUSY), or, where two conditional writes both
+    # passed (moto's in-memory table is not atomic across threads; DynamoDB is), loses the lock.
+    assert sorted(ends)[0] == ActivationEnd.ACTIVE and sorted(ends)[1] in (ActivationEnd.BUSY,
+                                                                          ActivationEnd.INTERRUPTED)
+    assert len([c for c in fake.calls if c["operation"] == "activate"]) == 1
+    assert len(fake.activations) == 1
+
+
+def test_an_abandoned_activation_is_taken_over_after_its_lock_expires(store: Store, client: YClientsClient,
+                                                                      fake: FakeYClients) -> None:
+    _connected_salon(store)
+    # runner-a started activating and died during a backoff.
+    _script(fake, {"status": 503})
+    assert _activate(store, client, Waits(allow=False), owner="runner-a", lock_seconds=0.2) \
+        == ActivationEnd.INTERRUPTED
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.state == SalonState.ACTIVATING
+    assert _activate(store, client, owner="runner-b") == ActivationEnd.BUSY  # lock still held
+    time.sleep(0.3)
+    assert _activate(store, client, owner="runner-b") == ActivationEnd.ACTIVE
+    # The same key as the first attempt: YClients may have registered it already.
+    assert fake.activations[0]["api_key"] == store.get_salon_secrets(SALON)["api_key"]
+
+
+def test_an_uninstall_during_retries_wins(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+    _connected_salon(store)
+    _script(fake, {"status": 503})
+
+    def uninstall_then_continue(_seconds: float) -> bool:
+        store.transition(SALON, SalonState.UNINSTALLED, "yclients", "lifecycle uninstall")
+        return True
+
+    assert _activate(store, client, uninstall_then_continue) == ActivationEnd.INTERRUPTED
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.state == SalonState.UNINSTALLED
+    assert len(fake.calls) == 1
+
+
+def test_backoff_is_capped_and_never_below_retry_after() -> None:
+    policy = ActivationPolicy(first_delay=1, max_delay=60)
+    assert all(30 <= backoff_delay(attempt, policy) <= 60 for attempt in range(7, 30))
+    assert backoff_delay(1, policy, retry_after=10) == 10
+
+
+def test_process_limiter_keeps_every_client_under_5_requests_per_second(marketplace: tuple[FakeYClients, str],
+                                                                      fake: FakeYClients) -> None:
+    fake.rate_limit = 5  # as YClients
+    clients = [YClientsClient(marketplace[1], TOKEN, 4242) for _ in range(2)]  # both on the process limiter
+    started = time.monotonic()
+
+    def hammer(client: YClientsClient) -> None:
+        for _ in range(6):
+            client.app_status(SALON)
+
+    threads = [threading.Thread(target=hammer, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [c["status"] for c in fake.calls] == [200] * 12
+    assert time.monotonic() - started >= 2.0  # 12 calls at 5 per 1.1 s
+
+
+def test_the_fake_answers_429_above_5_requests_per_second(client: YClientsClient, fake: FakeYClients) -> None:
+    fake.rate_limit = 5
+    statuses = []
+    for _ in range(8):
+        try:
+            client.app_status(SALON)
+            statuses.append(200)
+        except PartnerApiError as exc:
+            statuses.append(exc.status or 0)
+    assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
