@@ -24,7 +24,7 @@ def report_stack_output_on_failure(request: pytest.FixtureRequest, stack: Runnin
 
 
 @contextmanager
-def fake_marketplace(partner_token: str = "partner-token-for-tests", application_id: int = 4242,
+def fake_marketplace(partner_token: str, application_id: int = 4242,
                      callback_url: str = "") -> Iterator[tuple[FakeYClients, str]]:
     """The fake YClients marketplace served over real HTTP from a background thread; yields it
     and its base URL (what `YCLIENTS_BASE_URL` would be)."""
