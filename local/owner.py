@@ -55,3 +55,22 @@ async def open_page(ws_url: str, token: str | None) -> AsyncIterator[websockets.
 
 def scan(base_url: str, qr: str) -> requests.Response:
     return requests.post(f"{base_url}/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+
+
+async def link_whatsapp(base_url: str, marketplace: str, salon_id: int, until: set[str],
+                        timeout: float = 30) -> list[dict[str, Any]]:
+    """The whole owner journey for one salon: "Подключить", the page, a scan of the first code;
+    returns the state messages the page saw up to one of `until`."""
+    _, token = follow_redirect(press_connect(marketplace, salon_id))
+    if token is None:
+        raise RuntimeError(f"salon {salon_id}: the redirect gave no page token")
+    seen: list[dict[str, Any]] = []
+    ws_url = base_url.replace("http://", "ws://") + "/ws"
+    async with open_page(ws_url, token) as ws:
+        message = await receive_until(ws, {"qr_ready"} | until, timeout, seen)
+        if message["state"] == "qr_ready":
+            response = scan(base_url, message["qr"])
+            if response.status_code != 200:
+                raise RuntimeError(f"scan refused: {response.status_code} {response.text[:200]}")
+            await receive_until(ws, until, timeout, seen)
+    return seen

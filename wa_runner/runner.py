@@ -135,6 +135,10 @@ class Runner:
         elif lease.desired == "run" or (lease.desired == "link" and owned.started_generation != lease.generation):
             if lease.desired == "link" and owned.started_generation is not None:
                 await self._engine.stop(salon_id, logout=False)
+            if lease.desired == "link" and self._engine.has_credentials(salon_id):
+                # A new linking (a reinstall, a relink) starts clean even when it overtook the
+                # `stop` that would have logged the old device out.
+                await self._engine.stop(salon_id, logout=True)
             owned.started_generation = lease.generation
             await self._engine.start(salon_id, lease.generation)
 

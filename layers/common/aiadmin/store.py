@@ -359,8 +359,9 @@ class Store:
     def release_session(self, salon_id: int, runner_id: str, retire: bool = False) -> None:
         """Give the lease back (another runner may claim at once), or, with `retire`, take
         the session out of the lease index altogether (nothing left to run)."""
-        update = "REMOVE #owner, lease_pk" if retire else "SET lease_expires = :zero REMOVE #owner"
-        values = {":me": runner_id} if retire else {":me": runner_id, ":zero": 0}
+        # Expiry zeroed either way: a retired session that is requested again is claimable at once.
+        update = "SET lease_expires = :zero REMOVE #owner" + (", lease_pk" if retire else "")
+        values = {":me": runner_id, ":zero": 0}
         try:
             self._table.update_item(
                 Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -123,6 +124,8 @@ class PartnerApiError(RuntimeError):
 
 
 _ALREADY_INSTALLED_MARKERS = ("уже установил", "already installed")
+_QUICK_ATTEMPTS = 3
+_QUICK_PAUSE = 0.5
 # The issue's reading of the live errors: a wrong application ("Агрегатор не найден"), a bad
 # partner token and a validation error do not get better by retrying; they need ops.
 _PERMANENT_ACTIVATION_STATUSES = frozenset({400, 401, 403, 404, 422})
@@ -177,12 +180,29 @@ class YClientsClient:
                                          timeout=self._timeout, allow_redirects=False)
         return PartnerResponse(response.status_code, _json_or_none(response), _retry_after(response))
 
+    def _patient_call(self, operation: str, method: str, path: str, json_body: dict[str, Any] | None = None,
+                      params: dict[str, Any] | None = None) -> PartnerResponse:
+        """A call for someone waiting (an owner, ops): a 429 is retried after a short pause (the
+        request was refused, not processed); so are 5xx and network errors of a GET, which
+        changes nothing. The activation has its own, longer retry policy."""
+        for attempt in range(_QUICK_ATTEMPTS):
+            last = attempt == _QUICK_ATTEMPTS - 1
+            try:
+                response = self._call(method, path, json_body, params)
+            except requests.RequestException as exc:
+                if method != "GET" or last:
+                    raise PartnerApiError(operation, None, type(exc).__name__) from exc
+                time.sleep(_QUICK_PAUSE * 2 ** attempt)
+                continue
+            retryable = response.status == 429 or (method == "GET" and response.status >= 500)
+            if not retryable or last:
+                return response
+            time.sleep(min(5.0, max(response.retry_after or 0.0, _QUICK_PAUSE * 2 ** attempt)))
+        raise AssertionError("unreachable")
+
     def _checked(self, operation: str, method: str, path: str, json_body: dict[str, Any] | None = None,
                  params: dict[str, Any] | None = None) -> PartnerResponse:
-        try:
-            response = self._call(method, path, json_body, params)
-        except requests.RequestException as exc:
-            raise PartnerApiError(operation, None, type(exc).__name__) from exc
+        response = self._patient_call(operation, method, path, json_body, params)
         if not response.ok:
             raise PartnerApiError(operation, response.status, response.message or "unexpected answer")
         return response
@@ -192,10 +212,8 @@ class YClientsClient:
     def app_status(self, salon_id: int) -> str | None:
         """`pending`, `active`, `freezed`, ... for our app in the salon; None when not installed.
         Raises PartnerApiError when YClients cannot say (down, throttled, refused)."""
-        try:
-            response = self._call("GET", f"/marketplace/salon/{salon_id}/application/{self._application_id}")
-        except requests.RequestException as exc:
-            raise PartnerApiError("app status", None, type(exc).__name__) from exc
+        response = self._patient_call("app status", "GET",
+                                      f"/marketplace/salon/{salon_id}/application/{self._application_id}")
         if response.status == 404:
             return None
         if not response.ok:
