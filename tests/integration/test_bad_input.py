@@ -1,0 +1,169 @@
+"""Property-based bad input against the running stack over real HTTP: arbitrary query strings
+to the redirect, arbitrary bodies and headers to both webhook endpoints. Never a 5xx, never a
+write for a refused request, never a secret in a response or a log line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import string
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from local.owner import link_whatsapp
+from local.process import RunningStack, local_stack
+from local.stack import DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
+from tests.helpers import report_stack_output_on_failure
+
+pytestmark = pytest.mark.integration
+SALON = 401
+PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+class Probe:
+    """The stack plus what must never change or leak."""
+
+    def __init__(self, stack: RunningStack) -> None:
+        self.stack = stack
+        self.dynamodb = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="eu-central-1")
+        self.sqs = boto3.client("sqs", endpoint_url=stack.moto_url, region_name="eu-central-1")
+        self.queue_url = self.sqs.get_queue_url(QueueName="EntityQueue")["QueueUrl"]
+        [activation] = [a for a in stack.marketplace_state()["activations"] if a["salon_id"] == SALON]
+        self.webhook_url: str = activation["webhook_urls"][0]
+        self.secrets = [DEFAULT_PARTNER_TOKEN, DEFAULT_JWT_SECRET, activation["api_key"],
+                        self.webhook_url.rsplit("/", 1)[1]]
+
+    def snapshot(self) -> tuple[int, int]:
+        items = self.dynamodb.scan(TableName="AppTable", Select="COUNT")["Count"]
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url,
+                                                   AttributeNames=["ApproximateNumberOfMessages"])
+        return items, int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+    def check(self, response: requests.Response, before: tuple[int, int]) -> None:
+        assert response.status_code < 500, response.text[:300]
+        if response.status_code >= 400:
+            assert self.snapshot() == before, "a refused request wrote something"
+        for secret in self.secrets:
+            assert secret not in response.text
+            assert not any(secret in value for value in response.headers.values())
+
+
+@pytest.fixture(scope="module")
+def probe(request: pytest.FixtureRequest) -> Iterator[Probe]:
+    with local_stack(time_scale=0.1, extra_env={"LOG_LEVEL": "INFO"}) as stack:
+        asyncio.run(link_whatsapp(stack.base_url, stack.marketplace, SALON, {"active"}))
+        yield Probe(stack)
+        # Every log line the stack printed during the whole module: no secret in any of them.
+        output = "".join(stack.output)
+        report_stack_output_on_failure(request, stack)
+        for secret in Probe(stack).secrets:
+            assert secret not in output, "a secret reached the logs"
+
+
+_text = st.text(max_size=80)
+# Header values a client can send at all (no control characters; an HTTP server refuses those first).
+_ascii_value = st.text(alphabet=string.ascii_letters + string.digits + string.punctuation + " ",
+                       max_size=60).map(str.strip)
+_headers = st.dictionaries(
+    st.sampled_from(["X-Forwarded-For", "Content-Type", "Authorization", "X-Request-Id", "Accept", "Cookie",
+                     "Content-Encoding", "X-Yclients-Signature"]),
+    _ascii_value, max_size=4)
+_query_key = st.one_of(st.sampled_from(["salon_id", "salon_ids[]", "salon_ids[0]", "salon_ids[1]", "user_data",
+                                        "user_data_sign", "application_id"]), _text)
+_query_value = st.one_of(_text, st.integers().map(str), st.sampled_from(["", "101", "-1", "1e9", "0x10", "٣"]))
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4),
+    max_leaves=12,
+)
+
+
+def _raw_query(pairs: list[tuple[str, str]]) -> str:
+    return "&".join(f"{quote(k, safe='[]')}={quote(v, safe='')}" for k, v in pairs)
+
+
+@PROPERTY
+@given(pairs=st.lists(st.tuples(_query_key, _query_value), max_size=6), headers=_headers)
+def test_redirect_never_fails_on_any_query(probe: Probe, pairs: list[tuple[str, str]],
+                                           headers: dict[str, str]) -> None:
+    before = probe.snapshot()
+    response = requests.get(f"{probe.stack.base_url}/auth/yclients/redirect?{_raw_query(pairs)}",
+                            headers=headers, allow_redirects=False, timeout=10)
+    assert response.status_code in (400, 403), response.text[:200]
+    assert "text/html" in response.headers["Content-Type"]
+    probe.check(response, before)
+
+
+@PROPERTY
+@given(raw=st.text(alphabet=string.printable, max_size=300), headers=_headers)
+def test_redirect_never_fails_on_a_raw_query_string(probe: Probe, raw: str, headers: dict[str, str]) -> None:
+    before = probe.snapshot()
+    response = requests.get(f"{probe.stack.base_url}/auth/yclients/redirect?{quote(raw, safe='=&[]%')}",
+                            headers=headers, allow_redirects=False, timeout=10)
+    probe.check(response, before)
+
+
+_lifecycle_body = st.one_of(
+    st.binary(max_size=300),
+    _json_value.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({}, optional={
+        "salon_id": st.one_of(st.just(SALON), st.integers(), _text),
+        "application_id": st.one_of(st.just(4242), st.integers(), _text),
+        "event": st.one_of(st.sampled_from(["uninstall", "freeze", "payment"]), _text, st.integers()),
+        "partner_token": st.one_of(_text, st.none(), st.just(DEFAULT_PARTNER_TOKEN[:-1])),
+        "sign": _text,
+    }).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@PROPERTY
+@given(body=_lifecycle_body, headers=_headers)
+def test_lifecycle_webhook_never_fails_and_refusals_write_nothing(probe: Probe, body: bytes,
+                                                                 headers: dict[str, str]) -> None:
+    before = probe.snapshot()
+    response = requests.post(f"{probe.stack.base_url}/callback/yclients", data=body, headers=headers, timeout=10)
+    assert response.status_code in (400, 401), response.text[:200]
+    probe.check(response, before)
+
+
+_entity_body = st.one_of(
+    st.binary(max_size=300),
+    _json_value.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({}, optional={
+        "company_id": st.one_of(st.integers(), _text, st.none()),
+        "resource": st.one_of(_text, st.integers()),
+        "resource_id": _json_value,
+        "status": st.one_of(st.sampled_from(["create", "update", "delete"]), _text),
+        "data": _json_value,
+    }).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@PROPERTY
+@given(body=_entity_body, headers=_headers, path=st.sampled_from(["right", "wrong secret", "other salon", "junk"]),
+       junk=st.text(alphabet=string.ascii_letters + string.digits + "-_.~%", min_size=1, max_size=40))
+def test_entity_webhook_never_fails_and_refusals_write_nothing(probe: Probe, body: bytes, headers: dict[str, str],
+                                                               path: str, junk: str) -> None:
+    base, secret = probe.webhook_url.rsplit("/", 1)
+    url = {
+        "right": probe.webhook_url,
+        "wrong secret": f"{base}/{junk}",
+        "other salon": f"{base.rsplit('/', 1)[0]}/{junk}/{secret}",
+        "junk": f"{probe.stack.base_url}/webhook/yclients/{junk}/{junk}",
+    }[path]
+    before = probe.snapshot()
+    response = requests.post(url, data=body, headers=headers, timeout=10)
+    probe.check(response, before)
+    if path != "right":
+        assert response.status_code == 404
+    if response.status_code == 200:
+        # Only a valid webhook for this very salon is queued.
+        parsed: Any = json.loads(body)
+        assert parsed["company_id"] == SALON and parsed["status"] in ("create", "update", "delete")
