@@ -26,3 +26,19 @@ def test_table_has_the_lease_index_ttl_and_stream() -> None:
     assert [i["IndexName"] for i in props["GlobalSecondaryIndexes"]] == ["LeaseIndex"]
     assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
     assert props["StreamSpecification"]["StreamViewType"] == "NEW_IMAGE"
+
+
+def test_every_alarm_on_our_metrics_watches_a_metric_the_code_emits() -> None:
+    """An alarm on a misspelt metric never fires: each one must match an `add_metric` call."""
+    import re
+
+    from local.template import ROOT
+
+    sources = [*(ROOT / "layers" / "common" / "aiadmin").glob("*.py"), *(ROOT / "wa_runner").glob("*.py"),
+               *(ROOT / "functions").glob("*/app.py")]
+    emitted = {name for path in sources for name in re.findall(r'add_metric\(\s*name="(\w+)"', path.read_text())}
+    alarms = {name: res["Properties"] for name, res in load_template().resources.items()
+              if res["Type"] == "AWS::CloudWatch::Alarm" and res["Properties"].get("Namespace") == "AIAdmin/Onboarding"}
+    assert {"ActivationFailedAlarm", "ActivationExpiredAlarm"} <= alarms.keys()
+    for name, props in alarms.items():
+        assert props["MetricName"] in emitted, name
