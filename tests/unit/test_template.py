@@ -36,7 +36,8 @@ def test_every_alarm_on_our_metrics_watches_a_metric_the_code_emits() -> None:
 
     sources = [*(ROOT / "layers" / "common" / "aiadmin").glob("*.py"), *(ROOT / "wa_runner").glob("*.py"),
                *(ROOT / "functions").glob("*/app.py")]
-    emitted = {name for path in sources for name in re.findall(r'add_metric\(\s*name="(\w+)"', path.read_text())}
+    code = "\n".join(path.read_text() for path in sources)
+    emitted = set(re.findall(r'add_metric\(\s*name="(\w+)"', code))
     alarms = {name: res["Properties"] for name, res in load_template().resources.items()
               if res["Type"] == "AWS::CloudWatch::Alarm" and res["Properties"].get("Namespace") == "AIAdmin/Onboarding"}
     assert {"ActivationFailedAlarm", "ActivationExpiredAlarm"} <= alarms.keys()

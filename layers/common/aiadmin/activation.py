@@ -98,20 +98,27 @@ class Activator:
             attempt += 1
             now = self._clock()
             if salon.activation_deadline is not None and now >= salon.activation_deadline:
-                return self._finish(salon_id, S.EXPIRED_CONSENT, "the hour for activation passed",
-                                    ActivationEnd.EXPIRED, "ActivationExpired")
+                if not self._finish(salon_id, S.EXPIRED_CONSENT, "the hour for activation passed"):
+                    return ActivationEnd.INTERRUPTED
+                metrics.add_metric(name="ActivationExpired", unit="Count", value=1)
+                return ActivationEnd.EXPIRED
             if not self._store.hold_activation(salon_id, self._owner, now, self._policy.lock_seconds):
                 logger.warning("activation lock lost", extra={"salon_id": salon_id})
                 return ActivationEnd.INTERRUPTED
             result = self._client.activate(salon_id, secrets_["api_key"], [url], list(self._policy.channels))
             if result.outcome in (ActivationOutcome.ACTIVATED, ActivationOutcome.ALREADY_ACTIVE):
-                return self._finish(salon_id, S.ACTIVE, f"YClients answered {result.status}",
-                                    ActivationEnd.ACTIVE, "Activated")
+                if not self._finish(salon_id, S.ACTIVE, f"YClients answered {result.status}"):
+                    return ActivationEnd.INTERRUPTED
+                metrics.add_metric(name="Activated", unit="Count", value=1)
+                return ActivationEnd.ACTIVE
             if result.outcome == ActivationOutcome.PERMANENT_FAILURE:
-                return self._finish(salon_id, S.ACTIVATION_FAILED,
-                                    f"YClients refused: {result.status} {result.message}"[:300],
-                                    ActivationEnd.FAILED, "ActivationFailed",
-                                    {"activation_error": f"{result.status} {result.message}"[:300]})
+                refusal = f"{result.status} {result.message}"[:300]
+                if not self._finish(salon_id, S.ACTIVATION_FAILED, f"YClients refused: {refusal}",
+                                    {"activation_error": refusal}):
+                    return ActivationEnd.INTERRUPTED
+                metrics.add_metric(name="ActivationFailed", unit="Count", value=1)
+                logger.error("activation failed permanently", extra={"salon_id": salon_id, "refusal": refusal})
+                return ActivationEnd.FAILED
             delay = backoff_delay(attempt, self._policy, result.retry_after)
             if salon.activation_deadline is not None:
                 delay = min(delay, max(0.0, salon.activation_deadline - self._clock()))
@@ -148,17 +155,14 @@ class Activator:
         self._notify(salon)
         return salon
 
-    def _finish(self, salon_id: int, state: SalonState, reason: str, end: ActivationEnd, metric: str,
-                attrs: dict[str, object] | None = None) -> ActivationEnd:
+    def _finish(self, salon_id: int, state: SalonState, reason: str, attrs: dict[str, object] | None = None) -> bool:
+        """The final transition; False when the salon moved on meanwhile (uninstalled, unlinked,
+        frozen): that newer state stands."""
         try:
             salon = self._store.transition(salon_id, state, self._actor, reason,
                                            {**(attrs or {}), "activation_owner": None, "activation_lock_until": None},
                                            expected=[S.ACTIVATING])
         except (IllegalTransition, ConcurrentUpdate):
-            # Uninstalled, unlinked or frozen meanwhile: that newer state stands.
-            return ActivationEnd.INTERRUPTED
-        metrics.add_metric(name=metric, unit="Count", value=1)
-        if end == ActivationEnd.FAILED:
-            logger.error("activation failed permanently", extra={"salon_id": salon_id, "reason": reason})
+            return False
         self._notify(salon)
-        return end
+        return True
