@@ -33,7 +33,7 @@ async def main() -> None:
     settings = load_settings([
         "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token",
         "websocket_management_url", "public_base_url", "wa_engine", "runner_poll_seconds",
-        "runner_lease_seconds", "activation_retry_seconds",
+        "runner_lease_seconds", "activation_retry_seconds", "yclients_channels",
     ])
     engine = _engine(settings.wa_engine)
     runner_id = os.environ.get("RUNNER_ID") or f"{socket.gethostname()}-{os.getpid()}"
@@ -47,7 +47,8 @@ async def main() -> None:
         public_base_url=settings.public_base_url,
         poll_seconds=settings.runner_poll_seconds,
         lease_seconds=settings.runner_lease_seconds,
-        activation_policy=ActivationPolicy(first_delay=settings.activation_retry_seconds),
+        activation_policy=ActivationPolicy(first_delay=settings.activation_retry_seconds,
+                                           channels=settings.yclients_channels),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

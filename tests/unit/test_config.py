@@ -44,3 +44,13 @@ def test_unloaded_setting_is_an_error() -> None:
     settings = load_settings(["table_name"], environ={"TABLE_NAME": "t"})
     with pytest.raises(AttributeError):
         _ = settings.jwt_secret
+
+
+def test_activation_channels_are_a_checked_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YCLIENTS_CHANNELS", "whatsapp, sms")
+    assert load_settings(["yclients_channels"]).yclients_channels == ("whatsapp", "sms")
+    monkeypatch.setenv("YCLIENTS_CHANNELS", "none")
+    assert load_settings(["yclients_channels"]).yclients_channels == ()
+    monkeypatch.setenv("YCLIENTS_CHANNELS", "telegram")
+    with pytest.raises(SettingsError, match="YCLIENTS_CHANNELS"):
+        load_settings(["yclients_channels"])

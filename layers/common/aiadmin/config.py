@@ -66,6 +66,16 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _channels(value: str) -> tuple[str, ...]:
+    if value.strip().lower() == "none":
+        return ()
+    channels = tuple(c.strip() for c in value.split(",") if c.strip())
+    unknown = [c for c in channels if c not in ("whatsapp", "sms")]
+    if unknown:
+        raise ValueError(f"unknown channel(s) {', '.join(unknown)}; expected whatsapp and/or sms")
+    return channels
+
+
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -106,6 +116,8 @@ _FIELDS: dict[str, _Field] = {
     "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.25"),
     "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "30"),
     "activation_retry_seconds": _Field("ACTIVATION_RETRY_SECONDS", _positive_float, "1"),
+    # Channels announced at activation (chat-bot category apps): comma-separated, or `none`.
+    "yclients_channels": _Field("YCLIENTS_CHANNELS", _channels, "whatsapp"),
     "entity_queue_url": _Field("ENTITY_QUEUE_URL", _url),
 }
 

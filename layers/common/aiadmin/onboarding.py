@@ -26,7 +26,7 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
     shows its state, except that a fresh consent retries a failed activation and lets a frozen
     salon be activated again; a salon that is new, uninstalled, expired or unlinked starts over.
     `marketplace_status` is the app's status in YClients (`pending` or `active`)."""
-    profile = {
+    profile: dict[str, object] = {
         "salon_name": (user.salon_name or "")[:200],
         "user_name": (user.name or "")[:200],
     }
@@ -57,6 +57,9 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
                                  attrs=profile, expected=[SalonState.FROZEN])
         store.request_session(salon_id, "run", renew_command=True)
         return salon
+    if salon.state in LINKING_STATES:
+        # Pressing "Подключить" again is a new consent in YClients: its hour starts again.
+        profile.update(consent)
     store.update_profile(salon_id, profile)
     if salon.state in LINKING_STATES and store.get_session(salon_id) is None:
         store.request_session(salon_id, "link")
