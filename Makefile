@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy layers/common/aiadmin functions wa_runner local bench
+	$(BIN)/mypy layers/common/aiadmin functions wa_runner local bench ops
 
 validate: $(STAMP)
 	$(BIN)/sam validate --lint --region eu-central-1
