@@ -27,6 +27,16 @@ from wa_runner.healthcheck import beat
 ACTOR = "runner"
 S = SalonState
 _LINKING = [S.PENDING_WHATSAPP, S.QR_READY, S.QR_EXPIRED]
+# States in which an attempt shows the owner a code (a QR or a pairing code).
+_SHOWING_CODE = [S.QR_READY, S.CODE_READY]
+_NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
+# Ends of a linking attempt that WhatsApp decided: the owner reads what to do and retries.
+_ATTEMPT_REFUSALS = {
+    EventKind.LINK_REFUSED: (S.LINK_REFUSED, [*_SHOWING_CODE, S.PAIRING]),
+    EventKind.PASSKEY_REQUIRED: (S.PASSKEY_REQUIRED, [*_SHOWING_CODE, S.PAIRING]),
+    EventKind.PAIRING_CODE_FAILED: (S.CODE_FAILED, [S.PENDING_WHATSAPP, S.QR_READY]),
+}
+_STREAM_REPLACED_PAUSE_SECONDS = 15
 _ACTIVATION_ATTEMPTS = 6
 
 
@@ -50,6 +60,7 @@ class Runner:
         self._lease_seconds = lease_seconds
         self._owned: dict[int, OwnedSession] = {}
         self._activations: dict[int, asyncio.Task[None]] = {}
+        self._delayed: set[asyncio.Task[None]] = set()
 
     # ---- main loops --------------------------------------------------------------------
 
@@ -132,11 +143,13 @@ class Runner:
                 await self._engine.stop(salon_id, logout=False)
             owned.started_generation = lease.generation
             await self._engine.start(salon_id, lease.generation)
+            if lease.desired == "link" and lease.pair_phone:
+                await self._engine.request_pairing_code(salon_id, lease.pair_phone)
 
     async def _shutdown(self) -> None:
         """On SIGTERM: disconnect cleanly and hand the leases back so another runner takes over at once."""
         await self._engine.close()
-        for task in self._activations.values():
+        for task in [*self._activations.values(), *self._delayed]:
             task.cancel()
         for salon_id in list(self._owned):
             with contextlib.suppress(Exception):
@@ -175,17 +188,27 @@ class Runner:
             return
         salon_id = event.salon_id
         if event.kind == EventKind.QR:
+            if owned.lease.pair_phone:
+                return  # this attempt links by pairing code: its QR codes are not shown
             await self._transition(salon_id, S.QR_READY, "new QR code",
                                    {"qr": event.code, "qr_expires_at": event.expires_at}, expected=_LINKING)
+        elif event.kind == EventKind.PAIRING_CODE:
+            await self._transition(salon_id, S.CODE_READY, "pairing code for the owner's number",
+                                   {**_NO_CODES, "pairing_code": event.code, "code_expires_at": event.expires_at},
+                                   expected=[S.PENDING_WHATSAPP, S.QR_READY])
         elif event.kind == EventKind.QR_TIMEOUT:
             await self._engine.stop(salon_id)
-            await self._transition(salon_id, S.QR_EXPIRED, "no scan within 160 s",
-                                   {"qr": None, "qr_expires_at": None}, expected=[S.QR_READY])
+            await self._transition(salon_id, S.QR_EXPIRED, "no scan within 160 s", _NO_CODES,
+                                   expected=_SHOWING_CODE)
+        elif event.kind in _ATTEMPT_REFUSALS:
+            state, expected = _ATTEMPT_REFUSALS[event.kind]
+            await self._engine.stop(salon_id)
+            metrics.add_metric(name=f"Linking_{state.value}", unit="Count", value=1)
+            await self._transition(salon_id, state, event.detail or event.kind.value, _NO_CODES, expected=expected)
         elif event.kind == EventKind.PAIR_SUCCESS:
-            await self._transition(salon_id, S.PAIRING, "phone scanned the code",
-                                   {"qr": None, "qr_expires_at": None})
+            await self._transition(salon_id, S.PAIRING, "phone accepted the code", _NO_CODES)
             await asyncio.to_thread(self._store.request_session, salon_id, "run")
-            owned.lease = owned.lease.model_copy(update={"desired": "run"})
+            owned.lease = owned.lease.model_copy(update={"desired": "run", "pair_phone": None})
         elif event.kind == EventKind.CONNECTED:
             await self._on_connected(salon_id)
         elif event.kind == EventKind.LOGGED_OUT:
@@ -197,6 +220,16 @@ class Runner:
             state = S.BANNED if event.kind == EventKind.BANNED else S.CLIENT_OUTDATED
             await self._engine.stop(salon_id)
             await self._transition(salon_id, state, event.detail or event.kind.value)
+        elif event.kind == EventKind.STREAM_REPLACED:
+            # The same device connected elsewhere (two owners). WhatsApp closed our stream; a
+            # process without the lease stops itself when it sees that, so the owner takes
+            # the session back after a pause instead of fighting over it.
+            logger.warning("stream replaced", extra={"salon_id": salon_id})
+            metrics.add_metric(name="StreamReplaced", unit="Count", value=1)
+            await self._engine.stop(salon_id)
+            task = asyncio.create_task(self._resume_later(salon_id, _STREAM_REPLACED_PAUSE_SECONDS))
+            self._delayed.add(task)
+            task.add_done_callback(self._delayed.discard)
         elif event.kind == EventKind.DISCONNECTED and owned.lease.desired in ("run", "link"):
             # The transport dropped (not a stop of ours: those cancel the session quietly).
             # Reconnect after a short, jittered pause; a linking attempt starts over.
@@ -205,6 +238,12 @@ class Runner:
             if salon_id in self._owned and salon_id not in self._engine.running() \
                     and event.generation == owned.lease.generation:
                 await self._engine.start(salon_id, owned.lease.generation)
+
+    async def _resume_later(self, salon_id: int, pause: float) -> None:
+        await asyncio.sleep(pause * (1 + random.random()))
+        owned = self._owned.get(salon_id)
+        if owned is not None and owned.lease.desired == "run" and salon_id not in self._engine.running():
+            await self._engine.start(salon_id, owned.lease.generation)
 
     async def _on_connected(self, salon_id: int) -> None:
         salon = await asyncio.to_thread(self._store.get_salon, salon_id)

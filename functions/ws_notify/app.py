@@ -1,5 +1,6 @@
-"""WebSocket $default (messages from the page: `sync`, `new_qr`) and the DynamoDB stream
-consumer that pushes state changes made outside the runner (lifecycle webhooks, the page)."""
+"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`) and the
+DynamoDB stream consumer that pushes state changes made outside the runner (lifecycle
+webhooks, the page)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from aiadmin.config import load_settings
-from aiadmin.models import Salon
+from aiadmin.models import ErrorMessage, Salon
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import request_new_qr, state_message
+from aiadmin.onboarding import InvalidPhone, request_new_qr, request_pairing_code, state_message
 from aiadmin.push import Pusher
 from aiadmin.store import Store
 
@@ -48,9 +49,19 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
     salon_id = store.salon_of_connection(connection_id)
     if salon_id is None:
         return {"statusCode": 403}
-    action = _message(event).get("action")
+    message = _message(event)
+    action = message.get("action")
     if action == "new_qr":
         request_new_qr(store, salon_id)
+    elif action == "pairing_code":
+        try:
+            request_pairing_code(store, salon_id, message.get("phone"))
+        except InvalidPhone as exc:
+            # Nothing changed; the owner reads why next to the number they typed.
+            metrics.add_metric(name="PairingPhoneRefused", unit="Count", value=1)
+            if not pusher.send(connection_id, ErrorMessage(action="pairing_code", message=str(exc)).model_dump_json()):
+                store.remove_connection(connection_id, salon_id)
+            return {"statusCode": 200}
     elif action != "sync":
         return {"statusCode": 400}
     salon = store.get_salon(salon_id)
