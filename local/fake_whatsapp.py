@@ -82,6 +82,8 @@ class Device:
     # What WhatsApp answers this device's next connections (a ban until a time, an outdated client).
     refusal: dict[str, Any] | None = None
     refused_until: float = float("inf")
+    # Streams this device opened (the pairing one included): a resume without a scan adds one.
+    connections: int = 1
 
 
 @dataclass
@@ -102,6 +104,7 @@ class FakeWhatsApp:
             web.post("/_local/whatsapp/session-event", self.session_event),
             web.post("/_local/whatsapp/logout", self.logout),
             web.post("/_local/whatsapp/unlink", self.unlink),
+            web.get("/_local/whatsapp/devices", self.list_devices),
         ]
 
     # ---- the client's connection -------------------------------------------------------
@@ -142,6 +145,7 @@ class FakeWhatsApp:
             await ws.close()
             return
         device.refusal = None
+        device.connections += 1
         if device.socket is not None and not device.socket.closed:
             await device.socket.send_json(SESSION_EVENTS["stream_replaced"])
             await device.socket.close()
@@ -302,6 +306,14 @@ class FakeWhatsApp:
             await device.socket.send_json(message)
             await device.socket.close()
         return web.json_response({"status": "sent" if live else "recorded", "event": event})
+
+    async def list_devices(self, _request: web.Request) -> web.Response:
+        """What the servers know of linked devices (for tests and a curious developer)."""
+        return web.json_response([
+            {"session": d.session, "jid": d.jid, "connected": d.socket is not None and not d.socket.closed,
+             "connections": d.connections}
+            for d in self.devices.values()
+        ])
 
     async def logout(self, request: web.Request) -> web.Response:
         """The client unlinks itself (uninstall)."""

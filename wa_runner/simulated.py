@@ -163,7 +163,7 @@ class SimulatedEngine:
                             schedule.cancel()
                         self._keys.write_device(salon_id, {
                             "jid": data["jid"], "sim_device_id": data["device_id"], "noise_key": keys["noise"],
-                            "identity_key": keys["identity"], "adv_secret_key": keys["adv"],
+                            "identity_key": keys["identity"], "adv_key": keys["adv"],
                         })
                         emit(EventKind.PAIR_SUCCESS, detail=data["jid"])
                     elif kind == "connected":
