@@ -148,7 +148,7 @@ class SessionEvents:
         self._emit(EventKind.CONNECTED)
 
     def on_logged_out(self, _client: NewClient, event: Any) -> None:
-        reason = _enum_name(ConnectFailureReason, event.Reason) if event.Reason else "unlinked"
+        reason = _enum_name(ConnectFailureReason, event.Reason)
         self._emit(EventKind.LOGGED_OUT, detail=f"{reason}{' on connect' if event.OnConnect else ''}")
 
     def on_stream_replaced(self, _client: NewClient, _event: Any) -> None:
