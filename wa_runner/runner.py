@@ -102,11 +102,14 @@ class Runner:
         the leases that have used up a third of their time."""
         if not self._owned:
             return
+        read_against = {salon_id: owned.lease for salon_id, owned in self._owned.items()}
         current = await asyncio.to_thread(self._store.get_sessions, list(self._owned))
         for salon_id in list(self._owned):
             owned = self._owned.get(salon_id)
             lease: SessionLease | None = current.get(salon_id)
-            if owned is None:
+            if owned is None or owned.lease is not read_against.get(salon_id):
+                # An event changed this lease while we read (e.g. pairing asked for `run`):
+                # the read may predate that write; the next sync reads it again.
                 continue
             if lease is not None and lease.owner == self.runner_id \
                     and lease.lease_expires - now < self._lease_seconds * 2 / 3:
