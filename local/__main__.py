@@ -19,9 +19,12 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=float(os.environ.get("WA_TIME_SCALE", "1")),
                         help="scale WhatsApp's QR timings (0.1 = ten times faster)")
     parser.add_argument("--data-dir", type=Path, default=None, help="where simulated WhatsApp keys are kept")
+    parser.add_argument("--restart-runners", action="store_true",
+                        help="start a runner again when it exits, instead of stopping the stack")
     args = parser.parse_args()
     asyncio.run(run_stack(StackOptions(host=args.host, port=args.port, runners=args.runners,
-                                       time_scale=args.time_scale, data_dir=args.data_dir)))
+                                       time_scale=args.time_scale, data_dir=args.data_dir,
+                                       restart_runners=args.restart_runners)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,16 @@ the simulated phone scans by posting the decoded QR string to `POST /_local/what
 which pairs the session only if that string is the attempt's *current, unexpired* code
 with the keys the client announced (an old, foreign or altered code is refused, as
 WhatsApp would). A device that connects twice replaces its older stream.
+
+Pairing by phone number: once the attempt is up, the client may send `pair-phone` with a
+number; the server answers with an 8-character code `XXXX-XXXX`, valid for the rest of
+the attempt, which the phone enters with `POST /_local/whatsapp/enter-code`.
+
+What WhatsApp does after a scan or a code is scriptable per scan (`"outcome"`: `success`,
+`max_devices`: the phone already has the maximum of linked devices and WhatsApp refuses
+the link, `passkey`: WhatsApp asks the new device for a passkey), and a linked session can
+be ended later with `POST /_local/whatsapp/session-event` (`logged_out`,
+`stream_replaced`, `temp_ban`, `client_outdated`).
 """
 
 from __future__ import annotations
@@ -21,6 +31,19 @@ from aiohttp import WSMsgType, web
 
 QR_PREFIX = "https://wa.me/settings/linked_devices#"
 CODE_TIMEOUTS = (60.0, 20.0, 20.0, 20.0, 20.0, 20.0)
+# whatsmeow's linking-code alphabet (Crockford-like base32 without 0, I, O, U).
+PAIRING_CODE_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"
+SCAN_OUTCOMES = ("success", "max_devices", "passkey")
+TEMP_BAN_SECONDS = 3600.0
+
+# Session events the simulated servers can send to a linked device, and what a later
+# resume of that device gets (None: it connects normally).
+SESSION_EVENTS: dict[str, dict[str, Any]] = {
+    "logged_out": {"type": "logged-out", "reason": "401"},
+    "stream_replaced": {"type": "stream-replaced"},
+    "temp_ban": {"type": "temp-ban", "reason": "SEND_TO_TOO_MANY_PEOPLE"},
+    "client_outdated": {"type": "client-outdated", "reason": "405"},
+}
 
 
 @dataclass
@@ -31,12 +54,23 @@ class PairingAttempt:
     refs: list[str]
     windows: list[tuple[float, float]]
     used: bool = False
+    codes: list[str] = field(default_factory=list)
 
     def current_ref(self, now: float) -> str | None:
         for ref, (start, end) in zip(self.refs, self.windows, strict=True):
             if start <= now < end:
                 return ref
         return None
+
+    @property
+    def deadline(self) -> float:
+        return self.windows[-1][1]
+
+
+@dataclass
+class PairingCode:
+    attempt: PairingAttempt
+    phone: str
 
 
 @dataclass
@@ -45,21 +79,35 @@ class Device:
     session: str
     jid: str
     socket: web.WebSocketResponse | None = None
+    # What WhatsApp answers this device's next connections (a ban until a time, an outdated client).
+    refusal: dict[str, Any] | None = None
+    refused_until: float = float("inf")
+    # Streams this device opened (the pairing one included): a resume without a scan adds one.
+    connections: int = 1
 
 
 @dataclass
 class FakeWhatsApp:
     time_scale: float = 1.0
     attempts: dict[str, PairingAttempt] = field(default_factory=dict)
+    codes: dict[str, PairingCode] = field(default_factory=dict)
     devices: dict[str, Device] = field(default_factory=dict)
+    # Numbers for which WhatsApp refuses to issue a pairing code, with its error.
+    code_refusals: dict[str, str] = field(default_factory=dict)
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/_local/whatsapp/socket", self.socket),
             web.post("/_local/whatsapp/scan", self.scan),
+            web.post("/_local/whatsapp/enter-code", self.enter_code),
+            web.post("/_local/whatsapp/refuse-code", self.refuse_code),
+            web.post("/_local/whatsapp/session-event", self.session_event),
             web.post("/_local/whatsapp/logout", self.logout),
             web.post("/_local/whatsapp/unlink", self.unlink),
+            web.get("/_local/whatsapp/devices", self.list_devices),
         ]
+
+    # ---- the client's connection -------------------------------------------------------
 
     async def socket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20)
@@ -70,13 +118,16 @@ class FakeWhatsApp:
             await ws.close(code=4000, message=b"expected hello")
             return ws
         device_id = hello.get("device_id")
+        attempt = None
         if device_id:
             await self._resume(ws, str(device_id))
         else:
-            await self._start_pairing(ws, hello)
+            attempt = await self._start_pairing(ws, hello)
         async for message in ws:
             if message.type == WSMsgType.ERROR:
                 break
+            if message.type == WSMsgType.TEXT and attempt is not None:
+                await self._client_request(ws, attempt, message.data)
         for device in self.devices.values():
             if device.socket is ws:
                 device.socket = None
@@ -86,16 +137,22 @@ class FakeWhatsApp:
         device = self.devices.get(device_id)
         if device is None:
             # Unknown or unlinked device: WhatsApp answers 401 logged out.
-            await ws.send_json({"type": "logged-out", "reason": "401"})
+            await ws.send_json(SESSION_EVENTS["logged_out"])
             await ws.close()
             return
+        if device.refusal is not None and time.time() < device.refused_until:
+            await ws.send_json(device.refusal)
+            await ws.close()
+            return
+        device.refusal = None
+        device.connections += 1
         if device.socket is not None and not device.socket.closed:
-            await device.socket.send_json({"type": "stream-replaced"})
+            await device.socket.send_json(SESSION_EVENTS["stream_replaced"])
             await device.socket.close()
         device.socket = ws
         await ws.send_json({"type": "connected", "jid": device.jid})
 
-    async def _start_pairing(self, ws: web.WebSocketResponse, hello: dict[str, Any]) -> None:
+    async def _start_pairing(self, ws: web.WebSocketResponse, hello: dict[str, Any]) -> PairingAttempt:
         keys = (str(hello.get("noise", "")), str(hello.get("identity", "")), str(hello.get("adv", "")))
         refs = [f"2@{base64.b64encode(secrets.token_bytes(60)).decode()}" for _ in CODE_TIMEOUTS]
         timeouts = [t * self.time_scale for t in CODE_TIMEOUTS]
@@ -108,16 +165,43 @@ class FakeWhatsApp:
         for ref in refs:
             self.attempts[ref] = attempt
         await ws.send_json({"type": "pair-device", "refs": refs, "timeouts": timeouts})
+        return attempt
+
+    async def _client_request(self, ws: web.WebSocketResponse, attempt: PairingAttempt, data: str) -> None:
+        """`pair-phone`: the client asks for a pairing code for a number (whatsmeow's PairPhone)."""
+        try:
+            request = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(request, dict) or request.get("type") != "pair-phone":
+            return
+        phone = str(request.get("phone", ""))
+        error = None
+        if not phone.isdigit() or not 7 <= len(phone) <= 15 or phone.startswith("0"):
+            error = "400 bad-request: phone number must be international digits"
+        elif attempt.used or time.time() >= attempt.deadline:
+            error = "410 attempt is over"
+        elif phone in self.code_refusals:
+            error = self.code_refusals[phone]
+        if error:
+            await ws.send_json({"type": "pair-phone-error", "error": error})
+            return
+        code = "".join(secrets.choice(PAIRING_CODE_ALPHABET) for _ in range(8))
+        self.codes[code] = PairingCode(attempt, phone)
+        attempt.codes.append(code)
+        await ws.send_json({"type": "pair-phone-code", "code": f"{code[:4]}-{code[4:]}"})
+
+    # ---- the simulated phone -----------------------------------------------------------
 
     async def scan(self, request: web.Request) -> web.Response:
-        """The simulated phone: `{"qr": "<decoded QR string>"}`."""
-        try:
-            body = await request.json()
-            qr = body["qr"]
-            if not isinstance(qr, str):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            return _error(400, 'expected JSON {"qr": "<decoded QR string>"}')
+        """The simulated phone scans: `{"qr": "<decoded QR string>", "outcome": "success"}`."""
+        body = await _json_body(request)
+        qr = body.get("qr")
+        if not isinstance(qr, str):
+            return _error(400, 'expected JSON {"qr": "<decoded QR string>", "outcome": "success"}')
+        outcome = body.get("outcome", "success")
+        if outcome not in SCAN_OUTCOMES:
+            return _error(400, f"outcome must be one of {', '.join(SCAN_OUTCOMES)}")
         payload = qr[len(QR_PREFIX):] if qr.startswith(QR_PREFIX) else qr
         parts = payload.split(",")
         if len(parts) not in (4, 5):
@@ -131,11 +215,47 @@ class FakeWhatsApp:
             return _error(400, "code does not match the client's keys")
         if attempt.current_ref(time.time()) != parts[0]:
             return _error(410, "code expired")
+        return await self._finish_pairing(attempt, outcome)
+
+    async def enter_code(self, request: web.Request) -> web.Response:
+        """The simulated phone enters a pairing code: `{"code": "ABCD-EFGH", "outcome": "success"}`
+        (with `"phone"`, only the phone of that number may enter it)."""
+        body = await _json_body(request)
+        raw = body.get("code")
+        if not isinstance(raw, str):
+            return _error(400, 'expected JSON {"code": "XXXX-XXXX", "outcome": "success"}')
+        outcome = body.get("outcome", "success")
+        if outcome not in SCAN_OUTCOMES:
+            return _error(400, f"outcome must be one of {', '.join(SCAN_OUTCOMES)}")
+        code = raw.replace("-", "").replace(" ", "").upper()
+        issued = self.codes.get(code)
+        if issued is None:
+            return _error(404, "unknown code")
+        if "phone" in body and str(body["phone"]) != issued.phone:
+            return _error(403, "this code was issued for another number")
+        if issued.attempt.used:
+            return _error(409, "this attempt is already paired")
+        if time.time() >= issued.attempt.deadline:
+            return _error(410, "code expired")
+        return await self._finish_pairing(issued.attempt, outcome)
+
+    async def _finish_pairing(self, attempt: PairingAttempt, outcome: str) -> web.Response:
         if attempt.socket.closed:
             return _error(410, "client is no longer connected")
         attempt.used = True
         for ref in attempt.refs:
             self.attempts.pop(ref, None)
+        for code in attempt.codes:
+            self.codes.pop(code, None)
+        if outcome == "max_devices":
+            # The phone shows "maximum number of linked devices"; the new device gets a pair error.
+            await attempt.socket.send_json({"type": "pair-error", "error": "max linked devices reached"})
+            return web.json_response({"status": "refused", "reason": "max_devices", "session": attempt.session})
+        if outcome == "passkey":
+            # WhatsApp's passkey step (whatsmeow: PairPasskeyRequest): only a browser with the
+            # phone's passkey can answer it.
+            await attempt.socket.send_json({"type": "passkey-request", "rp_id": "whatsapp.com"})
+            return web.json_response({"status": "passkey_required", "session": attempt.session})
         jid = f"7900{secrets.randbelow(10**7):07d}.0:{secrets.randbelow(90) + 10}@s.whatsapp.net"
         device = Device(secrets.token_hex(8), attempt.session, jid)
         self.devices[device.device_id] = device
@@ -144,28 +264,80 @@ class FakeWhatsApp:
         await attempt.socket.send_json({"type": "connected", "jid": device.jid})
         return web.json_response({"status": "paired", "session": attempt.session})
 
+    async def refuse_code(self, request: web.Request) -> web.Response:
+        """Script WhatsApp's answer to code requests for a number:
+        `{"phone": "79001234567", "error": "429 rate-overlimit"}` (`"error": null` lifts it)."""
+        body = await _json_body(request)
+        phone = body.get("phone")
+        if not isinstance(phone, str):
+            return _error(400, 'expected JSON {"phone": "<digits>", "error": "<text>"}')
+        error = body.get("error")
+        if error:
+            self.code_refusals[phone] = str(error)
+        else:
+            self.code_refusals.pop(phone, None)
+        return web.json_response({"status": "ok"})
+
+    # ---- later events of a linked session ----------------------------------------------
+
+    async def session_event(self, request: web.Request) -> web.Response:
+        """`{"session": "<salon id>", "event": "logged_out|stream_replaced|temp_ban|client_outdated"}`."""
+        body = await _json_body(request)
+        session = body.get("session")
+        event = body.get("event")
+        if session is None or event not in SESSION_EVENTS:
+            return _error(400, f'expected JSON {{"session": ..., "event": one of {", ".join(SESSION_EVENTS)}}}')
+        return await self._end_session(str(session), event)
+
+    async def _end_session(self, session: str, event: str) -> web.Response:
+        device = next((d for d in self.devices.values() if d.session == session), None)
+        if device is None:
+            return _error(404, "no linked device for this session")
+        message = dict(SESSION_EVENTS[event])
+        if event == "logged_out":
+            del self.devices[device.device_id]
+        elif event == "temp_ban":
+            message["expire"] = int(TEMP_BAN_SECONDS * self.time_scale)
+            device.refusal, device.refused_until = message, time.time() + TEMP_BAN_SECONDS * self.time_scale
+        elif event == "client_outdated":
+            device.refusal, device.refused_until = message, float("inf")
+        live = device.socket is not None and not device.socket.closed
+        if live and device.socket is not None:
+            await device.socket.send_json(message)
+            await device.socket.close()
+        return web.json_response({"status": "sent" if live else "recorded", "event": event})
+
+    async def list_devices(self, _request: web.Request) -> web.Response:
+        """What the servers know of linked devices (for tests and a curious developer)."""
+        return web.json_response([
+            {"session": d.session, "jid": d.jid, "connected": d.socket is not None and not d.socket.closed,
+             "connections": d.connections}
+            for d in self.devices.values()
+        ])
+
     async def logout(self, request: web.Request) -> web.Response:
         """The client unlinks itself (uninstall)."""
-        try:
-            device_id = str((await request.json())["device_id"])
-        except (ValueError, KeyError, TypeError):
+        body = await _json_body(request)
+        if "device_id" not in body:
             return _error(400, "expected JSON {\"device_id\": ...}")
-        self.devices.pop(device_id, None)
+        self.devices.pop(str(body["device_id"]), None)
         return web.json_response({"status": "logged out"})
 
     async def unlink(self, request: web.Request) -> web.Response:
-        """The phone unlinks the salon's device: the client gets `logged-out`."""
-        try:
-            session = str((await request.json())["session"])
-        except (ValueError, KeyError, TypeError):
+        """The phone unlinks the salon's device: the session event `logged_out`."""
+        body = await _json_body(request)
+        if "session" not in body:
             return _error(400, "expected JSON {\"session\": ...}")
-        for device_id, device in list(self.devices.items()):
-            if device.session == session:
-                del self.devices[device_id]
-                if device.socket is not None and not device.socket.closed:
-                    await device.socket.send_json({"type": "logged-out", "reason": "401"})
-                return web.json_response({"status": "unlinked"})
-        return _error(404, "no linked device for this session")
+        return await self._end_session(str(body["session"]), "logged_out")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; an empty one for anything else (the caller answers 400)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _error(status: int, message: str) -> web.Response:

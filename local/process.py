@@ -37,15 +37,30 @@ class RunningStack:
     def marketplace_state(self) -> dict:
         return requests.get(self.marketplace + "/_state", timeout=5).json()
 
+    def runner_pids(self) -> list[int]:
+        """The runner processes the stack started (its `python -m wa_runner` children)."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.process.pid and b"wa_runner" in cmdline:
+                pids.append(int(stat.parent.name))
+        return pids
+
 
 @contextmanager
 def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, str] | None = None,
-                data_dir: Path | None = None) -> Iterator[RunningStack]:
+                data_dir: Path | None = None, restart_runners: bool = False) -> Iterator[RunningStack]:
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "local", "--port", "0", "--time-scale", str(time_scale),
                "--runners", str(runners)]
     if data_dir is not None:
         command += ["--data-dir", str(data_dir)]
+    if restart_runners:
+        command.append("--restart-runners")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
     output: list[str] = []

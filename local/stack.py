@@ -41,6 +41,8 @@ class StackOptions:
     time_scale: float = 1.0
     data_dir: Path | None = None
     quiet: bool = False
+    # Start a runner again when it exits (as ECS replaces a stopped task) instead of stopping the stack.
+    restart_runners: bool = False
 
 
 def free_port(host: str) -> int:
@@ -126,11 +128,12 @@ async def run_stack(options: StackOptions) -> None:
         "SESSIONS_DIR": str(data_dir / "sessions"),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "layers" / "common"), os.environ.get("PYTHONPATH", "")]),
     }
-    runners = [
-        subprocess.Popen([sys.executable, "-m", "wa_runner"], cwd=ROOT,
-                         env={**runner_env, "RUNNER_ID": f"local-runner-{index + 1}"})
-        for index in range(options.runners)
-    ]
+
+    def start_runner(number: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "wa_runner"], cwd=ROOT,
+                                env={**runner_env, "RUNNER_ID": f"local-runner-{number}"})
+
+    runners = [start_runner(number) for number in range(1, options.runners + 1)]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -152,8 +155,11 @@ async def run_stack(options: StackOptions) -> None:
     )
     try:
         while not stop.is_set():
-            for process in runners:
-                if process.poll() is not None:
+            for position, process in enumerate(runners):
+                if process.poll() is not None and options.restart_runners and not stop.is_set():
+                    print(f"runner exited with {process.returncode}; starting it again", file=sys.stderr)
+                    runners[position] = start_runner(position + 1)
+                elif process.poll() is not None:
                     print(f"runner exited with {process.returncode}; stopping the stack", file=sys.stderr)
                     stop.set()
             with contextlib.suppress(TimeoutError):

@@ -17,16 +17,32 @@ from aiadmin.push import Pusher
 from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
 from wa_runner.engine import WhatsAppEngine
+from wa_runner.keys import KeyStore, PostgresKeys, SqliteKeyFiles
 from wa_runner.runner import Runner
 
 
-def _engine(name: str) -> WhatsAppEngine:
+def _engine(name: str, store: Store) -> WhatsAppEngine:
     if name == "simulated":
         from wa_runner.simulated import SimulatedEngine
 
         settings = load_settings(["wa_sim_server_url", "sessions_dir"])
         return SimulatedEngine(settings.wa_sim_server_url, settings.sessions_dir)
-    raise SettingsError(f"WA_ENGINE: unknown engine {name!r} (this build supports: simulated)")
+    if name == "neonize":
+        # Imported only here: it loads neonize's Go library (~0.3 s, ~60 MB).
+        from wa_runner.neonize_engine import NeonizeEngine
+
+        settings = load_settings(["sessions_dir", "wa_keys_postgres_url"])
+        postgres = settings.wa_keys_postgres_url
+        keys: KeyStore = SqliteKeyFiles(settings.sessions_dir) if postgres is None else PostgresKeys(
+            postgres.reveal(), load_jid=lambda salon_id: _device_jid(store, salon_id),
+            save_jid=store.set_session_device)
+        return NeonizeEngine(keys)
+    raise SettingsError(f"WA_ENGINE: unknown engine {name!r} (this build supports: simulated, neonize)")
+
+
+def _device_jid(store: Store, salon_id: int) -> str | None:
+    lease = store.get_session(salon_id)
+    return lease.device_jid if lease else None
 
 
 async def main() -> None:
@@ -35,11 +51,12 @@ async def main() -> None:
         "websocket_management_url", "public_base_url", "wa_engine", "runner_poll_seconds",
         "runner_lease_seconds", "activation_retry_seconds", "yclients_channels",
     ])
-    engine = _engine(settings.wa_engine)
+    store = Store(boto3.resource("dynamodb").Table(settings.table_name))
+    engine = _engine(settings.wa_engine, store)
     runner_id = os.environ.get("RUNNER_ID") or f"{socket.gethostname()}-{os.getpid()}"
     runner = Runner(
         runner_id=runner_id,
-        store=Store(boto3.resource("dynamodb").Table(settings.table_name)),
+        store=store,
         engine=engine,
         pusher=Pusher(settings.websocket_management_url),
         yclients=YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),

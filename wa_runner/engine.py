@@ -1,8 +1,9 @@
 """The engine interface: "a WhatsApp session" as the runner sees it.
 
 Two implementations: `simulated` (talks to the local stack's simulated WhatsApp server,
-for development and tests) and, later, `neonize` (real WhatsApp). Engines report what
-happens as `EngineEvent`s on one queue; the runner turns them into salon states."""
+for development and tests) and `neonize` (real WhatsApp). Engines report what happens as
+`EngineEvent`s on one queue; the runner turns them into salon states. Both keep a salon's
+keys in the same place (`wa_runner.keys`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from typing import Protocol
 class EventKind(StrEnum):
     QR = "qr"                          # a new code to show (code, expires_at)
     QR_TIMEOUT = "qr_timeout"          # all codes of the attempt expired
-    PAIR_SUCCESS = "pair_success"      # the phone scanned and accepted
+    PAIRING_CODE = "pairing_code"      # a code for the owner's phone number (code, expires_at)
+    PAIRING_CODE_FAILED = "pairing_code_failed"  # WhatsApp gave no code for that number
+    PAIR_SUCCESS = "pair_success"      # the phone scanned (or entered the code) and accepted
+    LINK_REFUSED = "link_refused"      # WhatsApp refused the link (e.g. maximum of linked devices)
+    PASSKEY_REQUIRED = "passkey_required"  # WhatsApp asks for a passkey: a server cannot give one
     CONNECTED = "connected"            # the linked session is up
     LOGGED_OUT = "logged_out"          # the phone unlinked the device: do not reconnect
     STREAM_REPLACED = "stream_replaced"
@@ -42,6 +47,11 @@ class WhatsAppEngine(Protocol):
 
     async def start(self, salon_id: int, generation: int) -> None:
         """Connect the salon's session: resume with stored keys, or start a QR attempt."""
+
+    async def request_pairing_code(self, salon_id: int, phone: str) -> None:
+        """Ask WhatsApp for a pairing code for `phone` (international digits) in the salon's
+        running attempt, as soon as its connection is up; reported as PAIRING_CODE or
+        PAIRING_CODE_FAILED."""
 
     async def stop(self, salon_id: int, logout: bool = False) -> None:
         """Disconnect; with `logout`, also unlink the device and delete its keys."""

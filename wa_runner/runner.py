@@ -28,6 +28,16 @@ from wa_runner.healthcheck import beat
 ACTOR = "runner"
 S = SalonState
 _LINKING = [S.PENDING_WHATSAPP, S.QR_READY, S.QR_EXPIRED]
+# States in which an attempt shows the owner a code (a QR or a pairing code).
+_SHOWING_CODE = [S.QR_READY, S.CODE_READY]
+_NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
+# Ends of a linking attempt that WhatsApp decided: the owner reads what to do and retries.
+_ATTEMPT_REFUSALS = {
+    EventKind.LINK_REFUSED: (S.LINK_REFUSED, [*_SHOWING_CODE, S.PAIRING]),
+    EventKind.PASSKEY_REQUIRED: (S.PASSKEY_REQUIRED, [*_SHOWING_CODE, S.PAIRING]),
+    EventKind.PAIRING_CODE_FAILED: (S.CODE_FAILED, [S.PENDING_WHATSAPP, S.QR_READY]),
+}
+_STREAM_REPLACED_PAUSE_SECONDS = 5  # (jittered up to twice that)
 
 
 @dataclass
@@ -52,6 +62,7 @@ class Runner:
         self._activations: dict[int, asyncio.Task[None]] = {}
         self._activation_policy = activation_policy or ActivationPolicy()
         self._stopping = threading.Event()  # ends activation backoffs running in worker threads
+        self._delayed: set[asyncio.Task[None]] = set()
 
     # ---- main loops --------------------------------------------------------------------
 
@@ -93,11 +104,14 @@ class Runner:
         the leases that have used up a third of their time."""
         if not self._owned:
             return
+        read_against = {salon_id: owned.lease for salon_id, owned in self._owned.items()}
         current = await asyncio.to_thread(self._store.get_sessions, list(self._owned))
         for salon_id in list(self._owned):
             owned = self._owned.get(salon_id)
             lease: SessionLease | None = current.get(salon_id)
-            if owned is None:
+            if owned is None or owned.lease is not read_against.get(salon_id):
+                # An event changed this lease while we read (e.g. pairing asked for `run`):
+                # the read may predate that write; the next sync reads it again.
                 continue
             if lease is not None and lease.owner == self.runner_id \
                     and lease.lease_expires - now < self._lease_seconds * 2 / 3:
@@ -141,12 +155,14 @@ class Runner:
                 await self._engine.stop(salon_id, logout=True)
             owned.started_generation = lease.generation
             await self._engine.start(salon_id, lease.generation)
+            if lease.desired == "link" and lease.pair_phone:
+                await self._engine.request_pairing_code(salon_id, lease.pair_phone)
 
     async def _shutdown(self) -> None:
         """On SIGTERM: disconnect cleanly and hand the leases back so another runner takes over at once."""
         self._stopping.set()
         await self._engine.close()
-        for task in self._activations.values():
+        for task in [*self._activations.values(), *self._delayed]:
             task.cancel()
         for salon_id in list(self._owned):
             with contextlib.suppress(Exception):
@@ -185,17 +201,27 @@ class Runner:
             return
         salon_id = event.salon_id
         if event.kind == EventKind.QR:
+            if owned.lease.pair_phone:
+                return  # this attempt links by pairing code: its QR codes are not shown
             await self._transition(salon_id, S.QR_READY, "new QR code",
                                    {"qr": event.code, "qr_expires_at": event.expires_at}, expected=_LINKING)
+        elif event.kind == EventKind.PAIRING_CODE:
+            await self._transition(salon_id, S.CODE_READY, "pairing code for the owner's number",
+                                   {**_NO_CODES, "pairing_code": event.code, "code_expires_at": event.expires_at},
+                                   expected=[S.PENDING_WHATSAPP, S.QR_READY])
         elif event.kind == EventKind.QR_TIMEOUT:
             await self._engine.stop(salon_id)
-            await self._transition(salon_id, S.QR_EXPIRED, "no scan within 160 s",
-                                   {"qr": None, "qr_expires_at": None}, expected=[S.QR_READY])
+            await self._transition(salon_id, S.QR_EXPIRED, "no scan within 160 s", _NO_CODES,
+                                   expected=_SHOWING_CODE)
+        elif event.kind in _ATTEMPT_REFUSALS:
+            state, expected = _ATTEMPT_REFUSALS[event.kind]
+            await self._engine.stop(salon_id)
+            metrics.add_metric(name=f"Linking_{state.value}", unit="Count", value=1)
+            await self._transition(salon_id, state, event.detail or event.kind.value, _NO_CODES, expected=expected)
         elif event.kind == EventKind.PAIR_SUCCESS:
-            await self._transition(salon_id, S.PAIRING, "phone scanned the code",
-                                   {"qr": None, "qr_expires_at": None})
+            await self._transition(salon_id, S.PAIRING, "phone accepted the code", _NO_CODES)
             await asyncio.to_thread(self._store.request_session, salon_id, "run")
-            owned.lease = owned.lease.model_copy(update={"desired": "run"})
+            owned.lease = owned.lease.model_copy(update={"desired": "run", "pair_phone": None})
         elif event.kind == EventKind.CONNECTED:
             await self._on_connected(salon_id)
         elif event.kind == EventKind.LOGGED_OUT:
@@ -207,6 +233,16 @@ class Runner:
             state = S.BANNED if event.kind == EventKind.BANNED else S.CLIENT_OUTDATED
             await self._engine.stop(salon_id)
             await self._transition(salon_id, state, event.detail or event.kind.value)
+        elif event.kind == EventKind.STREAM_REPLACED:
+            # The same device connected elsewhere (two owners). WhatsApp closed our stream; a
+            # process without the lease stops itself when it sees that, so the owner takes
+            # the session back after a pause instead of fighting over it.
+            logger.warning("stream replaced", extra={"salon_id": salon_id})
+            metrics.add_metric(name="StreamReplaced", unit="Count", value=1)
+            await self._engine.stop(salon_id)
+            task = asyncio.create_task(self._resume_later(salon_id, _STREAM_REPLACED_PAUSE_SECONDS))
+            self._delayed.add(task)
+            task.add_done_callback(self._delayed.discard)
         elif event.kind == EventKind.DISCONNECTED and owned.lease.desired in ("run", "link"):
             # The transport dropped (not a stop of ours: those cancel the session quietly).
             # Reconnect after a short, jittered pause; a linking attempt starts over.
@@ -215,6 +251,12 @@ class Runner:
             if salon_id in self._owned and salon_id not in self._engine.running() \
                     and event.generation == owned.lease.generation:
                 await self._engine.start(salon_id, owned.lease.generation)
+
+    async def _resume_later(self, salon_id: int, pause: float) -> None:
+        await asyncio.sleep(pause * (1 + random.random()))
+        owned = self._owned.get(salon_id)
+        if owned is not None and owned.lease.desired == "run" and salon_id not in self._engine.running():
+            await self._engine.start(salon_id, owned.lease.generation)
 
     async def _on_connected(self, salon_id: int) -> None:
         salon = await asyncio.to_thread(self._store.get_salon, salon_id)

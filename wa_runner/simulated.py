@@ -5,7 +5,13 @@ runner cannot tell it from the real thing.
 Flow: connect -> (no keys) send our public keys, receive `pair-device` with 6 refs and their
 timeouts (60 s, then 5 x 20 s, scaled) -> emit one QR per ref on that schedule -> the phone
 scans -> `pair-success` (we store the device keys) -> `connected`. With stored keys we send
-our device id and the server answers `connected` directly.
+our device id and the server answers `connected` directly. Once `pair-device` has arrived
+the attempt can also ask for a pairing code for a phone number (`pair-phone`), valid for
+the rest of the attempt. WhatsApp may instead refuse the link (`pair-error`) or ask for a
+passkey (`passkey-request`).
+
+Keys: one SQLite file per salon in the sessions directory, the same layout as neonize's
+(`wa_runner.keys`), written atomically at pair success and removed on logout.
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import secrets
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from aiadmin.observability import logger
 from wa_runner.engine import EngineEvent, EventKind
+from wa_runner.keys import SqliteKeyFiles
 
 QR_PREFIX = "https://wa.me/settings/linked_devices#"
 CLIENT_TYPE = "1"
@@ -33,25 +42,33 @@ _SERVER_EVENTS = {
     "client-outdated": EventKind.CLIENT_OUTDATED,
 }
 
+Emit = Callable[..., None]
+
 
 def _key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+@dataclass
+class _Attempt:
+    """What a running session knows about its linking attempt (loop thread only)."""
+
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    deadline: float | None = None        # end of the attempt, once `pair-device` has arrived
+    pending_phone: str | None = None     # a pairing code asked for before the attempt was up
+
+
 class SimulatedEngine:
     def __init__(self, server_url: str, sessions_dir: str | Path) -> None:
         self._server_url = server_url.rstrip("/")
-        self._sessions_dir = Path(sessions_dir)
-        self._sessions_dir.mkdir(parents=True, exist_ok=True)
+        self._keys = SqliteKeyFiles(sessions_dir)
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._attempts: dict[int, _Attempt] = {}
         self._http: aiohttp.ClientSession | None = None
         self.events: asyncio.Queue[EngineEvent] = asyncio.Queue()
 
-    def _keys_file(self, salon_id: int) -> Path:
-        return self._sessions_dir / f"{salon_id}.json"
-
     def has_credentials(self, salon_id: int) -> bool:
-        return self._keys_file(salon_id).exists()
+        return self._keys.device_jid(salon_id) is not None
 
     def running(self) -> set[int]:
         return {salon_id for salon_id, task in self._tasks.items() if not task.done()}
@@ -60,21 +77,33 @@ class SimulatedEngine:
         await self.stop(salon_id)
         if self._http is None:
             self._http = aiohttp.ClientSession()
+        self._attempts[salon_id] = _Attempt()
         self._tasks[salon_id] = asyncio.create_task(self._session(salon_id, generation))
+
+    async def request_pairing_code(self, salon_id: int, phone: str) -> None:
+        attempt = self._attempts.get(salon_id)
+        if attempt is None:
+            self.events.put_nowait(EngineEvent(EventKind.PAIRING_CODE_FAILED, salon_id, 0,
+                                               detail="no linking attempt is running"))
+            return
+        attempt.pending_phone = phone
+        if attempt.ws is not None and attempt.deadline is not None:
+            await self._send_pair_phone(attempt)
 
     async def stop(self, salon_id: int, logout: bool = False) -> None:
         task = self._tasks.pop(salon_id, None)
+        self._attempts.pop(salon_id, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if logout:
-            device = self._load_device(salon_id)
+            device = self._keys.read_row(salon_id, "sim_device_id")
             if device is not None and self._http is not None:
                 with contextlib.suppress(aiohttp.ClientError):
                     await self._http.post(f"{self._server_url}/_local/whatsapp/logout",
-                                          json={"device_id": device["device_id"]})
-            self._keys_file(salon_id).unlink(missing_ok=True)
+                                          json={"device_id": device[0]})
+            self._keys.remove(salon_id)
 
     async def close(self) -> None:
         for salon_id in list(self._tasks):
@@ -83,33 +112,29 @@ class SimulatedEngine:
             await self._http.close()
             self._http = None
 
-    def _load_device(self, salon_id: int) -> dict[str, str] | None:
-        try:
-            return dict(json.loads(self._keys_file(salon_id).read_text()))
-        except (OSError, ValueError):
-            return None
-
-    def _save_device(self, salon_id: int, device: dict[str, str]) -> None:
-        path = self._keys_file(salon_id)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(device))
-        os.replace(temporary, path)  # atomic: a crash never leaves half a key file
+    @staticmethod
+    async def _send_pair_phone(attempt: _Attempt) -> None:
+        phone, attempt.pending_phone = attempt.pending_phone, None
+        if attempt.ws is not None and phone:
+            await attempt.ws.send_json({"type": "pair-phone", "phone": phone})
 
     async def _session(self, salon_id: int, generation: int) -> None:
         def emit(kind: EventKind, **fields: object) -> None:
             self.events.put_nowait(EngineEvent(kind, salon_id, generation, **fields))  # type: ignore[arg-type]
 
         assert self._http is not None
-        device = self._load_device(salon_id)
+        attempt = self._attempts[salon_id]
+        device = self._keys.read_row(salon_id, "sim_device_id")
         keys = {"noise": _key(), "identity": _key(), "adv": _key()}
         hello: dict[str, object] = {"type": "hello", "session": str(salon_id)}
         if device:
-            hello["device_id"] = device["device_id"]
+            hello["device_id"] = device[0]
         else:
             hello.update(keys)
         schedule: asyncio.Task[None] | None = None
         try:
             async with self._http.ws_connect(f"{self._server_url}/_local/whatsapp/socket", heartbeat=20) as ws:
+                attempt.ws = ws
                 await ws.send_json(hello)
                 async for message in ws:
                     if message.type != aiohttp.WSMsgType.TEXT:
@@ -117,30 +142,52 @@ class SimulatedEngine:
                     data = json.loads(message.data)
                     kind = data.get("type")
                     if kind == "pair-device":
+                        attempt.deadline = time.time() + sum(data["timeouts"])
                         schedule = asyncio.create_task(self._emit_codes(emit, data["refs"], data["timeouts"], keys))
+                        if attempt.pending_phone:
+                            await self._send_pair_phone(attempt)
+                    elif kind == "pair-phone-code":
+                        emit(EventKind.PAIRING_CODE, code=data["code"], expires_at=attempt.deadline)
+                    elif kind == "pair-phone-error":
+                        emit(EventKind.PAIRING_CODE_FAILED, detail=str(data.get("error", "")))
+                    elif kind in ("pair-error", "passkey-request"):
+                        # WhatsApp ended the attempt: no more codes.
+                        if schedule:
+                            schedule.cancel()
+                        refused = kind == "pair-error"
+                        emit(EventKind.LINK_REFUSED if refused else EventKind.PASSKEY_REQUIRED,
+                             detail=str(data.get("error", "passkey requested")))
+                        return
                     elif kind == "pair-success":
                         if schedule:
                             schedule.cancel()
-                        self._save_device(salon_id, {"device_id": data["device_id"], "jid": data["jid"]})
+                        self._keys.write_device(salon_id, {
+                            "jid": data["jid"], "sim_device_id": data["device_id"], "noise_key": keys["noise"],
+                            "identity_key": keys["identity"], "adv_key": keys["adv"],
+                        })
                         emit(EventKind.PAIR_SUCCESS, detail=data["jid"])
                     elif kind == "connected":
                         emit(EventKind.CONNECTED)
                     elif kind in _SERVER_EVENTS:
                         if kind == "logged-out":
-                            self._keys_file(salon_id).unlink(missing_ok=True)
+                            self._keys.remove(salon_id)
                         emit(_SERVER_EVENTS[kind], detail=str(data.get("reason", "")))
                         return
             emit(EventKind.DISCONNECTED)
         except aiohttp.ClientError as exc:
             emit(EventKind.DISCONNECTED, detail=type(exc).__name__)
+        except (ValueError, KeyError) as exc:
+            logger.warning("malformed message from the simulated server", extra={"salon_id": salon_id})
+            emit(EventKind.DISCONNECTED, detail=type(exc).__name__)
         finally:
+            attempt.ws = None
             if schedule:
                 schedule.cancel()
 
     @staticmethod
-    async def _emit_codes(emit: object, refs: list[str], timeouts: list[float], keys: dict[str, str]) -> None:
+    async def _emit_codes(emit: Emit, refs: list[str], timeouts: list[float], keys: dict[str, str]) -> None:
         for ref, timeout in zip(refs, timeouts, strict=True):
             code = QR_PREFIX + ",".join([ref, keys["noise"], keys["identity"], keys["adv"], CLIENT_TYPE])
-            emit(EventKind.QR, code=code, expires_at=time.time() + timeout)  # type: ignore[operator]
+            emit(EventKind.QR, code=code, expires_at=time.time() + timeout)
             await asyncio.sleep(timeout)
-        emit(EventKind.QR_TIMEOUT)  # type: ignore[operator]
+        emit(EventKind.QR_TIMEOUT)

@@ -1,5 +1,6 @@
-"""WebSocket $default (messages from the page: `sync`, `new_qr`) and the DynamoDB stream
-consumer that pushes state changes made outside the runner (lifecycle webhooks, the page)."""
+"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`) and the
+DynamoDB stream consumer that pushes state changes made outside the runner (lifecycle
+webhooks, the page)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ from aws_lambda_powertools.utilities.data_classes import (
     event_source,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import ValidationError
 
 from aiadmin.config import load_settings
-from aiadmin.models import Salon
+from aiadmin.models import ErrorMessage
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import request_new_qr, state_message
+from aiadmin.onboarding import InvalidPhone, request_new_qr, request_pairing_code, state_message
 from aiadmin.push import Pusher
 from aiadmin.store import Store
 
@@ -48,9 +48,19 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
     salon_id = store.salon_of_connection(connection_id)
     if salon_id is None:
         return {"statusCode": 403}
-    action = _message(event).get("action")
+    message = _message(event)
+    action = message.get("action")
     if action == "new_qr":
         request_new_qr(store, salon_id)
+    elif action == "pairing_code":
+        try:
+            request_pairing_code(store, salon_id, message.get("phone"))
+        except InvalidPhone as exc:
+            # Nothing changed; the owner reads why next to the number they typed.
+            metrics.add_metric(name="PairingPhoneRefused", unit="Count", value=1)
+            if not pusher.send(connection_id, ErrorMessage(action="pairing_code", message=str(exc)).model_dump_json()):
+                store.remove_connection(connection_id, salon_id)
+            return {"statusCode": 200}
     elif action != "sync":
         return {"statusCode": 400}
     salon = store.get_salon(salon_id)
@@ -63,15 +73,16 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
 @metrics.log_metrics
 @event_source(data_class=DynamoDBStreamEvent)
 def stream_handler(event: DynamoDBStreamEvent, context: LambdaContext) -> None:
+    changed: dict[int, None] = {}  # salons in the batch, in order, once each
     for record in event.records:
         image = record.dynamodb.new_image if record.dynamodb else None
         if not image or image.get("sk") != "STATE" or image.get("updated_by") == RUNNER_ACTOR:
             continue
-        try:
-            salon: Salon | None = Store.salon_from_image(image)
-        except ValidationError:
-            # A partial image (some stores stream keys only): read the item itself.
-            salon = store.get_salon(int(str(image["pk"]).removeprefix("SALON#")))
-        if salon is None:
-            continue
-        pusher.fan_out(store, salon.salon_id, state_message(salon, time.time()))
+        changed[int(str(image["pk"]).removeprefix("SALON#"))] = None
+    for salon_id in changed:
+        # The salon as it is now, not the record's image: the stream lags, and a late push of
+        # an older image would take the page back (e.g. to "pending" after the runner already
+        # showed the QR code).
+        salon = store.get_salon(salon_id)
+        if salon is not None:
+            pusher.fan_out(store, salon_id, state_message(salon, time.time()))

@@ -6,6 +6,7 @@ draws a code that a phone could not read back as exactly the engine's pairing st
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -97,6 +98,46 @@ def test_owner_supplied_names_are_escaped(stack: RunningStack, browser: Browser)
     expect(page.locator("#salon")).to_have_text("Салон: Студия маникюра <Ноготок>")
     assert page.locator("#salon ноготок").count() == 0
     page.screenshot(path=str(_artifact("onboarding-qr.png")))
+
+
+def test_owner_on_the_salons_phone_links_with_a_pairing_code(stack: RunningStack, browser: Browser) -> None:
+    """The page is open on the very phone that runs the salon's WhatsApp: no QR to scan, so
+    the owner asks for a code for the number and types it into WhatsApp."""
+    page = _new_page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(stack.marketplace + "/")
+    page.locator("li[data-salon='101'] button").click()
+    card = page.locator("#card")
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+
+    page.get_by_role("button", name="Привязать по номеру телефона").click()
+    phone = page.get_by_label("Номер WhatsApp салона")
+    phone.fill("12-34")
+    page.get_by_role("button", name="Получить код").click()
+    expect(page.locator("#phone-error")).to_contain_text("номер")   # refused, in Russian
+    expect(card).to_have_attribute("data-state", "qr_ready")        # and nothing changed
+
+    phone.fill("8 (900) 123-45-67")
+    page.get_by_role("button", name="Получить код").click()
+    expect(card).to_have_attribute("data-state", "code_ready", timeout=15000)
+    expect(page.locator("#phone-error")).to_be_hidden()
+    expect(page.locator("#qr-box")).to_be_hidden()
+    expect(page.locator("#code-countdown")).to_contain_text("Код действует ещё")
+    expect(page.locator("#hint")).to_contain_text("Привязать по номеру телефона")
+    code = page.locator("#pairing-code").inner_text()
+    assert re.fullmatch(r"[1-9A-HJ-NP-TV-Z]{4}-[1-9A-HJ-NP-TV-Z]{4}", code), code
+    page.screenshot(path=str(_artifact("onboarding-pairing-code.png")))
+
+    # The salon's phone enters the code in WhatsApp.
+    entered = requests.post(stack.base_url + "/_local/whatsapp/enter-code",
+                            json={"code": code, "phone": "79001234567"}, timeout=10)
+    assert entered.status_code == 200, entered.text
+    expect(card).to_have_attribute("data-state", "active", timeout=15000)
+    expect(page.locator("#code-box")).to_be_hidden()
+    assert stack.marketplace_state()["salons"]["101"]["status"] == "active"
+    assert errors == []
 
 
 def test_page_without_a_token_tells_the_owner_what_to_do(stack: RunningStack, browser: Browser) -> None:

@@ -54,3 +54,16 @@ def test_activation_channels_are_a_checked_list(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("YCLIENTS_CHANNELS", "telegram")
     with pytest.raises(SettingsError, match="YCLIENTS_CHANNELS"):
         load_settings(["yclients_channels"])
+
+
+def test_keys_postgres_url_is_optional_checked_and_secret() -> None:
+    assert load_settings(["wa_keys_postgres_url"], environ={}).wa_keys_postgres_url is None
+    url = "postgresql://runner:s3cret-pass@db.internal:5432/whatsapp"
+    settings = load_settings(["wa_keys_postgres_url"], environ={"WA_KEYS_POSTGRES_URL": url})
+    assert settings.wa_keys_postgres_url == Secret(url) and "s3cret" not in repr(settings.wa_keys_postgres_url)
+    from_ssm = load_settings(["wa_keys_postgres_url"], environ={"WA_KEYS_POSTGRES_URL_PARAM": "/aiadmin/pg"},
+                             read_parameter=lambda name: url)
+    assert from_ssm.wa_keys_postgres_url == Secret(url)
+    with pytest.raises(SettingsError) as error:
+        load_settings(["wa_keys_postgres_url"], environ={"WA_KEYS_POSTGRES_URL": "mysql://u:hunter2@db/x"})
+    assert "WA_KEYS_POSTGRES_URL" in str(error.value) and "hunter2" not in str(error.value)

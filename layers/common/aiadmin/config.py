@@ -82,6 +82,16 @@ def _non_empty(value: str) -> str:
     return value
 
 
+def _optional_postgres_url(value: str) -> Secret | None:
+    """Empty: not configured. Otherwise a postgres:// URL, which holds a password."""
+    if not value.strip():
+        return None
+    parsed = urlparse(value)
+    if parsed.scheme not in ("postgres", "postgresql") or not parsed.netloc:
+        raise ValueError("must be a postgres:// or postgresql:// URL")
+    return Secret(value)
+
+
 def _secret(min_length: int) -> Callable[[str], Secret]:
     def parse(value: str) -> Secret:
         if len(value) < min_length:
@@ -113,6 +123,8 @@ _FIELDS: dict[str, _Field] = {
     "wa_sim_server_url": _Field("WA_SIM_SERVER_URL", _url),
     "wa_time_scale": _Field("WA_TIME_SCALE", _positive_float, "1"),
     "sessions_dir": _Field("SESSIONS_DIR", _non_empty, "./.local-data/sessions"),
+    # Keys of every salon in one Postgres database instead of one SQLite file per salon.
+    "wa_keys_postgres_url": _Field("WA_KEYS_POSTGRES_URL", _optional_postgres_url, "", secret=True),
     "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.25"),
     "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "30"),
     "activation_retry_seconds": _Field("ACTIVATION_RETRY_SECONDS", _positive_float, "1"),

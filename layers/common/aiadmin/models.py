@@ -26,6 +26,10 @@ class Salon(BaseModel):
     qr_expires_at: float | None = None
     # Why YClients refused the activation (status and its message), for ops; cleared on a retry.
     activation_error: str | None = None
+    # The pairing code for the owner's phone number (the other way to link), valid until
+    # `code_expires_at` (the end of the 160 s attempt).
+    pairing_code: str | None = None
+    code_expires_at: float | None = None
     version: int = 0
     updated_at: float = 0
     updated_by: str = ""
@@ -40,13 +44,17 @@ class SessionLease(BaseModel):
     `desired` is the command channel from handlers to the owning runner: `link` (start a
     linking attempt; a new `generation` means a fresh attempt), `run` (keep the linked
     session connected), `pause` (frozen: keep keys, disconnect), `stop` (uninstalled: log out
-    and delete keys)."""
+    and delete keys). With `link`, `pair_phone` (international digits) asks for a pairing
+    code for that number instead of a QR; `device_jid` names the linked device when the keys
+    live in a shared Postgres store instead of one SQLite file per salon."""
 
     model_config = ConfigDict(extra="ignore")
 
     salon_id: int
     desired: SessionDesire
     generation: int = 0
+    pair_phone: str | None = None
+    device_jid: str | None = None
     owner: str | None = None
     lease_expires: float = 0
 
@@ -89,6 +97,8 @@ class StateMessage(BaseModel):
     qr: str | None = None
     qr_svg: str | None = None
     qr_expires_at: float | None = None
+    pairing_code: str | None = None
+    code_expires_at: float | None = None
     activation_deadline: float | None = None
     server_time: float = Field(default=0)
 
@@ -96,6 +106,7 @@ class StateMessage(BaseModel):
     def of(cls, salon: Salon, now: float, qr_svg: str | None = None) -> StateMessage:
         title, hint = OWNER_TEXT[salon.state]
         showing_qr = salon.state == SalonState.QR_READY
+        showing_code = salon.state == SalonState.CODE_READY
         return cls(
             salon_id=salon.salon_id,
             state=salon.state,
@@ -105,6 +116,16 @@ class StateMessage(BaseModel):
             qr=salon.qr if showing_qr else None,
             qr_svg=qr_svg if showing_qr else None,
             qr_expires_at=salon.qr_expires_at if showing_qr else None,
+            pairing_code=salon.pairing_code if showing_code else None,
+            code_expires_at=salon.code_expires_at if showing_code else None,
             activation_deadline=salon.activation_deadline,
             server_time=now,
         )
+
+
+class ErrorMessage(BaseModel):
+    """A request from the page that was refused (e.g. a bad phone number): nothing changed."""
+
+    type: Literal["error"] = "error"
+    action: str
+    message: str

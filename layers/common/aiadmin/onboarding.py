@@ -4,8 +4,9 @@ they take a `Store` and plain values."""
 from __future__ import annotations
 
 from aiadmin.models import Salon, StateMessage, UserData
+from aiadmin.phones import InvalidPhone, normalise_phone
 from aiadmin.qr import render_svg
-from aiadmin.states import LINKED_STATES, LINKING_STATES, SalonState
+from aiadmin.states import LINKED_STATES, LINKING_STATES, PAIRING_CODE_STATES, RETRY_STATES, SalonState
 from aiadmin.store import Store
 
 # YClients accepts the activation call within one hour of the owner's consent.
@@ -15,7 +16,10 @@ ACTIVATION_WINDOW_SECONDS = 3600
 _RESTART_STATES = frozenset({
     SalonState.UNINSTALLED, SalonState.QR_EXPIRED, SalonState.EXPIRED_CONSENT,
     SalonState.WHATSAPP_LOGGED_OUT, SalonState.BANNED,
+    SalonState.CODE_FAILED, SalonState.LINK_REFUSED, SalonState.PASSKEY_REQUIRED,
 })
+# A new attempt forgets the last one's codes.
+_NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
 
 
 def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
@@ -35,7 +39,7 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
     if salon is None or salon.state in _RESTART_STATES:
         salon = store.transition(
             salon_id, SalonState.PENDING_WHATSAPP, actor="redirect", reason="owner consent",
-            attrs={**profile, **consent, "qr": None, "qr_expires_at": None},
+            attrs={**profile, **consent, **_NO_CODES},
         )
         store.request_session(salon_id, "link")
         return salon
@@ -67,13 +71,34 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
 
 
 def request_new_qr(store: Store, salon_id: int) -> Salon | None:
-    """The owner asked for a new code after the last one expired. None if not applicable."""
+    """The owner asked for a new QR code after the last attempt expired or was refused.
+    None if not applicable."""
     salon = store.get_salon(salon_id)
-    if salon is None or salon.state != SalonState.QR_EXPIRED:
+    if salon is None or salon.state not in RETRY_STATES:
         return None
     salon = store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="new QR requested",
-                             expected=[SalonState.QR_EXPIRED])
+                             attrs=_NO_CODES, expected=RETRY_STATES)
     store.request_session(salon_id, "link")
+    return salon
+
+
+def request_pairing_code(store: Store, salon_id: int, raw_phone: object) -> Salon | None:
+    """The owner asked to link by phone number: a fresh attempt that asks WhatsApp for a
+    pairing code for that number. None if not applicable in the salon's state.
+
+    Raises InvalidPhone (an owner-facing message) before anything changes. A replay of the
+    same request while it is still starting changes nothing."""
+    phone = normalise_phone(raw_phone)
+    salon = store.get_salon(salon_id)
+    if salon is None or salon.state not in PAIRING_CODE_STATES:
+        return None
+    if salon.state == SalonState.PENDING_WHATSAPP:
+        lease = store.get_session(salon_id)
+        if lease is not None and lease.desired == "link" and lease.pair_phone == phone:
+            return salon
+    salon = store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="pairing code requested",
+                             attrs=_NO_CODES, expected=PAIRING_CODE_STATES)
+    store.request_session(salon_id, "link", pair_phone=phone)
     return salon
 
 
@@ -83,4 +108,5 @@ def state_message(salon: Salon, now: float) -> str:
     return StateMessage.of(salon, now, qr_svg=svg).model_dump_json()
 
 
-__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "request_new_qr", "start_onboarding", "state_message"]
+__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "InvalidPhone", "request_new_qr", "request_pairing_code",
+           "start_onboarding", "state_message"]

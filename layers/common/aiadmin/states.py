@@ -13,6 +13,10 @@ class SalonState(StrEnum):
     PENDING_WHATSAPP = "pending_whatsapp"
     QR_READY = "qr_ready"
     QR_EXPIRED = "qr_expired"
+    CODE_READY = "code_ready"              # a pairing code for the owner's phone number is shown
+    CODE_FAILED = "code_failed"            # WhatsApp gave no pairing code for that number
+    LINK_REFUSED = "link_refused"          # WhatsApp refused the link (e.g. maximum of linked devices)
+    PASSKEY_REQUIRED = "passkey_required"  # WhatsApp asked for a passkey a server cannot give
     PAIRING = "pairing"
     WHATSAPP_CONNECTED = "whatsapp_connected"
     ACTIVATING = "activating"
@@ -32,14 +36,28 @@ S = SalonState
 _SESSION_ENDS = {S.WHATSAPP_LOGGED_OUT, S.BANNED, S.CLIENT_OUTDATED}
 # YClients can uninstall or freeze the app at any moment.
 _LIFECYCLE = {S.UNINSTALLED, S.FROZEN}
+# A linking attempt that WhatsApp refused after the phone scanned or entered the code.
+_REFUSALS = {S.LINK_REFUSED, S.PASSKEY_REQUIRED}
+# An attempt that ended without a link: the owner asks for a new code (or a new consent starts over).
+_ATTEMPT_ENDED = frozenset({S.PENDING_WHATSAPP, S.EXPIRED_CONSENT} | _LIFECYCLE)
 
 ALLOWED_TRANSITIONS: dict[SalonState | None, frozenset[SalonState]] = {
     None: frozenset({S.PENDING_WHATSAPP}),
-    S.PENDING_WHATSAPP: frozenset({S.QR_READY, S.PAIRING, S.EXPIRED_CONSENT} | _LIFECYCLE),
-    # qr_ready -> qr_ready: the next code of the same attempt.
-    S.QR_READY: frozenset({S.QR_READY, S.QR_EXPIRED, S.PAIRING, S.EXPIRED_CONSENT} | _LIFECYCLE),
+    # pending -> pending: the owner asked for a pairing code (again) while the attempt starts.
+    S.PENDING_WHATSAPP: frozenset({S.PENDING_WHATSAPP, S.QR_READY, S.CODE_READY, S.CODE_FAILED, S.PAIRING,
+                                   S.EXPIRED_CONSENT} | _LIFECYCLE),
+    # qr_ready -> qr_ready: the next code of the same attempt; -> pending: the owner chose a pairing code.
+    S.QR_READY: frozenset({S.QR_READY, S.QR_EXPIRED, S.PAIRING, S.PENDING_WHATSAPP, S.CODE_READY, S.CODE_FAILED,
+                           S.EXPIRED_CONSENT} | _REFUSALS | _LIFECYCLE),
     S.QR_EXPIRED: frozenset({S.PENDING_WHATSAPP, S.QR_READY, S.EXPIRED_CONSENT} | _LIFECYCLE),
-    S.PAIRING: frozenset({S.WHATSAPP_CONNECTED, S.QR_EXPIRED, S.PENDING_WHATSAPP} | _SESSION_ENDS | _LIFECYCLE),
+    # The code stays valid for the rest of the 160 s attempt, then the attempt expires.
+    S.CODE_READY: frozenset({S.PAIRING, S.QR_EXPIRED, S.PENDING_WHATSAPP, S.EXPIRED_CONSENT}
+                            | _REFUSALS | _LIFECYCLE),
+    S.CODE_FAILED: _ATTEMPT_ENDED,
+    S.LINK_REFUSED: _ATTEMPT_ENDED,
+    S.PASSKEY_REQUIRED: _ATTEMPT_ENDED,
+    S.PAIRING: frozenset({S.WHATSAPP_CONNECTED, S.QR_EXPIRED, S.PENDING_WHATSAPP, S.PASSKEY_REQUIRED}
+                         | _SESSION_ENDS | _LIFECYCLE),
     S.WHATSAPP_CONNECTED: frozenset({S.ACTIVATING, S.EXPIRED_CONSENT} | _SESSION_ENDS | _LIFECYCLE),
     S.ACTIVATING: frozenset({S.ACTIVE, S.ACTIVATION_FAILED, S.EXPIRED_CONSENT} | _SESSION_ENDS | _LIFECYCLE),
     S.ACTIVATION_FAILED: frozenset({S.ACTIVATING, S.PENDING_WHATSAPP} | _SESSION_ENDS | _LIFECYCLE),
@@ -56,7 +74,11 @@ ALLOWED_TRANSITIONS: dict[SalonState | None, frozenset[SalonState]] = {
 
 # States in which a linking attempt is under way: a repeat visit joins it instead of
 # starting another.
-LINKING_STATES = frozenset({S.PENDING_WHATSAPP, S.QR_READY, S.PAIRING})
+LINKING_STATES = frozenset({S.PENDING_WHATSAPP, S.QR_READY, S.CODE_READY, S.PAIRING})
+# States from which the owner may ask for a new attempt ("Получить новый код") on the page.
+RETRY_STATES = frozenset({S.QR_EXPIRED, S.CODE_READY, S.CODE_FAILED, S.LINK_REFUSED, S.PASSKEY_REQUIRED})
+# States from which the owner may ask for a pairing code for a phone number instead of a QR.
+PAIRING_CODE_STATES = frozenset({S.PENDING_WHATSAPP, S.QR_READY} | RETRY_STATES)
 # States in which WhatsApp is linked: a repeat visit only shows the state.
 LINKED_STATES = frozenset({S.WHATSAPP_CONNECTED, S.ACTIVATING, S.ACTIVE, S.ACTIVATION_FAILED, S.FROZEN})
 
@@ -79,14 +101,39 @@ def is_allowed(current: SalonState | None, new: SalonState) -> bool:
 
 # What the owner reads on the onboarding page for each state: a title and what to do.
 OWNER_TEXT: dict[SalonState, tuple[str, str]] = {
-    S.PENDING_WHATSAPP: ("Готовим QR-код", "Через несколько секунд здесь появится QR-код для WhatsApp."),
+    S.PENDING_WHATSAPP: ("Готовим код", "Через несколько секунд здесь появится код для привязки WhatsApp."),
     S.QR_READY: (
         "Отсканируйте QR-код",
         "Откройте WhatsApp на телефоне салона → Настройки → Связанные устройства → "
         "Привязка устройства и наведите камеру на код.",
     ),
-    S.QR_EXPIRED: ("QR-код устарел", "Нажмите «Получить новый код», чтобы попробовать ещё раз."),
-    S.PAIRING: ("Связываем WhatsApp", "Телефон отсканировал код, завершаем привязку."),
+    S.QR_EXPIRED: (
+        "Код устарел",
+        "Нажмите «Получить новый код», чтобы попробовать ещё раз. Если телефон написал, что привязано "
+        "максимальное число устройств, сначала отвяжите одно из них в WhatsApp → Связанные устройства.",
+    ),
+    S.CODE_READY: (
+        "Введите код в WhatsApp",
+        "На телефоне салона откройте WhatsApp → Настройки → Связанные устройства → Привязка устройства → "
+        "«Привязать по номеру телефона» и введите этот код.",
+    ),
+    S.CODE_FAILED: (
+        "Не удалось получить код",
+        "WhatsApp не выдал код для этого номера. Проверьте, что это номер WhatsApp салона, и запросите код "
+        "ещё раз или привяжите WhatsApp по QR-коду.",
+    ),
+    S.LINK_REFUSED: (
+        "WhatsApp не дал привязать устройство",
+        "Чаще всего к номеру уже привязано максимальное число устройств. На телефоне откройте WhatsApp → "
+        "Настройки → Связанные устройства, отвяжите одно из них и нажмите «Получить новый код».",
+    ),
+    S.PASSKEY_REQUIRED: (
+        "WhatsApp попросил ключ доступа",
+        "Наш сервер не может подтвердить привязку ключом доступа (passkey). На телефоне выберите привязку "
+        "без ключа доступа, если WhatsApp это предлагает, или удалите ключ доступа в WhatsApp → Настройки → "
+        "Аккаунт → Ключи доступа. Затем нажмите «Получить новый код».",
+    ),
+    S.PAIRING: ("Связываем WhatsApp", "Телефон принял код, завершаем привязку."),
     S.WHATSAPP_CONNECTED: ("WhatsApp подключён", "Включаем интеграцию в YClients."),
     S.ACTIVATING: ("Включаем интеграцию", "Сообщаем YClients, что всё готово."),
     S.ACTIVE: ("Готово! AI Admin подключён", "Можно вернуться в YClients: приложение активно."),

@@ -290,27 +290,53 @@ class Store:
         ).get("Item")
         return SessionLease.model_validate(_from_dynamo(item)) if item else None
 
-    def request_session(self, salon_id: int, desired: SessionDesire, renew_command: bool = False) -> SessionLease:
+    def request_session(self, salon_id: int, desired: SessionDesire, pair_phone: str | None = None,
+                        renew_command: bool = False) -> SessionLease:
         """Tell whichever runner owns (or will own) the salon's session what to do.
 
-        A new `link` bumps the generation so the owner starts a fresh attempt; `renew_command`
-        bumps it for the other commands too, so the owner acts on a repeated `run` (e.g. retry
-        an activation). The session enters the lease index, so an unowned one is claimed by
-        some runner within a poll."""
+        A new `link` bumps the generation so the owner starts a fresh attempt; `pair_phone`
+        (set or cleared in the same write, so the command and its number are never apart)
+        makes that attempt ask for a pairing code for the number; `renew_command` bumps the
+        generation for the other commands too, so the owner acts on a repeated `run` (e.g.
+        retry an activation). The session enters the lease index, so an unowned one is
+        claimed by some runner within a poll."""
         bump = 1 if desired == "link" or renew_command else 0
+        values: dict[str, Any] = {":d": desired, ":s": salon_id, ":lp": LEASE_PARTITION, ":zero": 0, ":bump": bump}
+        update = (
+            "SET desired = :d, salon_id = :s, lease_pk = :lp, "
+            "generation = if_not_exists(generation, :zero) + :bump, "
+            "lease_expires = if_not_exists(lease_expires, :zero)"
+        )
+        if pair_phone:
+            update += ", pair_phone = :phone"
+            values[":phone"] = pair_phone
+        else:
+            update += " REMOVE pair_phone"
         response = self._table.update_item(
             Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
-            UpdateExpression=(
-                "SET desired = :d, salon_id = :s, lease_pk = :lp, "
-                "generation = if_not_exists(generation, :zero) + :bump, "
-                "lease_expires = if_not_exists(lease_expires, :zero)"
-            ),
-            ExpressionAttributeValues={
-                ":d": desired, ":s": salon_id, ":lp": LEASE_PARTITION, ":zero": 0, ":bump": bump,
-            },
+            UpdateExpression=update,
+            ExpressionAttributeValues=values,
             ReturnValues="ALL_NEW",
         )
         return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
+
+    def set_session_device(self, salon_id: int, device_jid: str | None) -> None:
+        """Remember (or forget) which linked device is the salon's, for keys kept in a store
+        shared by all salons (Postgres), where the device must be named to be resumed."""
+        update: dict[str, Any] = {
+            "Key": {"pk": _salon_pk(salon_id), "sk": "SESSION"},
+            # Only on an existing session item: never create a half item the lease model refuses.
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+        if device_jid:
+            update.update(UpdateExpression="SET device_jid = :j", ExpressionAttributeValues={":j": device_jid})
+        else:
+            update.update(UpdateExpression="REMOVE device_jid")
+        try:
+            self._table.update_item(**update)
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
 
     def claimable_sessions(self, now: float, limit: int = 25) -> list[SessionLease]:
         response = self._table.query(
