@@ -201,7 +201,7 @@ class FakeWhatsApp:
             return _error(400, 'expected JSON {"qr": "<decoded QR string>", "outcome": "success"}')
         outcome = body.get("outcome", "success")
         if outcome not in SCAN_OUTCOMES:
-            return _error(400, f"outcome must be one of {', '.join(SCAN_OUTCOMES)}")
+            return _bad_outcome()
         payload = qr[len(QR_PREFIX):] if qr.startswith(QR_PREFIX) else qr
         parts = payload.split(",")
         if len(parts) not in (4, 5):
@@ -226,7 +226,7 @@ class FakeWhatsApp:
             return _error(400, 'expected JSON {"code": "XXXX-XXXX", "outcome": "success"}')
         outcome = body.get("outcome", "success")
         if outcome not in SCAN_OUTCOMES:
-            return _error(400, f"outcome must be one of {', '.join(SCAN_OUTCOMES)}")
+            return _bad_outcome()
         code = raw.replace("-", "").replace(" ", "").upper()
         issued = self.codes.get(code)
         if issued is None:
@@ -338,6 +338,10 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _bad_outcome() -> web.Response:
+    return _error(400, f"outcome must be one of {', '.join(SCAN_OUTCOMES)}")
 
 
 def _error(status: int, message: str) -> web.Response:
