@@ -45,6 +45,7 @@ class Device:
     session: str
     jid: str
     socket: web.WebSocketResponse | None = None
+    resumes: int = 0  # connections with the stored device id (no scan)
 
 
 @dataclass
@@ -52,6 +53,8 @@ class FakeWhatsApp:
     time_scale: float = 1.0
     attempts: dict[str, PairingAttempt] = field(default_factory=dict)
     devices: dict[str, Device] = field(default_factory=dict)
+    pairing_attempts: dict[str, int] = field(default_factory=dict)  # per session
+    streams_replaced: int = 0  # a device connected twice: two clients had the same keys
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -59,6 +62,8 @@ class FakeWhatsApp:
             web.post("/_local/whatsapp/scan", self.scan),
             web.post("/_local/whatsapp/logout", self.logout),
             web.post("/_local/whatsapp/unlink", self.unlink),
+            web.get("/_local/whatsapp/devices", self.device_list),
+            web.post("/_local/whatsapp/garble", self.garble),
         ]
 
     async def socket(self, request: web.Request) -> web.WebSocketResponse:
@@ -90,8 +95,10 @@ class FakeWhatsApp:
             await ws.close()
             return
         if device.socket is not None and not device.socket.closed:
+            self.streams_replaced += 1
             await device.socket.send_json({"type": "stream-replaced"})
             await device.socket.close()
+        device.resumes += 1
         device.socket = ws
         await ws.send_json({"type": "connected", "jid": device.jid})
 
@@ -105,6 +112,7 @@ class FakeWhatsApp:
             windows.append((start, start + timeout))
             start += timeout
         attempt = PairingAttempt(str(hello.get("session", "")), ws, keys, refs, windows)
+        self.pairing_attempts[attempt.session] = self.pairing_attempts.get(attempt.session, 0) + 1
         for ref in refs:
             self.attempts[ref] = attempt
         await ws.send_json({"type": "pair-device", "refs": refs, "timeouts": timeouts})
@@ -166,6 +174,27 @@ class FakeWhatsApp:
                     await device.socket.send_json({"type": "logged-out", "reason": "401"})
                 return web.json_response({"status": "unlinked"})
         return _error(404, "no linked device for this session")
+
+    async def device_list(self, _request: web.Request) -> web.Response:
+        """For tests and benchmarks: who is linked, connected, resumed; pairings; replacements."""
+        return web.json_response({
+            "devices": [{"device_id": d.device_id, "session": d.session, "resumes": d.resumes,
+                         "connected": d.socket is not None and not d.socket.closed} for d in self.devices.values()],
+            "pairing_attempts": self.pairing_attempts,
+            "streams_replaced": self.streams_replaced,
+        })
+
+    async def garble(self, request: web.Request) -> web.Response:
+        """Fault injection: send the salon's connected device a frame no client can parse."""
+        try:
+            session = str((await request.json())["session"])
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "expected JSON {\"session\": ...}")
+        for device in self.devices.values():
+            if device.session == session and device.socket is not None and not device.socket.closed:
+                await device.socket.send_str("\x00garbled frame")
+                return web.json_response({"status": "sent"})
+        return _error(404, "no connected device for this session")
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -16,7 +16,7 @@ from aiadmin.push import Pusher
 from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
 from wa_runner.engine import WhatsAppEngine
-from wa_runner.runner import Runner
+from wa_runner.runner import Runner, RunnerLimits
 
 
 def _engine(name: str) -> WhatsAppEngine:
@@ -32,7 +32,7 @@ async def main() -> None:
     settings = load_settings([
         "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token",
         "websocket_management_url", "public_base_url", "wa_engine", "runner_poll_seconds",
-        "runner_lease_seconds",
+        "runner_lease_seconds", "runner_max_pairings", "runner_resume_concurrency", "runner_abandon_seconds",
     ])
     engine = _engine(settings.wa_engine)
     runner_id = os.environ.get("RUNNER_ID") or f"{socket.gethostname()}-{os.getpid()}"
@@ -46,13 +46,16 @@ async def main() -> None:
         public_base_url=settings.public_base_url,
         poll_seconds=settings.runner_poll_seconds,
         lease_seconds=settings.runner_lease_seconds,
+        limits=RunnerLimits(max_pairings=settings.runner_max_pairings,
+                            resume_concurrency=settings.runner_resume_concurrency,
+                            abandon_seconds=settings.runner_abandon_seconds),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     logger.info("runner started", extra={"runner_id": runner_id, "engine": settings.wa_engine})
-    print(f"runner {runner_id} ready", flush=True)
+    print(f"runner {runner_id} ready (pid {os.getpid()})", flush=True)
     await runner.run(stop)
     for signum in (signal.SIGTERM, signal.SIGINT):
         # Leases are released; a second signal (Ctrl-C reaches the whole process group, then

@@ -105,6 +105,12 @@ _FIELDS: dict[str, _Field] = {
     "sessions_dir": _Field("SESSIONS_DIR", _non_empty, "./.local-data/sessions"),
     "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.25"),
     "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "30"),
+    # Linking attempts one runner runs at once; over it, others take the new ones.
+    "runner_max_pairings": _Field("RUNNER_MAX_PAIRINGS", _positive_int, "20"),
+    # Linked sessions a runner connects at the same time when resuming (start, takeover).
+    "runner_resume_concurrency": _Field("RUNNER_RESUME_CONCURRENCY", _positive_int, "5"),
+    # A linking attempt with no page open and no scan for this long is stopped.
+    "runner_abandon_seconds": _Field("RUNNER_ABANDON_SECONDS", _positive_float, "160"),
 }
 
 
