@@ -55,3 +55,16 @@ async def open_page(ws_url: str, token: str | None) -> AsyncIterator[websockets.
 
 def scan(base_url: str, qr: str) -> requests.Response:
     return requests.post(f"{base_url}/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+
+
+async def link_whatsapp(marketplace: str, ws_url: str, base_url: str, salon_id: int, timeout: float = 20) -> str:
+    """The whole journey of one salon, from "Подключить" to `active`; returns the page token."""
+    _, token = follow_redirect(press_connect(marketplace, salon_id))
+    if token is None:
+        raise RuntimeError(f"salon {salon_id}: the redirect gave no token")
+    async with open_page(ws_url, token) as ws:
+        qr = await receive_until(ws, {"qr_ready"}, timeout)
+        if scan(base_url, qr["qr"]).status_code != 200:
+            raise RuntimeError(f"salon {salon_id}: scan refused")
+        await receive_until(ws, {"active"}, timeout)
+    return token
