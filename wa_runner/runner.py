@@ -379,7 +379,7 @@ class Runner:
         phases: dict[str, int] = status["phases"]
         linked = sum(1 for owned in self._owned.values() if owned.lease.desired == "run")
         health = self._health
-        health.add_dimensions(RunnerId=self.runner_id)
+        health.add_dimensions(service=SERVICE, RunnerId=self.runner_id)
         health.add_metric(name="RunnerHeartbeat", unit="Count", value=1)
         health.add_metric(name="SessionsOwned", unit="Count", value=status["sessions"])
         health.add_metric(name="SessionsLinked", unit="Count", value=linked)
