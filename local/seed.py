@@ -60,9 +60,11 @@ async def pair(engine: WhatsAppEngine, whatsapp_url: str, salon_ids: Iterable[in
             await engine.stop(salon_id)
 
 
-def record_linked(store: Store, salon_ids: Iterable[int]) -> None:
-    """Salons as they are after a finished onboarding: `active`, with a linked session to run."""
+def record_linked(store: Store, salon_ids: Iterable[int], run: bool = True) -> None:
+    """Salons as they are after a finished onboarding: `active`, and (with `run`) a linked
+    session for some runner to run."""
     for salon_id in salon_ids:
         for state in _TO_ACTIVE:
             store.transition(salon_id, state, actor="seed")
-        store.request_session(salon_id, "run")
+        if run:
+            store.request_session(salon_id, "run")

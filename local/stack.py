@@ -15,6 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import boto3
 from aiohttp import web
@@ -90,9 +91,10 @@ def runner_environment(moto_url: str, base: str, data_dir: Path, time_scale: flo
     }
 
 
-def start_runner(runner_id: str, environment: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_runner(runner_id: str, environment: dict[str, str],
+                 output: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
     heartbeat = Path(environment["SESSIONS_DIR"]).parent / f"{runner_id}.heartbeat"
-    process = subprocess.Popen([sys.executable, "-m", "wa_runner"], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "wa_runner"], cwd=ROOT, stdout=output, stderr=output,
                                env={**environment, "RUNNER_ID": runner_id, "RUNNER_HEARTBEAT_FILE": str(heartbeat)})
     print(f"LOCAL_RUNNER {runner_id} {process.pid}", flush=True)
     return process

@@ -75,7 +75,7 @@ class RunnerLimits:
 
 class Runner:
     def __init__(self, runner_id: str, store: Store, engine: WhatsAppEngine, pusher: Pusher,
-                 yclients: YClientsClient, public_base_url: str, poll_seconds: float = 0.25,
+                 yclients: YClientsClient, public_base_url: str, poll_seconds: float = 0.1,
                  lease_seconds: float = 30, limits: RunnerLimits | None = None) -> None:
         self.runner_id = runner_id
         self._store = store
@@ -116,28 +116,38 @@ class Runner:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(IO_THREADS, thread_name_prefix="runner-io"))
         background = [asyncio.create_task(self._consume_events()), asyncio.create_task(self._resume_loop())]
-        last_sync = last_health = 0.0
+        # Claiming is its own loop, so new work never waits behind the upkeep of hundreds of sessions.
+        loops = [asyncio.create_task(self._claim_loop(stop)), asyncio.create_task(self._upkeep_loop(stop))]
         try:
-            while not stop.is_set():
-                now = time.time()
-                await self._step("claim", self._claim_new(now))
-                if now - last_sync >= self._sync_seconds:
-                    last_sync = now
-                    await self._step("sync", self._sync_owned(now))
-                    await self._step("fence", self._fence(time.time()))
-                    await self._step("supervise", self._supervise(now))
-                    await self._step("page check", self._check_pages(now))
-                    publish = now - last_health >= HEALTH_METRICS_SECONDS
-                    await self._heartbeat(now, publish)
-                    last_health = now if publish else last_health
-                self._resume_wakeup.set()
-                self._flush_metrics()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._poll_seconds)
+            await asyncio.gather(*loops)  # both end at the stop signal, after their current round
         finally:
-            for task in [*background, *self._workers.values()]:
+            for task in [*loops, *background, *self._workers.values()]:
                 task.cancel()
             await self._shutdown()
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._step("claim", self._claim_new(time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._poll_seconds)
+
+    async def _upkeep_loop(self, stop: asyncio.Event) -> None:
+        """Once a second: commands and lease renewal, the fence, supervision, abandoned
+        pairings, the heartbeat."""
+        last_health = 0.0
+        while not stop.is_set():
+            now = time.time()
+            await self._step("sync", self._sync_owned(now))
+            await self._step("fence", self._fence(time.time()))
+            await self._step("supervise", self._supervise(now))
+            await self._step("page check", self._check_pages(now))
+            publish = now - last_health >= HEALTH_METRICS_SECONDS
+            await self._heartbeat(now, publish)
+            last_health = now if publish else last_health
+            self._resume_wakeup.set()  # resumes that timed out free their slots
+            self._flush_metrics()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, self._sync_seconds - (time.time() - now)))
 
     async def _step(self, name: str, step: Awaitable[None]) -> None:
         """One failing step (DynamoDB unreachable, a bug) is logged and retried next tick; it

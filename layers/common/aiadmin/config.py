@@ -103,7 +103,9 @@ _FIELDS: dict[str, _Field] = {
     "wa_sim_server_url": _Field("WA_SIM_SERVER_URL", _url),
     "wa_time_scale": _Field("WA_TIME_SCALE", _positive_float, "1"),
     "sessions_dir": _Field("SESSIONS_DIR", _non_empty, "./.local-data/sessions"),
-    "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.25"),
+    # How often a runner looks for unowned sessions: half of it is the average wait before a
+    # new linking attempt starts (one small index Query each time).
+    "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.1"),
     "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "30"),
     # Linking attempts one runner runs at once; over it, others take the new ones.
     "runner_max_pairings": _Field("RUNNER_MAX_PAIRINGS", _positive_int, "20"),
