@@ -183,12 +183,14 @@ class Runner:
         the leases that have used up a third of their time."""
         if not self._owned:
             return
+        # Only these: a session claimed while the reads are under way is not in them.
+        salon_ids = list(self._owned)
         current: dict[int, SessionLease | None] = dict(
-            await asyncio.to_thread(self._store.get_sessions, list(self._owned)))
+            await asyncio.to_thread(self._store.get_sessions, salon_ids))
         due = [salon_id for salon_id, lease in current.items() if lease is not None
                and lease.owner == self.runner_id and lease.lease_expires - now < self._lease_seconds * 2 / 3]
         current.update(await self._renew(due, now))
-        for salon_id in list(self._owned):
+        for salon_id in salon_ids:
             owned = self._owned.get(salon_id)
             if owned is None:
                 continue

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from aiadmin.models import UserData
+from aiadmin.models import Salon, UserData
 from aiadmin.onboarding import start_onboarding
 from aiadmin.states import IllegalTransition, SalonState
 from aiadmin.store import LeaseLost, Store
@@ -177,3 +177,10 @@ def test_heartbeat_keeps_sessions_by_phase_and_pairings(store: Store) -> None:
     [beat] = store.runner_heartbeats()
     assert beat == {"runner_id": "a", "at": 100.0, "sessions": 3, "phases": {"connected": 2, "linking": 1},
                     "pairings": 1}
+
+
+def test_put_salon_writes_a_record_the_store_reads_back(store: Store) -> None:
+    salon = Salon(salon_id=8, state=SalonState.ACTIVE, version=6, updated_at=12.5, salon_name="Лотос")
+    store.put_salon(salon)
+    assert store.get_salon(8) == salon
+    assert store.events_of(8) == []

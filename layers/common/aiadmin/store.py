@@ -196,6 +196,12 @@ class Store:
             "ExpressionAttributeValues": {":me": runner_id, ":now": _to_dynamo(now)},
         }
 
+    def put_salon(self, salon: Salon) -> None:
+        """Write a salon record as it is, with no state-machine check and no event: for
+        seeding tests and benchmarks with many salons at once (state changes use `transition`)."""
+        item = {**salon.model_dump(exclude_none=True), "state": salon.state.value}
+        self._table.put_item(Item=_to_dynamo({**item, "pk": _salon_pk(salon.salon_id), "sk": "STATE"}))
+
     def get_salon_secrets(self, salon_id: int) -> dict[str, str]:
         """The per-salon secrets kept beside the state (never part of the `Salon` model,
         so they never reach a page or a log line)."""
