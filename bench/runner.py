@@ -169,6 +169,11 @@ def resume_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_id
     return {"engine_s": alone["seconds"], "runner_s": resumed, "ready_s": ready, "sigterm_s": handed_back}
 
 
+async def page_registered(store: Store, salon_id: int) -> None:
+    """Until the page's socket is recorded, so a push would reach it."""
+    await asyncio.to_thread(wait_until, lambda: store.connections_of(salon_id), 10, 0.02, "page connected")
+
+
 async def _qr_pushes(stack: RunningStack, store: Store, salon_ids: list[int],
                      process: RunnerProcess) -> dict[str, float]:
     idle_from, idle_cpu = time.perf_counter(), cpu_seconds(process.pid)
@@ -180,9 +185,8 @@ async def _qr_pushes(stack: RunningStack, store: Store, salon_ids: list[int],
         for salon_id in salon_ids:
             store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench")
             token = issue_token(salon_id, DEFAULT_JWT_SECRET, 600)
-            ws = await pages.enter_async_context(open_page(stack.ws_url, token))
-            await receive_until(ws, {"pending_whatsapp"})
-            sockets.append(ws)
+            sockets.append(await pages.enter_async_context(open_page(stack.ws_url, token)))
+            await page_registered(store, salon_id)
         started, cpu_before = time.perf_counter(), cpu_seconds(process.pid)
         for salon_id in salon_ids:
             store.request_session(salon_id, "link")
@@ -200,7 +204,7 @@ async def _first_qr(stack: RunningStack, store: Store, salon_ids: list[int]) -> 
     for salon_id in salon_ids:
         store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench")
         async with open_page(stack.ws_url, issue_token(salon_id, DEFAULT_JWT_SECRET, 600)) as ws:
-            await receive_until(ws, {"pending_whatsapp"})  # the page is connected and listening
+            await page_registered(store, salon_id)
             started = time.perf_counter()
             await asyncio.to_thread(store.request_session, salon_id, "link")  # what the redirect does
             await receive_until(ws, {"qr_ready"})

@@ -21,9 +21,9 @@ from wa_runner.engine import EngineEvent, EventKind, WhatsAppEngine
 
 
 @contextlib.asynccontextmanager
-async def simulated_whatsapp(time_scale: float = 1.0) -> AsyncIterator[tuple[FakeWhatsApp, str]]:
+async def simulated_whatsapp(whatsapp: FakeWhatsApp | None = None) -> AsyncIterator[tuple[FakeWhatsApp, str]]:
     """The simulated WhatsApp server alone, on a free loopback port: (server, base URL)."""
-    whatsapp = FakeWhatsApp(time_scale=time_scale)
+    whatsapp = whatsapp or FakeWhatsApp()
     app = web.Application()
     app.add_routes(whatsapp.routes())
     runner = web.AppRunner(app, access_log=None)

@@ -405,6 +405,8 @@ class Runner:
 
     @staticmethod
     def _flush_metrics() -> None:
+        if not metrics.metric_set:
+            return
         try:
             metrics.flush_metrics(raise_on_empty_metrics=False)
         except Exception:
