@@ -419,7 +419,7 @@ class Runner:
             task.cancel()
         salon_ids = list(self._owned)
         self._owned.clear()
-        gate = asyncio.Semaphore(RENEW_CONCURRENCY)
+        gate = asyncio.Semaphore(IO_THREADS)  # all hands: ECS kills the task 30 s after SIGTERM
 
         async def release(salon_id: int) -> None:
             async with gate:
