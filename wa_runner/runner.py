@@ -163,7 +163,8 @@ class Runner:
         backlog_full = len(self._resume_queue) >= self._limits.resume_backlog
         if room <= 0 and backlog_full:
             return
-        candidates = await asyncio.to_thread(self._store.claimable_sessions, now, CLAIM_BATCH, room > 0)
+        candidates = await asyncio.to_thread(self._store.claimable_sessions, now, CLAIM_BATCH,
+                                             linking=room > 0, linked=not backlog_full)
         for candidate in candidates:
             if (candidate.desired == "link" and room <= 0) or (candidate.desired == "run" and backlog_full):
                 continue  # over our bound: left for another runner
@@ -205,8 +206,8 @@ class Runner:
                 try:
                     await self._apply(owned, now)
                 except Exception:
-                    owned.lease = previous  # seen as a change again next second: never lost
-                    raise
+                    logger.exception("command failed, retried next second", extra={"salon_id": salon_id})
+                    owned.lease = previous  # seen as a change again next time: never lost
 
     async def _renew(self, salon_ids: list[int], now: float) -> dict[int, SessionLease | None]:
         """Renew concurrently (hundreds of leases must not hold up the loop). A lease that
@@ -303,6 +304,12 @@ class Runner:
                 metrics.add_metric(name="SessionCrashed", unit="Count", value=1)
                 delay = owned.schedule_retry(now)
                 logger.error("session ended without a word, restarting",
+                             extra={"salon_id": salon_id, "retry_in": round(delay, 1)})
+            elif owned.phase == Phase.STARTING and now - owned.since > START_TIMEOUT_SECONDS:
+                metrics.add_metric(name="SessionCrashed", unit="Count", value=1)
+                await self._engine.stop(salon_id)
+                delay = owned.schedule_retry(now)
+                logger.error("session did not connect in time, restarting",
                              extra={"salon_id": salon_id, "retry_in": round(delay, 1)})
             elif owned.phase not in LIVE_PHASES and salon_id in running:
                 await self._engine.stop(salon_id)

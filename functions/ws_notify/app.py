@@ -74,4 +74,11 @@ def stream_handler(event: DynamoDBStreamEvent, context: LambdaContext) -> None:
             salon = store.get_salon(int(str(image["pk"]).removeprefix("SALON#")))
         if salon is None:
             continue
-        pusher.fan_out(store, salon.salon_id, state_message(salon, time.time()))
+        # The stream lags: by now the runner may have moved the salon on (a QR a few ms after
+        # the consent) and pushed that itself. Pushing this older state after it would leave
+        # the page showing it, so only the latest version is pushed; each later one has its
+        # own record or was pushed by the runner.
+        current = store.get_salon(salon.salon_id)
+        if current is None or current.version != salon.version:
+            continue
+        pusher.fan_out(store, salon.salon_id, state_message(current, time.time()))

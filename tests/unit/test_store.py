@@ -164,12 +164,13 @@ def test_retiring_keeps_a_command_that_arrived_meanwhile(store: Store) -> None:
     assert [s.salon_id for s in store.claimable_sessions(now)] == [5]
 
 
-def test_claimable_without_linking_attempts(store: Store) -> None:
+def test_claimable_linking_attempts_or_linked_sessions_only(store: Store) -> None:
     store.request_session(5, "link")
     store.request_session(6, "run")
     now = time.time()
     assert {s.salon_id for s in store.claimable_sessions(now)} == {5, 6}
     assert [s.salon_id for s in store.claimable_sessions(now, linking=False)] == [6]
+    assert [s.salon_id for s in store.claimable_sessions(now, linked=False)] == [5]
 
 
 def test_heartbeat_keeps_sessions_by_phase_and_pairings(store: Store) -> None:

@@ -310,16 +310,19 @@ class Store:
         )
         return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
 
-    def claimable_sessions(self, now: float, limit: int = 25, linking: bool = True) -> list[SessionLease]:
+    def claimable_sessions(self, now: float, limit: int = 25, linking: bool = True,
+                           linked: bool = True) -> list[SessionLease]:
         """Sessions without a live owner, oldest lease first. `linking=False` leaves out the
-        linking attempts (a runner at its pairing bound still takes linked sessions)."""
+        linking attempts (a runner at its pairing bound still takes linked sessions),
+        `linked=False` everything else (a runner with enough sessions to resume still takes a
+        new linking attempt at once)."""
         query: dict[str, Any] = {
             "IndexName": "LeaseIndex",
             "KeyConditionExpression": Key("lease_pk").eq(LEASE_PARTITION) & Key("lease_expires").lt(_to_dynamo(now)),
             "Limit": limit,
         }
-        if not linking:
-            query["FilterExpression"] = Attr("desired").ne("link")
+        if linking != linked:
+            query["FilterExpression"] = Attr("desired").eq("link") if linking else Attr("desired").ne("link")
         response = self._table.query(**query)
         return [SessionLease.model_validate(_from_dynamo(item)) for item in response["Items"]]
 
