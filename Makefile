@@ -47,6 +47,7 @@ test: $(STAMP) system-deps lint typecheck validate
 
 bench: $(STAMP)
 	$(BIN)/python bench/onboarding.py
+	$(BIN)/python bench/runner.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .local-data

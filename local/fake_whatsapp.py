@@ -84,6 +84,7 @@ class Device:
     refused_until: float = float("inf")
     # Streams this device opened (the pairing one included): a resume without a scan adds one.
     connections: int = 1
+    resumes: int = 0  # connections with the stored device id (no scan)
 
 
 @dataclass
@@ -94,6 +95,8 @@ class FakeWhatsApp:
     devices: dict[str, Device] = field(default_factory=dict)
     # Numbers for which WhatsApp refuses to issue a pairing code, with its error.
     code_refusals: dict[str, str] = field(default_factory=dict)
+    pairing_attempts: dict[str, int] = field(default_factory=dict)  # per session
+    streams_replaced: int = 0  # a device connected twice: two clients had the same keys
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -104,7 +107,8 @@ class FakeWhatsApp:
             web.post("/_local/whatsapp/session-event", self.session_event),
             web.post("/_local/whatsapp/logout", self.logout),
             web.post("/_local/whatsapp/unlink", self.unlink),
-            web.get("/_local/whatsapp/devices", self.list_devices),
+            web.get("/_local/whatsapp/devices", self.device_list),
+            web.post("/_local/whatsapp/garble", self.garble),
         ]
 
     # ---- the client's connection -------------------------------------------------------
@@ -147,8 +151,10 @@ class FakeWhatsApp:
         device.refusal = None
         device.connections += 1
         if device.socket is not None and not device.socket.closed:
+            self.streams_replaced += 1
             await device.socket.send_json(SESSION_EVENTS["stream_replaced"])
             await device.socket.close()
+        device.resumes += 1
         device.socket = ws
         await ws.send_json({"type": "connected", "jid": device.jid})
 
@@ -162,6 +168,7 @@ class FakeWhatsApp:
             windows.append((start, start + timeout))
             start += timeout
         attempt = PairingAttempt(str(hello.get("session", "")), ws, keys, refs, windows)
+        self.pairing_attempts[attempt.session] = self.pairing_attempts.get(attempt.session, 0) + 1
         for ref in refs:
             self.attempts[ref] = attempt
         await ws.send_json({"type": "pair-device", "refs": refs, "timeouts": timeouts})
@@ -307,14 +314,6 @@ class FakeWhatsApp:
             await device.socket.close()
         return web.json_response({"status": "sent" if live else "recorded", "event": event})
 
-    async def list_devices(self, _request: web.Request) -> web.Response:
-        """What the servers know of linked devices (for tests and a curious developer)."""
-        return web.json_response([
-            {"session": d.session, "jid": d.jid, "connected": d.socket is not None and not d.socket.closed,
-             "connections": d.connections}
-            for d in self.devices.values()
-        ])
-
     async def logout(self, request: web.Request) -> web.Response:
         """The client unlinks itself (uninstall)."""
         body = await _json_body(request)
@@ -330,6 +329,28 @@ class FakeWhatsApp:
             return _error(400, "expected JSON {\"session\": ...}")
         return await self._end_session(str(body["session"]), "logged_out")
 
+
+    async def device_list(self, _request: web.Request) -> web.Response:
+        """For tests and benchmarks: who is linked, connected, resumed; pairings; replacements."""
+        return web.json_response({
+            "devices": [{"device_id": d.device_id, "session": d.session, "jid": d.jid, "resumes": d.resumes,
+                         "connections": d.connections,
+                         "connected": d.socket is not None and not d.socket.closed} for d in self.devices.values()],
+            "pairing_attempts": self.pairing_attempts,
+            "streams_replaced": self.streams_replaced,
+        })
+
+    async def garble(self, request: web.Request) -> web.Response:
+        """Fault injection: send the salon's connected device a frame no client can parse."""
+        try:
+            session = str((await request.json())["session"])
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "expected JSON {\"session\": ...}")
+        for device in self.devices.values():
+            if device.session == session and device.socket is not None and not device.socket.closed:
+                await device.socket.send_str("\x00garbled frame")
+                return web.json_response({"status": "sent"})
+        return _error(404, "no connected device for this session")
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; an empty one for anything else (the caller answers 400)."""

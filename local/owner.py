@@ -74,3 +74,16 @@ async def link_whatsapp(base_url: str, marketplace: str, salon_id: int, until: s
                 raise RuntimeError(f"scan refused: {response.status_code} {response.text[:200]}")
             await receive_until(ws, until, timeout, seen)
     return seen
+
+
+async def link_to_active(marketplace: str, ws_url: str, base_url: str, salon_id: int, timeout: float = 20) -> str:
+    """The whole journey of one salon, from "Подключить" to `active`; returns the page token."""
+    _, token = follow_redirect(press_connect(marketplace, salon_id))
+    if token is None:
+        raise RuntimeError(f"salon {salon_id}: the redirect gave no token")
+    async with open_page(ws_url, token) as ws:
+        qr = await receive_until(ws, {"qr_ready"}, timeout)
+        if scan(base_url, qr["qr"]).status_code != 200:
+            raise RuntimeError(f"salon {salon_id}: scan refused")
+        await receive_until(ws, {"active"}, timeout)
+    return token

@@ -13,8 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import boto3
 import requests
+
+from local.stack import APP_TABLE, REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 class RunningStack:
     base_url: str
     process: subprocess.Popen[str]
-    moto_url: str
     output: list[str] = field(default_factory=list)
+    dynamodb_url: str = ""
+    runners: dict[str, int] = field(default_factory=dict)  # runner id -> pid
+
+    def table(self) -> Any:
+        """The stack's application table (in its moto server), for tests and benchmarks."""
+        return boto3.resource("dynamodb", endpoint_url=self.dynamodb_url, region_name=REGION,
+                              aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106
+                              aws_session_token="testing").Table(APP_TABLE)  # noqa: S106
+
+    @property
+    def moto_url(self) -> str:
+        """The moto server (DynamoDB, its streams, SQS) behind the stack."""
+        return self.dynamodb_url
 
     @property
     def ws_url(self) -> str:
@@ -66,13 +82,20 @@ def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, 
     output: list[str] = []
     ready = threading.Event()
     base: list[str] = []
+    dynamodb: list[str] = []
+    runner_pids: dict[str, int] = {}
 
     def pump() -> None:
         assert process.stdout is not None
         for line in process.stdout:
             output.append(line)
-            if line.startswith("LOCAL_STACK_READY "):
-                base.extend(line.split()[1:3])
+            words = line.split()
+            if line.startswith("LOCAL_RUNNER "):
+                runner_pids[words[1]] = int(words[2])
+            elif line.startswith("LOCAL_STACK_DYNAMODB "):
+                dynamodb.append(words[1])
+            elif line.startswith("LOCAL_STACK_READY "):
+                base.append(words[1])
                 ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
@@ -81,7 +104,7 @@ def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, 
         if process.poll() is not None or time.time() > deadline:
             process.kill()
             raise RuntimeError("local stack did not start:\n" + "".join(output))
-    stack = RunningStack(base[0], process, base[1], output)
+    stack = RunningStack(base[0], process, output, dynamodb[0], runner_pids)
     try:
         yield stack
     finally:

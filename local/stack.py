@@ -15,6 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import boto3
 from aiohttp import web
@@ -31,6 +32,7 @@ DEFAULT_PARTNER_TOKEN = "local-partner-token-not-a-secret"  # noqa: S105
 DEFAULT_APP_ID = "4242"
 DEFAULT_JWT_SECRET = "local-jwt-secret-not-a-secret-0123456789"  # noqa: S105
 REGION = "eu-central-1"
+APP_TABLE = "AppTable"  # tables are named by their logical id (local.template.create_tables)
 
 
 @dataclass
@@ -59,6 +61,45 @@ def _aws_environment(moto_url: str) -> dict[str, str]:
         "AWS_ENDPOINT_URL_SQS": moto_url, "AWS_ENDPOINT_URL_SSM": moto_url,
         "POWERTOOLS_TRACE_DISABLED": "true",
     }
+
+
+def stack_settings(moto_url: str, base: str) -> dict[str, str]:
+    """Settings every process of the stack shares: the handlers (in the stack's process) and
+    the runners."""
+    return {
+        **_aws_environment(moto_url),
+        "YCLIENTS_BASE_URL": os.environ.get("YCLIENTS_BASE_URL") or f"{base}{FakeYClients.prefix}",
+        "YCLIENTS_APP_ID": os.environ.get("YCLIENTS_APP_ID", DEFAULT_APP_ID),
+        "YCLIENTS_PARTNER_TOKEN": os.environ.get("YCLIENTS_PARTNER_TOKEN", DEFAULT_PARTNER_TOKEN),
+        "JWT_SECRET": os.environ.get("JWT_SECRET", DEFAULT_JWT_SECRET),
+        "WEBSOCKET_URL": base.replace("http://", "ws://") + "/ws",
+        "WEBSOCKET_MANAGEMENT_URL": base,
+        "PUBLIC_BASE_URL": base,
+        "POWERTOOLS_LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+        # EMF metric lines are for CloudWatch; locally they only drown the output.
+        "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
+    }
+
+
+def runner_environment(moto_url: str, base: str, data_dir: Path, time_scale: float) -> dict[str, str]:
+    """The environment of the stack's runner processes (the benchmark starts its own runners
+    against a running stack with it too)."""
+    return {
+        **os.environ, **stack_settings(moto_url, base),
+        "TABLE_NAME": APP_TABLE,
+        "WA_ENGINE": "simulated", "WA_SIM_SERVER_URL": base, "WA_TIME_SCALE": str(time_scale),
+        "SESSIONS_DIR": str(data_dir / "sessions"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "layers" / "common"), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+def start_runner(runner_id: str, environment: dict[str, str],
+                 output: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    heartbeat = Path(environment["SESSIONS_DIR"]).parent / f"{runner_id}.heartbeat"
+    process = subprocess.Popen([sys.executable, "-m", "wa_runner"], cwd=ROOT, stdout=output, stderr=output,
+                               env={**environment, "RUNNER_ID": runner_id, "RUNNER_HEARTBEAT_FILE": str(heartbeat)})
+    print(f"LOCAL_RUNNER {runner_id} {process.pid}", flush=True)
+    return process
 
 
 async def run_stack(options: StackOptions) -> None:
@@ -101,19 +142,7 @@ async def run_stack(options: StackOptions) -> None:
     marketplace.callback_url = f"{base}/callback/yclients"
 
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="aiadmin-local-"))
-    overrides = {
-        **_aws_environment(moto_url),
-        "YCLIENTS_BASE_URL": external_marketplace or f"{base}{marketplace.prefix}",
-        "YCLIENTS_APP_ID": app_id,
-        "YCLIENTS_PARTNER_TOKEN": partner_token,
-        "JWT_SECRET": os.environ.get("JWT_SECRET", DEFAULT_JWT_SECRET),
-        "WEBSOCKET_URL": f"ws://{options.host}:{port}/ws",
-        "WEBSOCKET_MANAGEMENT_URL": base,
-        "PUBLIC_BASE_URL": base,
-        "POWERTOOLS_LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-        # EMF metric lines are for CloudWatch; locally they only drown the output.
-        "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
-    }
+    overrides = stack_settings(moto_url, base)
     function_env: dict[str, str] = {}
     for spec in template.functions.values():
         function_env.update(resolve_environment({**template.globals_env, **spec.environment}, overrides,
@@ -121,19 +150,9 @@ async def run_stack(options: StackOptions) -> None:
     os.environ.update(function_env)  # the handlers run in this process
     logger.setLevel(overrides["POWERTOOLS_LOG_LEVEL"])  # created at import, before the overrides
 
-    runner_env = {
-        **os.environ, **overrides,
-        "TABLE_NAME": table_names["AppTable"],
-        "WA_ENGINE": "simulated", "WA_SIM_SERVER_URL": base, "WA_TIME_SCALE": str(options.time_scale),
-        "SESSIONS_DIR": str(data_dir / "sessions"),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "layers" / "common"), os.environ.get("PYTHONPATH", "")]),
-    }
-
-    def start_runner(number: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "wa_runner"], cwd=ROOT,
-                                env={**runner_env, "RUNNER_ID": f"local-runner-{number}"})
-
-    runners = [start_runner(number) for number in range(1, options.runners + 1)]
+    runner_env = runner_environment(moto_url, base, data_dir, options.time_scale)
+    runners = {f"local-runner-{index + 1}": start_runner(f"local-runner-{index + 1}", runner_env)
+               for index in range(options.runners)}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -150,26 +169,35 @@ async def run_stack(options: StackOptions) -> None:
         f"  DynamoDB (moto):        {moto_url}\n"
         f"  Marketplace in use:     {overrides['YCLIENTS_BASE_URL']}\n"
         "Press Ctrl-C to stop.\n"
-        f"LOCAL_STACK_READY {base} {moto_url}",
+        f"LOCAL_STACK_DYNAMODB {moto_url}\n"
+        f"LOCAL_STACK_READY {base}",
         flush=True,
     )
     try:
+        alive = set(runners)
         while not stop.is_set():
-            for position, process in enumerate(runners):
-                if process.poll() is not None and options.restart_runners and not stop.is_set():
-                    print(f"runner exited with {process.returncode}; starting it again", file=sys.stderr)
-                    runners[position] = start_runner(position + 1)
-                elif process.poll() is not None:
-                    print(f"runner exited with {process.returncode}; stopping the stack", file=sys.stderr)
-                    stop.set()
+            for runner_id in sorted(alive):
+                if runners[runner_id].poll() is not None and options.restart_runners and not stop.is_set():
+                    # As ECS would: a runner that exits is started again.
+                    print(f"runner {runner_id} exited with {runners[runner_id].returncode}; starting it again",
+                          file=sys.stderr)
+                    runners[runner_id] = start_runner(runner_id, runner_env)
+                elif runners[runner_id].poll() is not None:
+                    # With several runners the others take over its sessions (as in AWS);
+                    # when the last one is gone there is nothing left to run them.
+                    print(f"runner {runner_id} exited with {runners[runner_id].returncode}", file=sys.stderr)
+                    alive.discard(runner_id)
+                    if not alive:
+                        print("no runner left; stopping the stack", file=sys.stderr)
+                        stop.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
     finally:
         print("Stopping the local stack...", flush=True)
-        for process in runners:
+        for process in runners.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in runners:
+        for process in runners.values():
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:

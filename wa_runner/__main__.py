@@ -18,7 +18,7 @@ from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.keys import KeyStore, PostgresKeys, SqliteKeyFiles
-from wa_runner.runner import Runner
+from wa_runner.runner import Runner, RunnerLimits
 
 
 def _engine(name: str, store: Store) -> WhatsAppEngine:
@@ -50,6 +50,7 @@ async def main() -> None:
         "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token",
         "websocket_management_url", "public_base_url", "wa_engine", "runner_poll_seconds",
         "runner_lease_seconds", "activation_retry_seconds", "yclients_channels",
+        "runner_max_pairings", "runner_resume_concurrency", "runner_abandon_seconds",
     ])
     store = Store(boto3.resource("dynamodb").Table(settings.table_name))
     engine = _engine(settings.wa_engine, store)
@@ -66,13 +67,16 @@ async def main() -> None:
         lease_seconds=settings.runner_lease_seconds,
         activation_policy=ActivationPolicy(first_delay=settings.activation_retry_seconds,
                                            channels=settings.yclients_channels),
+        limits=RunnerLimits(max_pairings=settings.runner_max_pairings,
+                            resume_concurrency=settings.runner_resume_concurrency,
+                            abandon_seconds=settings.runner_abandon_seconds),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     logger.info("runner started", extra={"runner_id": runner_id, "engine": settings.wa_engine})
-    print(f"runner {runner_id} ready", flush=True)
+    print(f"runner {runner_id} ready (pid {os.getpid()})", flush=True)
     await runner.run(stop)
     for signum in (signal.SIGTERM, signal.SIGINT):
         # Leases are released; a second signal (Ctrl-C reaches the whole process group, then

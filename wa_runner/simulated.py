@@ -76,7 +76,8 @@ class SimulatedEngine:
     async def start(self, salon_id: int, generation: int) -> None:
         await self.stop(salon_id)
         if self._http is None:
-            self._http = aiohttp.ClientSession()
+            # No connection limit: each session holds one WebSocket (aiohttp allows 100 by default).
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._attempts[salon_id] = _Attempt()
         self._tasks[salon_id] = asyncio.create_task(self._session(salon_id, generation))
 

@@ -15,9 +15,10 @@ from aws_lambda_powertools.utilities.data_classes import (
     event_source,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
 
 from aiadmin.config import load_settings
-from aiadmin.models import ErrorMessage
+from aiadmin.models import ErrorMessage, Salon
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import InvalidPhone, request_new_qr, request_pairing_code, state_message
 from aiadmin.push import Pusher
@@ -73,16 +74,22 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
 @metrics.log_metrics
 @event_source(data_class=DynamoDBStreamEvent)
 def stream_handler(event: DynamoDBStreamEvent, context: LambdaContext) -> None:
-    changed: dict[int, None] = {}  # salons in the batch, in order, once each
     for record in event.records:
         image = record.dynamodb.new_image if record.dynamodb else None
         if not image or image.get("sk") != "STATE" or image.get("updated_by") == RUNNER_ACTOR:
             continue
-        changed[int(str(image["pk"]).removeprefix("SALON#"))] = None
-    for salon_id in changed:
-        # The salon as it is now, not the record's image: the stream lags, and a late push of
-        # an older image would take the page back (e.g. to "pending" after the runner already
-        # showed the QR code).
-        salon = store.get_salon(salon_id)
-        if salon is not None:
-            pusher.fan_out(store, salon_id, state_message(salon, time.time()))
+        try:
+            salon: Salon | None = Store.salon_from_image(image)
+        except ValidationError:
+            # A partial image (some stores stream keys only): read the item itself.
+            salon = store.get_salon(int(str(image["pk"]).removeprefix("SALON#")))
+        if salon is None:
+            continue
+        # The stream lags: by now the runner may have moved the salon on (a QR a few ms after
+        # the consent) and pushed that itself. Pushing this older state after it would leave
+        # the page showing it, so only the latest version is pushed; each later one has its
+        # own record or was pushed by the runner.
+        current = store.get_salon(salon.salon_id)
+        if current is None or current.version != salon.version:
+            continue
+        pusher.fan_out(store, salon.salon_id, state_message(current, time.time()))

@@ -54,7 +54,7 @@ def _post(stack: RunningStack, path: str, body: dict[str, Any]) -> requests.Resp
 
 
 def _device(stack: RunningStack, salon_id: int) -> dict[str, Any] | None:
-    devices = requests.get(f"{stack.base_url}/_local/whatsapp/devices", timeout=5).json()
+    devices = requests.get(f"{stack.base_url}/_local/whatsapp/devices", timeout=5).json()["devices"]
     return next((d for d in devices if d["session"] == str(salon_id)), None)
 
 

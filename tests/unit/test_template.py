@@ -43,3 +43,5 @@ def test_every_alarm_on_our_metrics_watches_a_metric_the_code_emits() -> None:
     assert {"ActivationFailedAlarm", "ActivationExpiredAlarm"} <= alarms.keys()
     for name, props in alarms.items():
         assert props["MetricName"] in emitted, name
+        # powertools Metrics writes every metric with the service dimension.
+        assert props["Dimensions"] == [{"Name": "service", "Value": "aiadmin-onboarding"}], name

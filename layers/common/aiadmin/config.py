@@ -125,8 +125,16 @@ _FIELDS: dict[str, _Field] = {
     "sessions_dir": _Field("SESSIONS_DIR", _non_empty, "./.local-data/sessions"),
     # Keys of every salon in one Postgres database instead of one SQLite file per salon.
     "wa_keys_postgres_url": _Field("WA_KEYS_POSTGRES_URL", _optional_postgres_url, "", secret=True),
-    "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.25"),
+    # How often a runner looks for unowned sessions: half of it is the average wait before a
+    # new linking attempt starts (one small index Query each time).
+    "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.1"),
     "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "30"),
+    # Linking attempts one runner runs at once; over it, others take the new ones.
+    "runner_max_pairings": _Field("RUNNER_MAX_PAIRINGS", _positive_int, "20"),
+    # Linked sessions a runner connects at the same time when resuming (start, takeover).
+    "runner_resume_concurrency": _Field("RUNNER_RESUME_CONCURRENCY", _positive_int, "5"),
+    # A linking attempt with no page open and no scan for this long is stopped.
+    "runner_abandon_seconds": _Field("RUNNER_ABANDON_SECONDS", _positive_float, "160"),
     "activation_retry_seconds": _Field("ACTIVATION_RETRY_SECONDS", _positive_float, "1"),
     # Channels announced at activation (chat-bot category apps): comma-separated, or `none`.
     "yclients_channels": _Field("YCLIENTS_CHANNELS", _channels, "whatsapp"),

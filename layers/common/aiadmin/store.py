@@ -9,7 +9,7 @@ Key schema (single table, string keys `pk`/`sk`):
 | connection (fan-out) | SALON#<id>     | CONN#<connection id>   | TTL                                     |
 | connection by id  | CONN#<connection id> | CONN                | salon_id; TTL                           |
 | session lease     | SALON#<id>        | SESSION                | `SessionLease`; GSI LeaseIndex          |
-| runner heartbeat  | RUNNERS           | <runner id>            | at, sessions; TTL                       |
+| runner heartbeat  | RUNNERS           | <runner id>            | at, sessions, phases, pairings; TTL     |
 | idempotency       | idempotency#...   | <hash>                 | written by powertools Idempotency       |
 
 `LeaseIndex` (pk `lease_pk`, sk `lease_expires`) holds only sessions that need an owner
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
 from aiadmin.models import Salon, SessionDesire, SessionLease
@@ -76,6 +76,20 @@ class ConcurrentUpdate(RuntimeError):
     """The salon kept changing under us; the caller may retry later."""
 
 
+class LeaseLost(RuntimeError):
+    """A runner's fenced write was refused: it no longer holds the salon's session lease."""
+
+    def __init__(self, salon_id: int) -> None:
+        super().__init__(f"lease of salon {salon_id} is no longer ours")
+        self.salon_id = salon_id
+
+
+def _lease_check_failed(exc: ClientError) -> bool:
+    """Whether the lease check (the transaction's last item) is what cancelled it."""
+    reasons = exc.response.get("CancellationReasons") or []
+    return bool(reasons) and reasons[-1].get("Code") == "ConditionalCheckFailed"
+
+
 class Store:
     """All reads and writes of the application table. `table` is a boto3 Table resource."""
 
@@ -99,13 +113,16 @@ class Store:
         reason: str = "",
         attrs: Mapping[str, Any] | None = None,
         expected: Iterable[SalonState] | None = None,
+        lease_owner: str | None = None,
     ) -> Salon:
         """Move a salon to `new_state` (and set `attrs`), append an event, count a metric.
 
         Optimistic: the write is conditional on the version read, retried on a race.
         `expected`, if given, restricts the states this caller may move the salon from
         (e.g. the runner only turns a QR into `qr_expired` while it is `qr_ready`).
-        Raises IllegalTransition when the state machine refuses it."""
+        `lease_owner` fences the write: it happens only while that runner holds an unexpired
+        lease on the salon's session (a runner that lost it cannot push a stale QR); LeaseLost
+        otherwise. Raises IllegalTransition when the state machine refuses it."""
         for _ in range(_TRANSITION_ATTEMPTS):
             current = self.get_salon(salon_id)
             current_state = current.state if current else None
@@ -138,24 +155,27 @@ class Store:
                 values[":expected"] = version
             else:
                 condition = "attribute_not_exists(pk)"
+            items: list[dict[str, Any]] = [
+                {
+                    "Update": {
+                        "TableName": self._table.name,
+                        "Key": {"pk": _salon_pk(salon_id), "sk": "STATE"},
+                        "UpdateExpression": update,
+                        "ConditionExpression": condition,
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": values,
+                    }
+                },
+                {"Put": {"TableName": self._table.name, "Item": self._event_item(
+                    salon_id, current_state, new_state, actor, reason, now)}},
+            ]
+            if lease_owner is not None:
+                items.append({"ConditionCheck": self._lease_fence(salon_id, lease_owner, now)})
             try:
-                self._client.transact_write_items(
-                    TransactItems=[
-                        {
-                            "Update": {
-                                "TableName": self._table.name,
-                                "Key": {"pk": _salon_pk(salon_id), "sk": "STATE"},
-                                "UpdateExpression": update,
-                                "ConditionExpression": condition,
-                                "ExpressionAttributeNames": names,
-                                "ExpressionAttributeValues": values,
-                            }
-                        },
-                        {"Put": {"TableName": self._table.name, "Item": self._event_item(
-                            salon_id, current_state, new_state, actor, reason, now)}},
-                    ]
-                )
+                self._client.transact_write_items(TransactItems=items)
             except ClientError as exc:
+                if lease_owner is not None and _lease_check_failed(exc):
+                    raise LeaseLost(salon_id) from exc
                 if _is_condition_failure(exc):
                     continue
                 raise
@@ -166,6 +186,21 @@ class Store:
             )
             return Salon.model_validate(_from_dynamo({**(current.model_dump() if current else {}), **fields}))
         raise ConcurrentUpdate(f"salon {salon_id} changed concurrently {_TRANSITION_ATTEMPTS} times")
+
+    def _lease_fence(self, salon_id: int, runner_id: str, now: float) -> dict[str, Any]:
+        return {
+            "TableName": self._table.name,
+            "Key": {"pk": _salon_pk(salon_id), "sk": "SESSION"},
+            "ConditionExpression": "#owner = :me AND lease_expires > :now",
+            "ExpressionAttributeNames": {"#owner": "owner"},
+            "ExpressionAttributeValues": {":me": runner_id, ":now": _to_dynamo(now)},
+        }
+
+    def put_salon(self, salon: Salon) -> None:
+        """Write a salon record as it is, with no state-machine check and no event: for
+        seeding tests and benchmarks with many salons at once (state changes use `transition`)."""
+        item = {**salon.model_dump(exclude_none=True), "state": salon.state.value}
+        self._table.put_item(Item=_to_dynamo({**item, "pk": _salon_pk(salon.salon_id), "sk": "STATE"}))
 
     def get_salon_secrets(self, salon_id: int) -> dict[str, str]:
         """The per-salon secrets kept beside the state (never part of the `Salon` model,
@@ -338,12 +373,20 @@ class Store:
             if not _is_condition_failure(exc):
                 raise
 
-    def claimable_sessions(self, now: float, limit: int = 25) -> list[SessionLease]:
-        response = self._table.query(
-            IndexName="LeaseIndex",
-            KeyConditionExpression=Key("lease_pk").eq(LEASE_PARTITION) & Key("lease_expires").lt(_to_dynamo(now)),
-            Limit=limit,
-        )
+    def claimable_sessions(self, now: float, limit: int = 25, linking: bool = True,
+                           linked: bool = True) -> list[SessionLease]:
+        """Sessions without a live owner, oldest lease first. `linking=False` leaves out the
+        linking attempts (a runner at its pairing bound still takes linked sessions),
+        `linked=False` everything else (a runner with enough sessions to resume still takes a
+        new linking attempt at once)."""
+        query: dict[str, Any] = {
+            "IndexName": "LeaseIndex",
+            "KeyConditionExpression": Key("lease_pk").eq(LEASE_PARTITION) & Key("lease_expires").lt(_to_dynamo(now)),
+            "Limit": limit,
+        }
+        if linking != linked:
+            query["FilterExpression"] = Attr("desired").eq("link") if linking else Attr("desired").ne("link")
+        response = self._table.query(**query)
         return [SessionLease.model_validate(_from_dynamo(item)) for item in response["Items"]]
 
     def claim_session(self, salon_id: int, runner_id: str, now: float, lease_seconds: float) -> SessionLease | None:
@@ -382,23 +425,49 @@ class Store:
             raise
         return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
 
-    def release_session(self, salon_id: int, runner_id: str, retire: bool = False) -> None:
+    def release_session(self, salon_id: int, runner_id: str, retire: bool = False,
+                        command: SessionLease | None = None) -> bool:
         """Give the lease back (another runner may claim at once), or, with `retire`, take
-        the session out of the lease index altogether (nothing left to run)."""
-        # Expiry zeroed either way: a retired session that is requested again is claimable at once.
+        the session out of the lease index altogether (nothing left to run). With `command`,
+        only while the session's `desired` and `generation` are still that lease's: a command
+        that arrived meanwhile is never thrown away with the lease. False when not done."""
         update = "SET lease_expires = :zero REMOVE #owner" + (", lease_pk" if retire else "")
-        values = {":me": runner_id, ":zero": 0}
+        condition = "#owner = :me"
+        values: dict[str, Any] = {":me": runner_id, ":zero": 0}
+        if command is not None:
+            condition += " AND desired = :desired AND generation = :generation"
+            values.update({":desired": command.desired, ":generation": command.generation})
         try:
             self._table.update_item(
                 Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
                 UpdateExpression=update,
-                ConditionExpression="#owner = :me",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues=values,
             )
         except ClientError as exc:
             if not _is_condition_failure(exc):
                 raise
+            return False
+        return True
+
+    def mark_linked(self, salon_id: int, runner_id: str, generation: int) -> bool:
+        """The owner's pairing succeeded: `link` becomes `run`, unless a newer command (stop,
+        pause, another link) arrived meanwhile, which then wins."""
+        try:
+            self._table.update_item(
+                Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
+                UpdateExpression="SET desired = :run REMOVE pair_phone",
+                ConditionExpression="#owner = :me AND desired = :link AND generation = :generation",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":run": "run", ":link": "link", ":me": runner_id,
+                                           ":generation": generation},
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            return False
+        return True
 
     def get_sessions(self, salon_ids: Iterable[int]) -> dict[int, SessionLease]:
         ids = list(dict.fromkeys(salon_ids))
@@ -416,14 +485,22 @@ class Store:
 
     # ---- runner heartbeats ----------------------------------------------------------------
 
-    def record_heartbeat(self, runner_id: str, now: float, sessions: int) -> None:
-        """All runners' heartbeats share one small partition: the health check reads it whole."""
+    def record_heartbeat(self, runner_id: str, now: float, sessions: int,
+                         phases: Mapping[str, int] | None = None, pairings: int = 0) -> None:
+        """All runners' heartbeats share one small partition: the health check reads it whole.
+        `phases` counts the runner's sessions by phase; `pairings` are linking attempts in flight."""
         self._table.put_item(Item={
             "pk": RUNNERS_PARTITION, "sk": runner_id, "at": _to_dynamo(now), "sessions": sessions,
-            "ttl": int(now) + 24 * 3600,
+            "phases": dict(phases or {}), "pairings": pairings, "ttl": int(now) + 24 * 3600,
         })
 
     def latest_heartbeat(self) -> float | None:
-        response = self._table.query(KeyConditionExpression=Key("pk").eq(RUNNERS_PARTITION))
-        stamps = [float(item["at"]) for item in response["Items"]]
+        stamps = [float(item["at"]) for item in self.runner_heartbeats()]
         return max(stamps) if stamps else None
+
+    def runner_heartbeats(self) -> list[dict[str, Any]]:
+        """Every runner's last heartbeat (`runner_id`, `at`, `sessions`, `phases`, `pairings`)."""
+        response = self._table.query(KeyConditionExpression=Key("pk").eq(RUNNERS_PARTITION))
+        hidden = ("pk", "sk", "ttl")
+        return [{"runner_id": item["sk"], **{k: _from_dynamo(v) for k, v in item.items() if k not in hidden}}
+                for item in response["Items"]]

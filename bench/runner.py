@@ -1,0 +1,313 @@
+"""WhatsApp runner figures, with the simulated engine on the local stack.
+
+The stack (moto, gateway, simulated WhatsApp) runs without runners; the benchmark starts
+`python -m wa_runner` processes against it, as AWS would, and reads their memory and CPU
+from /proc. The same engine alone (no runner, no DynamoDB) runs in a process of its own for
+the comparison ("the engine's own"). Sessions are linked through the real flow first (the
+engine pairs, the simulated phone scans). Figures:
+
+- memory per idle linked session: marginal RSS from N/2 to N connected sessions, runner vs
+  engine alone; their difference is our own code. Also what process isolation would cost
+  per session: the RSS of an engine-only process holding one session.
+- CPU per QR push: runner CPU (minus its idle CPU) per QR code that reached an open page,
+  vs the engine alone's CPU per QR code.
+- resuming stored sessions: a fresh runner with N leased linked sessions until all are
+  connected, vs the engine alone connecting them all at once; and the SIGTERM hand-back.
+- "start" command -> first QR on the page: from the lease write (what the redirect does)
+  to the QR message on the page's socket, vs the engine alone's start() -> QR event.
+
+Run: `make bench` or `python bench/runner.py --idle 200 --resume 500`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiadmin.models import Salon
+from aiadmin.observability import logger
+from aiadmin.onboarding import state_message
+from aiadmin.states import SalonState
+from aiadmin.store import Store
+from aiadmin.tokens import issue_token
+from local.observe import wait_until, whatsapp
+from local.owner import open_page, receive_until
+from local.process import RunningStack, local_stack
+from local.seed import pair, record_linked
+from local.stack import DEFAULT_JWT_SECRET, runner_environment, start_runner
+from wa_runner.simulated import SimulatedEngine
+
+# QR codes last 3 s, then 1 s each (WhatsApp's 60 s + 5 x 20 s, scaled): many pushes quickly.
+TIME_SCALE = 0.05
+SETTLE_SECONDS = 3.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def engine_alone(stack: RunningStack, sessions_dir: Path, mode: str, salon_ids: list[int],
+                 concurrent: int = 0) -> dict[str, Any]:
+    """Run bench/engine_alone.py (the engine in a process of its own) and read its figures."""
+    command = [sys.executable, str(Path(__file__).with_name("engine_alone.py")), mode, "--server", stack.base_url,
+               "--sessions-dir", str(sessions_dir), "--ids", ",".join(map(str, salon_ids)),
+               "--concurrent", str(concurrent)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"engine alone ({mode}) failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+# ---- runner processes ------------------------------------------------------------------------
+
+class RunnerProcess:
+    def __init__(self, stack: RunningStack, data_dir: Path, runner_id: str, log: IO[bytes], **env: str) -> None:
+        self.runner_id = runner_id
+        self.store = Store(stack.table())
+        environment = {**runner_environment(stack.dynamodb_url, stack.base_url, data_dir, TIME_SCALE), **env}
+        self.started = time.perf_counter()
+        self.process = start_runner(runner_id, environment, log)
+        self.pid = self.process.pid
+        self.ready_after = wait_until(lambda: self._beat() and time.perf_counter() - self.started, 60,
+                                      interval=0.05, what=f"{runner_id} heartbeat")
+
+    def _beat(self) -> dict[str, Any] | None:
+        beats = [b for b in self.store.runner_heartbeats() if b["runner_id"] == self.runner_id]
+        return beats[0] if beats and beats[0]["at"] > time.time() - 2 else None
+
+    def connected(self) -> int:
+        beat = self._beat()
+        return int(beat["phases"].get("connected", 0)) if beat else 0
+
+    def stop(self) -> float:
+        """SIGTERM; seconds until the process has released its leases and exited."""
+        stopping = time.perf_counter()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        return time.perf_counter() - stopping
+
+
+@contextlib.contextmanager
+def runner(stack: RunningStack, data_dir: Path, runner_id: str, log: IO[bytes], **env: str) -> Iterator[RunnerProcess]:
+    process = RunnerProcess(stack, data_dir, runner_id, log, **env)
+    try:
+        yield process
+    finally:
+        if process.process.poll() is None:
+            process.stop()
+
+
+def request_run(store: Store, salon_ids: list[int]) -> None:
+    for salon_id in salon_ids:
+        store.request_session(salon_id, "run")
+
+
+# ---- the figures ----------------------------------------------------------------------------
+
+def memory_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_ids: list[int]) -> dict[str, float]:
+    alone = engine_alone(stack, data_dir / "sessions", "memory", salon_ids)
+    half = len(salon_ids) // 2
+    store = Store(stack.table())
+    with runner(stack, data_dir, "bench-memory", log) as process:
+        time.sleep(SETTLE_SECONDS)
+        request_run(store, salon_ids[:half])
+        wait_until(lambda: process.connected() >= half, 120, what="half connected")
+        time.sleep(SETTLE_SECONDS)
+        half_mb = rss_mb(process.pid)
+        request_run(store, salon_ids[half:])
+        wait_until(lambda: process.connected() >= len(salon_ids), 120, what="all connected")
+        time.sleep(SETTLE_SECONDS)
+        full_mb = rss_mb(process.pid)
+    per_session = 1024 / (len(salon_ids) - half)
+    return {
+        "engine_kb": (alone["full_mb"] - alone["half_mb"]) * per_session,
+        "runner_kb": (full_mb - half_mb) * per_session,
+        "process_isolation_mb": alone["one_process_mb"],
+    }
+
+
+def resume_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_ids: list[int]) -> dict[str, float]:
+    alone = engine_alone(stack, data_dir / "sessions", "resume", salon_ids)
+    request_run(Store(stack.table()), salon_ids)
+    wanted = {str(s) for s in salon_ids}
+    with runner(stack, data_dir, "bench-resume", log) as process:
+        wait_until(lambda: sum(1 for s, d in whatsapp(stack).devices.items() if s in wanted and d["connected"])
+                   == len(salon_ids), 600, interval=0.05, what="all sessions resumed")
+        resumed = time.perf_counter() - process.started
+        ready = process.ready_after
+        time.sleep(SETTLE_SECONDS)
+        handed_back = process.stop()
+    return {"engine_s": alone["seconds"], "runner_s": resumed, "ready_s": ready, "sigterm_s": handed_back}
+
+
+async def page_registered(store: Store, salon_id: int) -> None:
+    """Until the page's socket is recorded, so a push would reach it."""
+    await asyncio.to_thread(wait_until, lambda: store.connections_of(salon_id), 10, 0.02, "page connected")
+
+
+async def _qr_pushes(stack: RunningStack, store: Store, salon_ids: list[int],
+                     process: RunnerProcess) -> dict[str, float]:
+    idle_from, idle_cpu = time.perf_counter(), cpu_seconds(process.pid)
+    await asyncio.sleep(SETTLE_SECONDS)
+    idle_rate = (cpu_seconds(process.pid) - idle_cpu) / (time.perf_counter() - idle_from)
+    pushes = 0
+    async with contextlib.AsyncExitStack() as pages:
+        sockets = []
+        for salon_id in salon_ids:
+            store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench")
+            token = issue_token(salon_id, DEFAULT_JWT_SECRET, 600)
+            sockets.append(await pages.enter_async_context(open_page(stack.ws_url, token)))
+            await page_registered(store, salon_id)
+        started, cpu_before = time.perf_counter(), cpu_seconds(process.pid)
+        for salon_id in salon_ids:
+            store.request_session(salon_id, "link")
+        for ws in sockets:
+            seen: list[dict[str, Any]] = []
+            await receive_until(ws, {"qr_expired"}, 60, seen)
+            pushes += sum(1 for message in seen if message["state"] == "qr_ready")
+        elapsed = time.perf_counter() - started
+        busy = cpu_seconds(process.pid) - cpu_before - idle_rate * elapsed
+    return {"cpu_per_push_ms": busy / pushes * 1000, "pushes": pushes}
+
+
+async def _first_qr(stack: RunningStack, store: Store, salon_ids: list[int]) -> list[float]:
+    times = []
+    for salon_id in salon_ids:
+        store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench")
+        async with open_page(stack.ws_url, issue_token(salon_id, DEFAULT_JWT_SECRET, 600)) as ws:
+            await page_registered(store, salon_id)
+            started = time.perf_counter()
+            await asyncio.to_thread(store.request_session, salon_id, "link")  # what the redirect does
+            await receive_until(ws, {"qr_ready"})
+            times.append(time.perf_counter() - started)
+        # End the attempt, so the next sample meets an idle runner.
+        await asyncio.to_thread(store.request_session, salon_id, "stop")
+    return times
+
+
+def qr_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], first_id: int, attempts: int,
+               starts: int) -> dict[str, Any]:
+    store = Store(stack.table())
+    push_ids = list(range(first_id, first_id + attempts))
+    start_ids = list(range(first_id + attempts, first_id + attempts + starts))
+    slow_ids = list(range(first_id + attempts + starts, first_id + attempts + 2 * starts))
+    alone = engine_alone(stack, data_dir / "alone-sessions", "qr", list(range(first_id - starts, first_id)), attempts)
+    figures: dict[str, Any] = {"engine_first_qr": alone["first_qr"], "engine_cpu_per_qr_ms": alone["cpu_per_qr"] * 1000}
+    with runner(stack, data_dir, "bench-qr", log, RUNNER_MAX_PAIRINGS="200") as process:
+        figures.update(asyncio.run(_qr_pushes(stack, store, push_ids, process)))
+        figures["first_qr"] = asyncio.run(_first_qr(stack, store, start_ids))
+    with runner(stack, data_dir, "bench-qr-slow", log, RUNNER_MAX_PAIRINGS="200", RUNNER_POLL_SECONDS="0.25"):
+        figures["first_qr_slow_poll"] = asyncio.run(_first_qr(stack, store, slow_ids))
+    return figures
+
+
+def svg_render_ms() -> float:
+    code = "https://wa.me/settings/linked_devices#2@" + "A" * 80 + "," + ",".join(["B" * 44] * 3) + ",1"
+    salon = Salon(salon_id=1, state=SalonState.QR_READY, qr=code, qr_expires_at=time.time() + 20)
+    started = time.process_time()
+    for _ in range(50):
+        state_message(salon, time.time())
+    return (time.process_time() - started) / 50 * 1000
+
+
+def report(memory: dict[str, float], resume: dict[str, float], qr: dict[str, Any], idle: int, resumed: int) -> None:
+    def ms(values: list[float]) -> str:
+        return f"median {statistics.median(values) * 1000:6.1f} ms, p95 {percentile(values, 0.95) * 1000:6.1f} ms"
+
+    ours = memory["runner_kb"] - memory["engine_kb"]
+    first_qr_extra = statistics.median(qr["first_qr"]) - statistics.median(qr["engine_first_qr"])
+    slow_extra = statistics.median(qr["first_qr_slow_poll"]) - statistics.median(qr["engine_first_qr"])
+    print(f"""
+WhatsApp runner, simulated engine, on the local stack (runner = its own process)
+Memory per idle linked session (RSS, marginal from {idle // 2} to {idle} connected):
+  engine alone                    {memory['engine_kb']:8.1f} KB
+  runner (engine + our code)      {memory['runner_kb']:8.1f} KB
+  our own code                    {ours:8.1f} KB   (target: under 1024 KB)
+  process isolation instead       {memory['process_isolation_mb']:8.1f} MB per session
+                                  (RSS of an engine-only process holding one session)
+CPU per QR push (code -> salon state -> page socket), {qr['pushes']} pushes:
+  runner                          {qr['cpu_per_push_ms']:8.2f} ms   (drawing the QR as SVG: {svg_render_ms():.2f} ms)
+  engine alone, per QR code       {qr['engine_cpu_per_qr_ms']:8.2f} ms
+Resume {resumed} stored linked sessions:
+  runner, process start -> all connected   {resume['runner_s']:6.2f} s   (first heartbeat: {resume['ready_s']:.2f} s)
+  engine alone, all at once               {resume['engine_s']:6.2f} s
+  SIGTERM -> leases handed back, exited    {resume['sigterm_s']:6.2f} s
+"Start" command (lease write) -> first QR on the page:
+  runner, poll 0.1 s (default)    {ms(qr['first_qr'])}   (+{first_qr_extra * 1000:.0f} ms over the engine)
+  runner, poll 0.25 s             {ms(qr['first_qr_slow_poll'])}   (+{slow_extra * 1000:.0f} ms over the engine)
+  engine alone, start() -> QR     {ms(qr['engine_first_qr'])}
+""")
+
+
+@contextlib.contextmanager
+def bench_stack() -> Iterator[tuple[RunningStack, Path, IO[bytes]]]:
+    """A local stack without runners; the runners' output goes to a log shown on failure."""
+    data_dir = Path(tempfile.mkdtemp(prefix="aiadmin-bench-"))
+    with local_stack(time_scale=TIME_SCALE, runners=0, data_dir=data_dir) as stack, \
+            (data_dir / "runners.log").open("wb") as log:
+        try:
+            yield stack, data_dir, log
+        except Exception:
+            log.flush()
+            print((data_dir / "runners.log").read_text()[-5000:], "".join(stack.output[-40:]), file=sys.stderr)
+            raise
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--idle", type=int, default=200, help="idle linked sessions for the memory figure")
+    parser.add_argument("--resume", type=int, default=500, help="stored sessions to resume")
+    parser.add_argument("--attempts", type=int, default=10, help="linking attempts at once for CPU per QR push")
+    parser.add_argument("--starts", type=int, default=20, help="start -> first QR samples")
+    args = parser.parse_args()
+    logger.setLevel("WARNING")  # the store logs every state change it writes
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # the seeding's state changes are no metrics
+    # QR figures first, on a fresh stack: moto's transactions (each state change is one) get
+    # slower the fuller its table is, which would show as runner latency.
+    with bench_stack() as (stack, data_dir, log):
+        print("Measuring QR pushes and first QR...", flush=True)
+        qr = qr_figures(stack, data_dir, log, 800_000, args.attempts, args.starts)
+    with bench_stack() as (stack, data_dir, log):
+        linked = list(range(900_000, 900_000 + max(args.idle, args.resume)))
+        print(f"Linking {len(linked)} salons through the simulated phone...", flush=True)
+        asyncio.run(pair(SimulatedEngine(stack.base_url, data_dir / "sessions"), stack.base_url, linked))
+        store = Store(stack.table())
+        record_linked(store, linked, run=False)
+        print("Measuring memory...", flush=True)
+        memory = memory_figures(stack, data_dir, log, linked[:args.idle])
+        print("Measuring resume...", flush=True)
+        resume = resume_figures(stack, data_dir, log, linked[:args.resume])
+    report(memory, resume, qr, args.idle, args.resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""What tests and benchmarks read of a running local stack: session leases and runner
+heartbeats (from its DynamoDB), and the simulated WhatsApp server's view of the devices."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+
+from aiadmin.models import SessionLease
+from aiadmin.store import Store
+from local.process import RunningStack
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WhatsAppView:
+    devices: dict[str, dict[str, Any]]  # session (salon id as text) -> device
+    pairing_attempts: dict[str, int]
+    streams_replaced: int
+
+    def resumes(self, salon_id: int) -> int:
+        return int(self.devices[str(salon_id)]["resumes"]) if str(salon_id) in self.devices else 0
+
+    def connected(self, salon_id: int) -> bool:
+        return bool(self.devices.get(str(salon_id), {}).get("connected"))
+
+
+def whatsapp(stack: RunningStack) -> WhatsAppView:
+    body = requests.get(stack.base_url + "/_local/whatsapp/devices", timeout=5).json()
+    return WhatsAppView({d["session"]: d for d in body["devices"]}, body["pairing_attempts"],
+                        body["streams_replaced"])
+
+
+def store(stack: RunningStack) -> Store:
+    return Store(stack.table())
+
+
+def leases(stack: RunningStack, salon_ids: Iterable[int]) -> dict[int, SessionLease]:
+    return store(stack).get_sessions(salon_ids)
+
+
+def owners(stack: RunningStack, salon_ids: Iterable[int]) -> dict[int, str | None]:
+    """Who holds each salon's lease now (None: nobody, or an expired lease)."""
+    now = time.time()
+    return {salon_id: lease.owner if lease.owner and lease.lease_expires > now else None
+            for salon_id, lease in leases(stack, salon_ids).items()}
+
+
+def heartbeats(stack: RunningStack) -> dict[str, dict[str, Any]]:
+    return {beat["runner_id"]: beat for beat in store(stack).runner_heartbeats()}
+
+
+def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "") -> T:
+    """Poll until `condition()` is truthy; return it. TimeoutError names `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what or condition}")
+        time.sleep(interval)

@@ -1,0 +1,57 @@
+"""The stream consumer pushes state changes made outside the runner, but never one that is
+already outdated: the stream lags, and the runner may have moved the salon on (and pushed
+that) before the record of the older change is read."""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from types import ModuleType
+from typing import Any
+
+import pytest
+from boto3.dynamodb.types import TypeSerializer
+from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
+from moto.core import DEFAULT_ACCOUNT_ID
+
+from aiadmin.states import SalonState
+from aiadmin.store import Store
+from local.gateway import LambdaContext
+from local.template import ROOT
+
+REGION = "eu-central-1"
+
+
+@pytest.fixture
+def ws_notify(table: Any, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setenv("TABLE_NAME", table.name)
+    monkeypatch.setenv("WEBSOCKET_MANAGEMENT_URL", f"https://abc123.execute-api.{REGION}.amazonaws.com/prod")
+    spec = importlib.util.spec_from_file_location("ws_notify_under_test", ROOT / "functions" / "ws_notify" / "app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(table: Any, salon_id: int) -> dict[str, Any]:
+    """The stream record of the salon's STATE item as it is now."""
+    item = table.get_item(Key={"pk": f"SALON#{salon_id}", "sk": "STATE"})["Item"]
+    image = {key: TypeSerializer().serialize(value) for key, value in item.items()}
+    return {"eventName": "MODIFY", "eventSource": "aws:dynamodb", "dynamodb": {"NewImage": image}}
+
+
+def _pushed(connection_id: str) -> bytes:
+    return apigatewaymanagementapi_backends[DEFAULT_ACCOUNT_ID][REGION].connections[connection_id].data
+
+
+def test_an_outdated_change_is_not_pushed_over_a_newer_one(ws_notify: ModuleType, store: Store, table: Any) -> None:
+    context = LambdaContext(function_name="StateStreamFunction", aws_request_id=str(uuid.uuid4()))
+    store.add_connection("page-1", 7)
+    store.transition(7, SalonState.PENDING_WHATSAPP, actor="redirect")
+    consent = _record(table, 7)
+    store.transition(7, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})  # pushed by the runner
+    ws_notify.stream_handler({"Records": [consent]}, context)
+    assert _pushed("page-1") == b""
+    store.transition(7, SalonState.UNINSTALLED, actor="yclients")
+    ws_notify.stream_handler({"Records": [consent, _record(table, 7)]}, context)
+    assert b'"state":"uninstalled"' in _pushed("page-1") and b"pending_whatsapp" not in _pushed("page-1")

@@ -1,0 +1,70 @@
+"""The runner's book of the sessions it owns: one `OwnedSession` per leased salon, with the
+phase the session is in as the runner sees it (what the heartbeat counts) and the
+bookkeeping of supervision (crash backoff) and of linking attempts (page seen, scan)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aiadmin.models import SessionLease
+
+MAX_BACKOFF_SECONDS = 60.0
+# A session connected this long is healthy again: its next failure starts the backoff over.
+STABLE_SECONDS = 60.0
+
+
+class Phase(StrEnum):
+    QUEUED = "queued"          # linked, waiting for a resume slot (resumes are staggered)
+    STARTING = "starting"      # engine started, not connected yet
+    LINKING = "linking"        # a linking attempt (QR codes) runs: a pairing in flight
+    CONNECTED = "connected"    # the linked session is up
+    RETRYING = "retrying"      # crashed or dropped: restarts at `retry_at`
+    PAUSED = "paused"          # frozen by YClients: disconnected, keys kept
+    IDLE = "idle"              # linking stopped (abandoned); restarts when the page is back
+    HALTED = "halted"          # banned or client outdated: waits for a new command
+
+
+# Phases in which the engine should have a live session task for the salon.
+LIVE_PHASES = frozenset({Phase.STARTING, Phase.LINKING, Phase.CONNECTED})
+
+
+@dataclass
+class OwnedSession:
+    lease: SessionLease
+    phase: Phase = Phase.IDLE
+    since: float = 0.0                     # when the current phase began
+    started_generation: int | None = None  # the command generation the engine runs
+    failures: int = 0                      # consecutive crashes or drops, for the backoff
+    retry_at: float = 0.0
+    page_seen_at: float = 0.0              # last time the salon's page had a socket open
+
+    @property
+    def salon_id(self) -> int:
+        return self.lease.salon_id
+
+    @property
+    def command(self) -> tuple[str, int]:
+        """What the rest of the system asks of this session; a change is a command."""
+        return self.lease.desired, self.lease.generation
+
+    @property
+    def pairing(self) -> bool:
+        """A linking attempt that holds (or is about to hold) an engine session."""
+        return self.lease.desired == "link" and self.phase in (Phase.STARTING, Phase.LINKING, Phase.RETRYING)
+
+    def enter(self, phase: Phase, now: float) -> None:
+        self.phase, self.since = phase, now
+
+    def schedule_retry(self, now: float, at_least: float = 0.0) -> float:
+        """Back off 1, 2, 4 ... 60 s (jittered) after consecutive failures; a session that was
+        connected for a while starts over at 1 s. Returns the delay."""
+        if self.phase == Phase.CONNECTED and now - self.since >= STABLE_SECONDS:
+            self.failures = 0
+        self.failures += 1
+        delay = min(MAX_BACKOFF_SECONDS, 2.0 ** (self.failures - 1)) * (1 + random.random() / 2)
+        delay = max(delay, at_least)
+        self.retry_at = now + delay
+        self.enter(Phase.RETRYING, now)
+        return delay
