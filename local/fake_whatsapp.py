@@ -341,14 +341,16 @@ class FakeWhatsApp:
         })
 
     async def garble(self, request: web.Request) -> web.Response:
-        """Fault injection: send the salon's connected device a frame no client can parse."""
+        """Fault injection: send the salon's connected device a frame that crashes its session task."""
         try:
             session = str((await request.json())["session"])
         except (ValueError, KeyError, TypeError):
             return _error(400, "expected JSON {\"session\": ...}")
         for device in self.devices.values():
             if device.session == session and device.socket is not None and not device.socket.closed:
-                await device.socket.send_str("\x00garbled frame")
+                # Valid JSON of a shape no client expects: the engine's task dies on it (an engine
+                # bug, as far as the runner can tell), which is what the runner must survive.
+                await device.socket.send_str("[\"garbled\"]")
                 return web.json_response({"status": "sent"})
         return _error(404, "no connected device for this session")
 
