@@ -71,9 +71,10 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 async def _link_by_qr(stack: RunningStack, ws: websockets.ClientConnection, seen: list[dict[str, Any]]) -> None:
-    qr = await receive_until(ws, {"qr_ready"}, seen=seen)
+    # Generous waits: on a loaded 2-core machine a code can take longer than the usual second.
+    qr = await receive_until(ws, {"qr_ready"}, timeout=45, seen=seen)
     assert scan(stack.base_url, qr["qr"]).status_code == 200
-    await receive_until(ws, {"active"}, seen=seen)
+    await receive_until(ws, {"active"}, timeout=45, seen=seen)
 
 
 async def _send(ws: websockets.ClientConnection, message: dict[str, Any]) -> None:
