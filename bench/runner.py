@@ -165,8 +165,13 @@ def resume_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_id
         resumed = time.perf_counter() - process.started
         ready = process.ready_after
         time.sleep(SETTLE_SECONDS)
+        # Upkeep of that many idle sessions: lease reads and renewals, heartbeats.
+        cpu_before, since = cpu_seconds(process.pid), time.perf_counter()
+        time.sleep(4 * SETTLE_SECONDS)
+        idle_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.perf_counter() - since)
         handed_back = process.stop()
-    return {"engine_s": alone["seconds"], "runner_s": resumed, "ready_s": ready, "sigterm_s": handed_back}
+    return {"engine_s": alone["seconds"], "runner_s": resumed, "ready_s": ready, "sigterm_s": handed_back,
+            "idle_cpu_pct": idle_cpu * 100}
 
 
 async def page_registered(store: Store, salon_id: int) -> None:
@@ -261,6 +266,7 @@ Resume {resumed} stored linked sessions:
   runner, process start -> all connected   {resume['runner_s']:6.2f} s   (first heartbeat: {resume['ready_s']:.2f} s)
   engine alone, all at once               {resume['engine_s']:6.2f} s
   SIGTERM -> leases handed back, exited    {resume['sigterm_s']:6.2f} s
+  runner CPU while they idle               {resume['idle_cpu_pct']:6.1f} % of a core
 "Start" command (lease write) -> first QR on the page:
   runner, poll 0.1 s (default)    {ms(qr['first_qr'])}   (+{first_qr_extra * 1000:.0f} ms over the engine)
   runner, poll 0.25 s             {ms(qr['first_qr_slow_poll'])}   (+{slow_extra * 1000:.0f} ms over the engine)

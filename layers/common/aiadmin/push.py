@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import boto3
@@ -10,6 +11,9 @@ from botocore.exceptions import ClientError
 
 from aiadmin.observability import logger
 from aiadmin.store import Store
+
+# How long a WebSocket handshake may take after $connect recorded the connection.
+HANDSHAKE_SECONDS = 0.5
 
 
 class Pusher:
@@ -31,15 +35,33 @@ class Pusher:
         return True
 
     def fan_out(self, store: Store, salon_id: int, payload: str) -> int:
-        """Send to every connection of the salon; delete the gone ones. Returns deliveries."""
+        """Send to every connection of the salon; delete the gone ones. Returns deliveries.
+
+        API Gateway also answers 410 for a connection whose $connect is still under way (it is
+        recorded during $connect): such a connection gets the message once more after a short
+        pause, and only if it still answers 410 is it forgotten. Else a page that connected
+        just as its QR was pushed would never get another message."""
         delivered = 0
+        gone: list[str] = []
         for connection_id in store.connections_of(salon_id):
-            try:
-                if self.send(connection_id, payload):
+            if self._try_send(connection_id, payload, salon_id, gone):
+                delivered += 1
+        if gone:
+            time.sleep(HANDSHAKE_SECONDS)
+            still_gone: list[str] = []
+            for connection_id in gone:
+                if self._try_send(connection_id, payload, salon_id, still_gone):
                     delivered += 1
-                else:
-                    store.remove_connection(connection_id, salon_id)
-            except ClientError:
-                # One broken connection must not stop the others from getting the state.
-                logger.exception("push failed", extra={"salon_id": salon_id})
+            for connection_id in still_gone:
+                store.remove_connection(connection_id, salon_id)
         return delivered
+
+    def _try_send(self, connection_id: str, payload: str, salon_id: int, gone: list[str]) -> bool:
+        try:
+            if self.send(connection_id, payload):
+                return True
+            gone.append(connection_id)
+        except ClientError:
+            # One broken connection must not stop the others from getting the state.
+            logger.exception("push failed", extra={"salon_id": salon_id})
+        return False

@@ -1,0 +1,56 @@
+"""Fan-out to a salon's page sockets through the management API: a stand-in for API Gateway
+(it cannot run here) that answers as API Gateway does, 410 for a gone connection and also for
+one whose $connect is still under way."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from aiadmin.push import Pusher
+from aiadmin.store import Store
+
+
+class ManagementApi(BaseHTTPRequestHandler):
+    handshaking: ClassVar[set[str]] = {"c-new"}  # $connect under way: 410 once, then open
+    gone: ClassVar[set[str]] = {"c-gone"}
+    received: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        connection_id = self.path.rsplit("/", 1)[1]
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if connection_id in self.gone or connection_id in self.handshaking:
+            self.handshaking.discard(connection_id)
+            self.send_response(410)
+            self.send_header("x-amzn-ErrorType", "GoneException")
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"message": "Gone"}')
+            return
+        self.received.append(connection_id)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def management_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ManagementApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_connection_still_in_its_handshake_gets_the_message_and_a_gone_one_is_forgotten(
+        store: Store, management_url: str) -> None:
+    for connection_id in ("c-open", "c-new", "c-gone"):
+        store.add_connection(connection_id, 9)
+    assert Pusher(management_url).fan_out(store, 9, '{"type": "state"}') == 2
+    assert sorted(ManagementApi.received) == ["c-new", "c-open"]
+    assert sorted(store.connections_of(9)) == ["c-new", "c-open"]
