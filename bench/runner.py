@@ -174,11 +174,6 @@ def resume_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_id
             "idle_cpu_pct": idle_cpu * 100}
 
 
-async def page_registered(store: Store, salon_id: int) -> None:
-    """Until the page's socket is recorded, so a push would reach it."""
-    await asyncio.to_thread(wait_until, lambda: store.connections_of(salon_id), 10, 0.02, "page connected")
-
-
 async def _qr_pushes(stack: RunningStack, store: Store, salon_ids: list[int],
                      process: RunnerProcess) -> dict[str, float]:
     idle_from, idle_cpu = time.perf_counter(), cpu_seconds(process.pid)
@@ -191,7 +186,7 @@ async def _qr_pushes(stack: RunningStack, store: Store, salon_ids: list[int],
             store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench")
             token = issue_token(salon_id, DEFAULT_JWT_SECRET, 600)
             sockets.append(await pages.enter_async_context(open_page(stack.ws_url, token)))
-            await page_registered(store, salon_id)
+            await receive_until(sockets[-1], {"pending_whatsapp"})  # the answer to its sync: it is open
         started, cpu_before = time.perf_counter(), cpu_seconds(process.pid)
         for salon_id in salon_ids:
             store.request_session(salon_id, "link")
@@ -209,7 +204,7 @@ async def _first_qr(stack: RunningStack, store: Store, salon_ids: list[int]) -> 
     for salon_id in salon_ids:
         store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench")
         async with open_page(stack.ws_url, issue_token(salon_id, DEFAULT_JWT_SECRET, 600)) as ws:
-            await page_registered(store, salon_id)
+            await receive_until(ws, {"pending_whatsapp"})  # the answer to its sync: the page is open
             started = time.perf_counter()
             await asyncio.to_thread(store.request_session, salon_id, "link")  # what the redirect does
             await receive_until(ws, {"qr_ready"})
