@@ -301,7 +301,9 @@ class Runner:
         quiet = self._engine.events.empty()  # else an event may still explain a stopped session
         for owned in list(self._owned.values()):
             salon_id = owned.salon_id
-            if owned.phase in LIVE_PHASES and salon_id not in running and quiet and salon_id not in self._inboxes:
+            # (looked up again: a resume may have started it since the snapshot)
+            if owned.phase in LIVE_PHASES and salon_id not in running and quiet and salon_id not in self._inboxes \
+                    and salon_id not in self._engine.running():
                 metrics.add_metric(name="SessionCrashed", unit="Count", value=1)
                 delay = owned.schedule_retry(now)
                 logger.error("session ended without a word, restarting",
