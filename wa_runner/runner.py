@@ -34,7 +34,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics
 from aiadmin.activation import ACTIVATABLE_STATES, ActivationPolicy, Activator
 from aiadmin.models import Salon, SessionLease
 from aiadmin.observability import NAMESPACE, SERVICE, logger, metrics
-from aiadmin.onboarding import state_message
+from aiadmin.onboarding import NO_CODES, state_message
 from aiadmin.push import Pusher
 from aiadmin.states import IllegalTransition, SalonState
 from aiadmin.store import LeaseLost, Store
@@ -48,7 +48,6 @@ S = SalonState
 _LINKING = [S.PENDING_WHATSAPP, S.QR_READY, S.QR_EXPIRED]
 # States in which an attempt shows the owner a code (a QR or a pairing code).
 _SHOWING_CODE = [S.QR_READY, S.CODE_READY]
-_NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
 # Ends of a linking attempt that WhatsApp decided: the owner reads what to do and retries.
 _ATTEMPT_REFUSALS = {
     EventKind.LINK_REFUSED: (S.LINK_REFUSED, [*_SHOWING_CODE, S.PAIRING]),
@@ -372,7 +371,7 @@ class Runner:
         await self._engine.stop(owned.salon_id)
         owned.enter(Phase.IDLE, now)
         try:
-            await self._transition(owned.salon_id, S.QR_EXPIRED, reason, _NO_CODES, expected=_SHOWING_CODE)
+            await self._transition(owned.salon_id, S.QR_EXPIRED, reason, NO_CODES, expected=_SHOWING_CODE)
         except IllegalTransition as exc:
             if exc.current != S.QR_EXPIRED:
                 return
@@ -499,8 +498,7 @@ class Runner:
         return salon
 
     async def _push(self, salon: Salon) -> None:
-        payload = state_message(salon, time.time())
-        await asyncio.to_thread(self._pusher.fan_out, self._store, salon.salon_id, payload)
+        await asyncio.to_thread(self._push_sync, salon)
 
     async def _handle(self, event: EngineEvent) -> None:
         owned = self._owned.get(event.salon_id)
@@ -517,7 +515,7 @@ class Runner:
         elif event.kind == EventKind.PAIRING_CODE:
             owned.enter(Phase.LINKING, now)
             await self._transition(salon_id, S.CODE_READY, "pairing code for the owner's number",
-                                   {**_NO_CODES, "pairing_code": event.code, "code_expires_at": event.expires_at},
+                                   {**NO_CODES, "pairing_code": event.code, "code_expires_at": event.expires_at},
                                    expected=[S.PENDING_WHATSAPP, S.QR_READY])
         elif event.kind == EventKind.QR_TIMEOUT:
             await self._end_linking(owned, now, "no scan within 160 s")
@@ -526,10 +524,10 @@ class Runner:
             await self._engine.stop(salon_id)
             owned.enter(Phase.IDLE, now)
             metrics.add_metric(name=f"Linking_{state.value}", unit="Count", value=1)
-            await self._transition(salon_id, state, event.detail or event.kind.value, _NO_CODES, expected=expected)
+            await self._transition(salon_id, state, event.detail or event.kind.value, NO_CODES, expected=expected)
         elif event.kind == EventKind.PAIR_SUCCESS:
             owned.enter(Phase.STARTING, now)
-            await self._transition(salon_id, S.PAIRING, "phone accepted the code", _NO_CODES)
+            await self._transition(salon_id, S.PAIRING, "phone accepted the code", NO_CODES)
             # link -> run, unless a newer command (uninstall, a new attempt) came meanwhile.
             if await asyncio.to_thread(self._store.mark_linked, salon_id, self.runner_id, owned.lease.generation):
                 owned.lease = owned.lease.model_copy(update={"desired": "run", "pair_phone": None})

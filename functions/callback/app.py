@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aiadmin.config import load_settings
 from aiadmin.entity_queue import EntityQueue
 from aiadmin.lifecycle import apply_lifecycle_event
-from aiadmin.models import EntityWebhook
+from aiadmin.models import SALON_ID_LIMIT, EntityWebhook, parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.store import Store
 
@@ -64,7 +64,7 @@ def process_lifecycle(webhook: dict[str, Any]) -> dict[str, Any]:
 class LifecycleWebhook(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    salon_id: int = Field(gt=0, lt=2**53)
+    salon_id: int = Field(gt=0, lt=SALON_ID_LIMIT)
     application_id: int
     event: str = Field(min_length=1, max_length=64)
     partner_token: str
@@ -109,9 +109,10 @@ def lifecycle() -> Response:
 @tracer.capture_method
 def entity_webhook(salon_id: str, secret: str) -> Response:
     not_found = _json(404, {"success": False, "message": "not found"})
-    if not salon_id.isdigit() or not 0 < int(salon_id) < 2**53:
+    salon = parse_salon_id(salon_id)
+    if salon is None:
         return not_found
-    stored = store.get_salon_secrets(int(salon_id)).get("webhook_secret")
+    stored = store.get_salon_secrets(salon).get("webhook_secret")
     if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
         # The same answer for an unknown salon and a wrong secret: nothing to learn by probing.
         metrics.add_metric(name="EntityWebhookRefused", unit="Count", value=1)
@@ -124,11 +125,11 @@ def entity_webhook(salon_id: str, secret: str) -> Response:
     except (ValidationError, ValueError):
         return _json(400, {"success": False,
                            "message": "expected JSON with company_id, resource, resource_id, status"})
-    if webhook.company_id != int(salon_id):
+    if webhook.company_id != salon:
         return _json(400, {"success": False, "message": "company_id does not match this URL"})
-    message_id = entity_queue.put(int(salon_id), webhook)
+    message_id = entity_queue.put(salon, webhook)
     metrics.add_metric(name="EntityWebhookQueued", unit="Count", value=1)
-    logger.info("entity webhook queued", extra={"salon_id": int(salon_id), "resource": webhook.resource,
+    logger.info("entity webhook queued", extra={"salon_id": salon, "resource": webhook.resource,
                                                 "status": webhook.status, "message_id": message_id})
     return _json(200, {"success": True})
 

@@ -14,6 +14,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aiadmin.config import load_settings
+from aiadmin.models import parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import start_onboarding
 from aiadmin.pages import error_page, new_nonce, security_headers
@@ -65,7 +66,7 @@ def redirect() -> Response:
     ids = _salon_ids(app.current_event.raw_query_string)
     if not ids:
         return _owner_error(400, "Не указан салон", "В ссылке из YClients нет номера салона.")
-    if not all(i.isdigit() and 0 < int(i) < 2**53 for i in ids):
+    if any(parse_salon_id(i) is None for i in ids):
         return _owner_error(400, "Неверный номер салона", "Ссылка из YClients повреждена.")
     user_data, sign = query.get("user_data"), query.get("user_data_sign")
     if not user_data or not sign:

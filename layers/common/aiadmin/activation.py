@@ -5,7 +5,7 @@ The rules (issue 3, ../shared/yclients-protocol.md §2):
 - permanent failure: 400 ("Агрегатор не найден"), 401, 403, 404, 422 -> `activation_failed`,
   an event, the `ActivationFailed` metric ops alarm on;
 - anything else (5xx, 429, timeouts, HTML, `success: false` in a 2xx) is retried with
-  exponential backoff and full jitter while the owner's hour lasts, then `expired_consent`;
+  exponential backoff and jitter while the owner's hour lasts, then `expired_consent`;
 - exactly one process activates a salon at a time: the move to `activating` is a conditional
   write, and while activating the salon carries an activation lock that the activating
   process renews before every call (a crashed runner's lock expires; another resumes).
@@ -65,6 +65,11 @@ def backoff_delay(attempt: int, policy: ActivationPolicy, retry_after: float | N
     return max(delay, retry_after or 0.0)
 
 
+def _new_secrets() -> dict[str, str]:
+    """A salon's API key for YClients and the secret of its entity webhook URL."""
+    return {"api_key": secrets.token_urlsafe(32), "webhook_secret": secrets.token_urlsafe(24)}
+
+
 class Activator:
     """Runs one salon's activation to its end. `notify` receives every state change (the
     runner pushes it to the open pages)."""
@@ -90,7 +95,7 @@ class Activator:
         secrets_ = self._store.get_salon_secrets(salon_id)
         if not {"api_key", "webhook_secret"} <= secrets_.keys():
             # Entered `activating` from elsewhere (an unfrozen salon) without keys yet.
-            secrets_ = {"api_key": secrets.token_urlsafe(32), "webhook_secret": secrets.token_urlsafe(24)}
+            secrets_ = _new_secrets()
             self._store.update_profile(salon_id, secrets_)
         url = webhook_url(self._public_base_url, salon_id, secrets_["webhook_secret"])
         attempt = 0
@@ -137,7 +142,7 @@ class Activator:
         now = self._clock()
         if salon.state in ACTIVATABLE_STATES:
             attrs = {
-                "api_key": secrets.token_urlsafe(32), "webhook_secret": secrets.token_urlsafe(24),
+                **_new_secrets(),
                 "activation_owner": self._owner, "activation_lock_until": now + self._policy.lock_seconds,
                 "activation_error": None,
             }

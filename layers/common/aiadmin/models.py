@@ -8,6 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aiadmin.states import OWNER_TEXT, SalonState
 
+# Salon ids are positive integers; JSON and DynamoDB keep them exact below 2**53.
+SALON_ID_LIMIT = 2**53
+
+
+def parse_salon_id(text: str) -> int | None:
+    """A salon id as it comes in a URL or a query string; None when it is not one."""
+    return int(text) if text.isdigit() and 0 < int(text) < SALON_ID_LIMIT else None
+
 
 class Salon(BaseModel):
     """One salon's onboarding record."""

@@ -19,7 +19,8 @@ _RESTART_STATES = frozenset({
     SalonState.CODE_FAILED, SalonState.LINK_REFUSED, SalonState.PASSKEY_REQUIRED,
 })
 # A new attempt forgets the last one's codes.
-_NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
+# A salon item with no code to show (set on every new attempt and when one ends).
+NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
 
 
 def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
@@ -39,7 +40,7 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
     if salon is None or salon.state in _RESTART_STATES:
         salon = store.transition(
             salon_id, SalonState.PENDING_WHATSAPP, actor="redirect", reason="owner consent",
-            attrs={**profile, **consent, **_NO_CODES},
+            attrs={**profile, **consent, **NO_CODES},
         )
         store.request_session(salon_id, "link")
         return salon
@@ -77,7 +78,7 @@ def request_new_qr(store: Store, salon_id: int) -> Salon | None:
     if salon is None or salon.state not in RETRY_STATES:
         return None
     salon = store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="new QR requested",
-                             attrs=_NO_CODES, expected=RETRY_STATES)
+                             attrs=NO_CODES, expected=RETRY_STATES)
     store.request_session(salon_id, "link")
     return salon
 
@@ -97,7 +98,7 @@ def request_pairing_code(store: Store, salon_id: int, raw_phone: object) -> Salo
         if lease is not None and lease.desired == "link" and lease.pair_phone == phone:
             return salon
     salon = store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="pairing code requested",
-                             attrs=_NO_CODES, expected=PAIRING_CODE_STATES)
+                             attrs=NO_CODES, expected=PAIRING_CODE_STATES)
     store.request_session(salon_id, "link", pair_phone=phone)
     return salon
 
@@ -108,5 +109,5 @@ def state_message(salon: Salon, now: float) -> str:
     return StateMessage.of(salon, now, qr_svg=svg).model_dump_json()
 
 
-__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "InvalidPhone", "request_new_qr", "request_pairing_code",
-           "start_onboarding", "state_message"]
+__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "NO_CODES", "InvalidPhone", "request_new_qr",
+           "request_pairing_code", "start_onboarding", "state_message"]

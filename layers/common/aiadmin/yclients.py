@@ -118,10 +118,6 @@ class PartnerApiError(RuntimeError):
         self.status = status
         self.message = message
 
-    @property
-    def transient(self) -> bool:
-        return self.status is None or self.status == 429 or self.status >= 500
-
 
 _ALREADY_INSTALLED_MARKERS = ("уже установил", "already installed")
 _QUICK_ATTEMPTS = 3
