@@ -1,0 +1,92 @@
+"""Taking new work: claimable sessions (one shard per poll, in turn), and the sessions of
+dead runners (taken over once their membership is `grace` seconds past its end).
+
+Claims stay within the runner's bounds: linking attempts up to `max_pairings`, linked
+sessions up to a resume backlog the runner can start soon (the other runners take the rest).
+Linking attempts sort first in the index, so an owner waiting for a QR never waits behind a
+mass resume; a query uses key conditions only, so it never comes back empty while claimable
+sessions of the asked classes exist."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiadmin.observability import logger, metrics
+from aiadmin.ownership import CLAIM_SHARDS, LIGHT, LINKING, RESUME, Fence, Ownership
+from wa_runner.supervisor import Supervisor
+
+CLAIM_BATCH = 25
+
+
+class Claimer:
+    def __init__(self, ownership: Ownership, supervisor: Supervisor, fence: Callable[[], Fence],
+                 holds: Callable[[float], bool], grace: float, batch: int = CLAIM_BATCH) -> None:
+        self._ownership = ownership
+        self._supervisor = supervisor
+        self._fence = fence
+        self._holds = holds
+        self._grace = grace
+        self._batch = batch
+        self._shard = 0
+
+    def _classes(self) -> set[str]:
+        classes = {LIGHT}  # stop and pause: cheap, always taken
+        if self._supervisor.pairing_room() > 0:
+            classes.add(LINKING)
+        if self._supervisor.backlog_room() > 0:
+            classes.add(RESUME)
+        return classes
+
+    async def claim_step(self, now: float) -> int:
+        """One poll of the next shard; returns how many sessions it claimed."""
+        if not self._holds(now):
+            return 0
+        shard, self._shard = self._shard, (self._shard + 1) % CLAIM_SHARDS
+        candidates = await asyncio.to_thread(self._ownership.claimable, shard, self._classes(), self._batch)
+        claimed = 0
+        for candidate in candidates:
+            classes = self._classes()
+            if candidate.klass not in classes:
+                continue  # over our bound: left for another runner
+            if not self._holds(now):
+                break
+            lease = await asyncio.to_thread(self._ownership.claim, candidate.salon_id, self._fence())
+            if lease is None:
+                continue
+            claimed += 1
+            await self._supervisor.adopt(lease, now)
+        return claimed
+
+    async def takeover_step(self, now: float) -> int:
+        """Take over sessions of dead memberships, as many as the resume backlog has room for;
+        forget a dead membership once nothing is left of it. Returns sessions taken."""
+        if not self._holds(now):
+            return 0
+        me = self._fence()
+        taken = 0
+        for member in await asyncio.to_thread(self._ownership.members):
+            if member.runner_id == me.runner_id or not member.dead(now, self._grace):
+                continue
+            room = self._supervisor.backlog_room()
+            if room <= 0:
+                break
+            leases = await asyncio.to_thread(self._ownership.owned_by, member.runner_id, room)
+            if not leases:
+                await asyncio.to_thread(self._ownership.forget, member, now - self._grace)
+                continue
+            for lease in leases:
+                if lease.owner != member.runner_id or lease.owner_epoch is None or not self._holds(now):
+                    continue
+                if lease.desired == "link" and self._supervisor.pairing_room() <= 0:
+                    continue  # over our pairing bound: left for another runner
+                dead = Fence(member.runner_id, lease.owner_epoch)
+                won = await asyncio.to_thread(self._ownership.take_over, lease.salon_id, me, dead, now - self._grace)
+                if won is None:
+                    continue
+                taken += 1
+                metrics.add_metric(name="SessionTakenOver", unit="Count", value=1)
+                logger.info("took over a dead runner's session", extra={"salon_id": won.salon_id,
+                                                                          "from": member.runner_id})
+                await self._supervisor.adopt(won, now)
+        return taken
