@@ -59,7 +59,7 @@ _TABLE: dict[EventKind, Reaction] = {
                                      expected=(S.PENDING_WHATSAPP, S.QR_READY)),
     EventKind.QR_TIMEOUT: Reaction(follow_up=FollowUp.END_LINKING, reason="no scan within 160 s"),
     # Ends of a linking attempt that WhatsApp decided: the owner reads what to do and retries.
-    EventKind.LINK_REFUSED: _refusal(S.LINK_REFUSED, (*SHOWING_CODE, S.PAIRING)),
+    EventKind.LINK_REFUSED: _refusal(S.LINK_REFUSED, SHOWING_CODE),
     EventKind.PASSKEY_REQUIRED: _refusal(S.PASSKEY_REQUIRED, (*SHOWING_CODE, S.PAIRING)),
     EventKind.PAIRING_CODE_FAILED: _refusal(S.CODE_FAILED, (S.PENDING_WHATSAPP, S.QR_READY)),
     EventKind.PAIR_SUCCESS: Reaction(phase=Phase.STARTING, state=S.PAIRING, reason="phone accepted the code",
