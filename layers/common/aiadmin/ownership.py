@@ -106,7 +106,7 @@ def _command_key(now: float) -> str:
     return f"C#{_ms(now)}#{secrets.token_hex(4)}"
 
 
-def _claim_keys(desired: str, salon_id: int, now: float) -> dict[str, str]:
+def claim_keys(desired: str, salon_id: int, now: float) -> dict[str, str]:
     return {":cpk": f"CLAIM#{claim_shard(salon_id)}", ":csk": f"{_CLASS[desired]}#{_ms(now)}"}
 
 
@@ -183,7 +183,7 @@ class Ownership:
                 condition = "#owner = :owner AND owner_epoch = :owner_epoch AND generation = :old"
             else:
                 sets += ["session_pk = :cpk", "session_sk = :csk"]
-                values.update(_claim_keys(desired, salon_id, moment))
+                values.update(claim_keys(desired, salon_id, moment))
                 if current is None:
                     condition = "attribute_not_exists(pk) AND attribute_not_exists(#owner)"
                 else:
@@ -328,7 +328,7 @@ class Ownership:
         for _ in range(_ATTEMPTS):
             if current is None or current.owner != fence.runner_id or current.owner_epoch != fence.epoch:
                 return False
-            values = {**_me(fence), **_claim_keys(current.desired, lease.salon_id, time.time() if now is None else now),
+            values = {**_me(fence), **claim_keys(current.desired, lease.salon_id, time.time() if now is None else now),
                       ":d": current.desired}
             if self._conditional(lease.salon_id, "SET session_pk = :cpk, session_sk = :csk REMOVE #owner, owner_epoch",
                                  f"{_OWNED_BY_ME} AND desired = :d", values):
