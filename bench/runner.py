@@ -297,9 +297,10 @@ def upkeep_figures(stack: RunningStack, data_dir: Path, salon_ids: list[int], wi
     from aiadmin.yclients import YClientsClient
     from wa_runner.runner import Runner
 
-    store = Store(stack.table())
+    table = stack.table()
+    store = Store(table)
     calls = DynamoCalls()
-    calls.watch(store.table)
+    calls.watch(table)
     request_run(store, salon_ids)
 
     async def measure() -> dict[str, Any]:
