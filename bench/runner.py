@@ -53,7 +53,7 @@ from local.observe import wait_until, whatsapp
 from local.owner import open_page, receive_until
 from local.process import RunningStack, local_stack
 from local.seed import pair, record_linked
-from local.stack import DEFAULT_JWT_SECRET, runner_environment, start_runner
+from local.stack import DEFAULT_JWT_SECRET, REGION, runner_environment, start_runner
 from wa_runner.simulated import SimulatedEngine
 
 # QR codes last 3 s, then 1 s each (WhatsApp's 60 s + 5 x 20 s, scaled): many pushes quickly.
@@ -297,6 +297,9 @@ def upkeep_figures(stack: RunningStack, data_dir: Path, salon_ids: list[int], wi
     from aiadmin.yclients import YClientsClient
     from wa_runner.runner import Runner
 
+    # The runner's other clients (the management API for pushes) as in the stack's runners.
+    os.environ.update({"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"})
     table = stack.table()
     store = Store(table)
     calls = DynamoCalls()

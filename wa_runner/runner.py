@@ -96,6 +96,7 @@ class Runner:
         self._ownership = ownership
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lapse_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def _fence(self) -> Fence:
         return self.membership.fence
@@ -182,8 +183,9 @@ class Runner:
     # ---- a lapsed membership ----------------------------------------------------------------
 
     def _on_lapse(self) -> None:
-        """From the membership thread: stop everything on the loop, then let it join again."""
-        if self._loop is not None and not self._loop.is_closed():
+        """From the membership thread: stop everything on the loop, then let it join again
+        (not while shutting down: the shutdown stops everything and leaves)."""
+        if self._loop is not None and not self._loop.is_closed() and not self._stopping:
             self._loop.call_soon_threadsafe(self._start_lapse)
 
     def _start_lapse(self) -> None:
@@ -199,6 +201,7 @@ class Runner:
     async def _shutdown(self) -> None:
         """On SIGTERM: stop every session in parallel, hand them back, leave."""
         started = time.monotonic()
+        self._stopping = True
         self.activations.close()
         holding = self.membership.holds(self._clock())
         leases = await self.supervisor.stop_all(STOP_SECONDS)
