@@ -273,18 +273,20 @@ class DynamoCalls:
 
     def _count(self, model: Any, params: dict[str, Any], **_kwargs: Any) -> None:
         name = model.name
+        body = params.get("body") or b"{}"
+        request = json.loads(body.decode() if isinstance(body, bytes) else body)  # the wire format: typed values
         if name == "TransactWriteItems":
             keys = [next(iter(item.values())).get("Key") or next(iter(item.values())).get("Item")
-                    for item in params.get("TransactItems", [])]
+                    for item in request.get("TransactItems", [])]
         elif name == "BatchGetItem":
-            keys = [key for request in params.get("RequestItems", {}).values() for key in request.get("Keys", [])]
+            keys = [key for wanted in request.get("RequestItems", {}).values() for key in wanted.get("Keys", [])]
         elif name in ("Query", "Scan"):
-            keys = [params.get("ExpressionAttributeValues") or {}]
+            keys = [request.get("ExpressionAttributeValues") or {}]
         else:
-            keys = [params.get("Key") or params.get("Item") or {}]
+            keys = [request.get("Key") or request.get("Item") or {}]
         for key in keys:
-            values = [v.get("S", "") if isinstance(v, dict) else "" for v in (key or {}).values()]
-            target = self.salon if any(v.startswith("SALON#") for v in values) else self.runner
+            values = [v.get("S", "") for v in (key or {}).values() if isinstance(v, dict)]
+            target = self.salon if any(str(v).startswith("SALON#") for v in values) else self.runner
             target[name] += 1
 
     def totals(self) -> tuple[int, int]:
