@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from aiadmin.models import SessionLease
 from aiadmin.observability import logger, metrics
 from aiadmin.ownership import CLAIM_SHARDS, LIGHT, LINKING, RESUME, Fence, Ownership
 from wa_runner.supervisor import Supervisor
 
 CLAIM_BATCH = 25
+CLAIM_CONCURRENCY = 8
 
 
 class Claimer:
@@ -39,21 +41,37 @@ class Claimer:
         return classes
 
     async def claim_step(self, now: float) -> int:
-        """One poll of the next shard; returns how many sessions it claimed."""
+        """One poll of the next shard; returns how many sessions it claimed. The claims of a
+        page go out together (a mass resume is bound by them otherwise)."""
         if not self._holds(now):
             return 0
         shard, self._shard = self._shard, (self._shard + 1) % CLAIM_SHARDS
         candidates = await asyncio.to_thread(self._ownership.claimable, shard, self._classes(), self._batch)
-        claimed = 0
+        room = {LINKING: self._supervisor.pairing_room(), RESUME: self._supervisor.backlog_room()}
+        chosen = []
         for candidate in candidates:
-            classes = self._classes()
-            if candidate.klass not in classes:
-                continue  # over our bound: left for another runner
-            if not self._holds(now):
-                break
-            lease = await asyncio.to_thread(self._ownership.claim, candidate.salon_id, self._fence())
+            if candidate.klass in room:
+                if room[candidate.klass] <= 0:
+                    continue  # over our bound: left for another runner
+                room[candidate.klass] -= 1
+            chosen.append(candidate.salon_id)
+        gate = asyncio.Semaphore(CLAIM_CONCURRENCY)
+        fence = self._fence()
+
+        async def claim(salon_id: int) -> SessionLease | None:
+            async with gate:
+                try:
+                    return await asyncio.to_thread(self._ownership.claim, salon_id, fence)
+                except Exception:
+                    # The write may have been done with its answer lost: look.
+                    logger.exception("claim failed", extra={"salon_id": salon_id})
+                    lease = await asyncio.to_thread(self._ownership.get_session, salon_id)
+                    return lease if lease is not None and (lease.owner, lease.owner_epoch) == fence else None
+
+        claimed = 0
+        for lease in await asyncio.gather(*(claim(salon_id) for salon_id in chosen)):
             if lease is None:
-                continue
+                continue  # another runner was faster
             claimed += 1
             await self._supervisor.adopt(lease, now)
         return claimed

@@ -2,7 +2,7 @@
 reading every session.
 
 - `poll` (every RUNNER_COMMAND_POLL_SECONDS, 0.5 s): one query of the runner's pending
-  commands (`OWNER#<runner>`, sort keys under `C#`); nothing else is read while nothing
+  commands (`OWNER#<runner>`, command sort keys); nothing else is read while nothing
   changes. The index is eventually consistent, so each session it names is read once more,
   consistently, before acting; a command is acknowledged (out of the index) only after it was
   carried out, and only if no newer one came meanwhile: a failed or overtaken one comes back
@@ -59,9 +59,8 @@ class CommandIntake:
         except Exception:
             logger.exception("command failed, tried again next poll", extra={"salon_id": salon_id})
             return
-        token = lease.session_sk or ""
-        if token.startswith("C#"):
-            await asyncio.to_thread(self._ownership.acknowledge, salon_id, fence, token)
+        if lease.command_waiting:
+            await asyncio.to_thread(self._ownership.acknowledge, salon_id, fence, lease.command_seq)
 
     async def reconcile(self, now: float) -> None:
         if not self._holds(now):
@@ -77,7 +76,7 @@ class CommandIntake:
                 continue
             seen.add(lease.salon_id)
             owned = self._supervisor.owned.get(lease.salon_id)
-            if owned is None or owned.lease.command != lease.command or (lease.session_sk or "").startswith("C#") \
+            if owned is None or owned.lease.command != lease.command or lease.command_waiting \
                     or (lease.wants_activation_retry and not owned.retry_activation):
                 await self._deliver(lease.salon_id, fence, now)
         for salon_id in [s for s in self._supervisor.owned if s not in seen]:

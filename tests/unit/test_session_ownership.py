@@ -91,15 +91,17 @@ def test_a_command_for_an_owned_session_goes_to_its_owner_only(ownership: Owners
     assert ownership.pending_commands("a") == [5] and ownership.pending_commands("b") == []
     assert _all_claimable(ownership) == []  # still owned: not claimable
     seen = ownership.get_session(5)
-    assert seen is not None and seen.desired == "pause" and seen.session_sk is not None
+    assert seen is not None and seen.desired == "pause" and seen.command_waiting
     ownership.request_session(5, "run", renew_command=True)  # a newer command before the ack
-    assert ownership.acknowledge(5, a, seen.session_sk) is False
+    assert ownership.acknowledge(5, a, seen.command_seq) is False
     assert ownership.pending_commands("a") == [5]  # never lost
     latest = ownership.get_session(5)
-    assert latest is not None and latest.session_sk is not None
-    assert ownership.acknowledge(5, b, latest.session_sk) is False  # not b's
-    assert ownership.acknowledge(5, a, latest.session_sk) is True
+    assert latest is not None and latest.command_waiting
+    assert ownership.acknowledge(5, b, latest.command_seq) is False  # not b's
+    assert ownership.acknowledge(5, a, latest.command_seq) is True
     assert ownership.pending_commands("a") == []
+    done = ownership.get_session(5)
+    assert done is not None and not done.command_waiting and done.owner == "a"
 
 
 def test_release_makes_it_claimable_and_retire_keeps_a_newer_command(ownership: Ownership) -> None:

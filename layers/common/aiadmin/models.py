@@ -72,13 +72,21 @@ class SessionLease(BaseModel):
     owner: str | None = None
     owner_epoch: int | None = None
     activation_retry: int | None = None
-    # The index sort key: `C#...` while a command waits for the owner (see aiadmin.ownership).
+    # Counts commands; the owner acknowledges the one it carried out by this number.
+    command_seq: int = 0
+    # The index sort key (see aiadmin.ownership): `S#<salon id>` for an owned session with no
+    # command waiting.
     session_sk: str | None = None
 
     @property
     def command(self) -> tuple[str, int]:
         """What the rest of the system asks of this session; a change is a command."""
         return self.desired, self.generation
+
+    @property
+    def command_waiting(self) -> bool:
+        """Owned, with a command its owner has not acknowledged yet."""
+        return self.owner is not None and self.session_sk is not None and not self.session_sk.startswith("S#")
 
     @property
     def wants_activation_retry(self) -> bool:

@@ -20,9 +20,15 @@ come back empty while matching items exist; key conditions never hide one):
 | session is            | session_pk        | session_sk               | read by                       |
 |-----------------------|-------------------|--------------------------|-------------------------------|
 | claimable (no owner)  | CLAIM#<shard>     | <class>#<ms>             | claim polls (oldest first)    |
+| owned, command waits  | OWNER#<runner id> | <class>#<ms>             | the owner's command poll      |
 | owned, nothing to do  | OWNER#<runner id> | S#<salon id>             | reconcile, takeover           |
-| owned, command waits  | OWNER#<runner id> | C#<ms>#<random>          | the owner's command poll      |
 | retired (nothing runs)| -                 | -                        | -                             |
+
+A command is one unconditional write (so it can ride in a handler's transaction): it sets
+`session_pk = if_not_exists(owner_pk, CLAIM#<shard>)` (an owned session carries `owner_pk`, its
+owner's partition) and `session_sk = <class>#<ms>`, and counts `command_seq`. The owner
+acknowledges a command by moving the sort key back to `S#<salon id>`, on condition that
+`command_seq` is still the one it carried out: a newer command is never lost.
 
 Claim classes sort linking attempts (`0`) before stop/pause (`1`) before resumes (`2`), so
 new owners waiting for a QR never queue behind a mass resume. Claimable sessions are spread
@@ -32,7 +38,6 @@ sessions never makes one hot index partition.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -102,11 +107,8 @@ def _idle_key(salon_id: int) -> str:
     return f"S#{salon_id}"
 
 
-def _command_key(now: float) -> str:
-    return f"C#{_ms(now)}#{secrets.token_hex(4)}"
-
-
 def claim_keys(desired: str, salon_id: int, now: float) -> dict[str, str]:
+    """The index keys of a claimable session, as `:cpk` and `:csk`."""
     return {":cpk": f"CLAIM#{claim_shard(salon_id)}", ":csk": f"{_CLASS[desired]}#{_ms(now)}"}
 
 
@@ -149,57 +151,53 @@ class Ownership:
         return found
 
     def request_session(self, salon_id: int, desired: SessionDesire, pair_phone: str | None = None,
-                        renew_command: bool = False, now: float | None = None) -> SessionLease:
-        """Tell whichever runner owns (or will own) the salon's session what to do.
+                        renew_command: bool = False, now: float | None = None,
+                        ttl: int | None = None) -> SessionLease:
+        """Tell whichever runner owns (or will own) the salon's session what to do (see
+        `command_update`)."""
+        update = self.command_update(salon_id, desired, pair_phone, renew_command,
+                                     time.time() if now is None else now, ttl)
+        del update["TableName"]
+        response = self._table.update_item(**update, ReturnValues="ALL_NEW")
+        return SessionLease.model_validate(from_dynamo(response["Attributes"]))
+
+    def command_update(self, salon_id: int, desired: SessionDesire, pair_phone: str | None, renew: bool,
+                       now: float, ttl: int | None = None) -> dict[str, Any]:
+        """The write of a command (alone, or as one item of a transaction): unconditional.
 
         A new `link` bumps the generation so the owner starts a fresh attempt; `pair_phone`
         (set or cleared in the same write, so the command and its number are never apart)
-        makes that attempt ask for a pairing code for the number; `renew_command` bumps the
-        generation for the other commands too, so the owner acts on a repeated command; with
-        `run` it is an explicit request to activate again (a failed activation is retried
-        only then). An owned session gets the command in its owner's command index; one
-        without an owner becomes claimable, and some runner claims it within a poll."""
-        for _ in range(_ATTEMPTS):
-            moment = time.time() if now is None else now
-            current = self.get_session(salon_id)
-            generation = (current.generation if current else 0) + (1 if desired == "link" or renew_command else 0)
-            names = {"#owner": "owner"}
-            values: dict[str, Any] = {":d": desired, ":s": salon_id, ":g": generation}
-            sets = ["desired = :d", "salon_id = :s", "generation = :g"]
-            removes: list[str] = []
-            if pair_phone:
-                sets.append("pair_phone = :phone")
-                values[":phone"] = pair_phone
-            else:
-                removes.append("pair_phone")
-            if renew_command and desired == "run":
-                sets.append("activation_retry = :g")
-            if current is not None and current.owner is not None:
-                # Owned (by a live runner or a dead one its successor takes over): the owner's
-                # command poll finds it.
-                sets.append("session_sk = :cmd")
-                values.update({":cmd": _command_key(moment), ":owner": current.owner,
-                               ":owner_epoch": current.owner_epoch, ":old": current.generation})
-                condition = "#owner = :owner AND owner_epoch = :owner_epoch AND generation = :old"
-            else:
-                sets += ["session_pk = :cpk", "session_sk = :csk"]
-                values.update(claim_keys(desired, salon_id, moment))
-                if current is None:
-                    condition = "attribute_not_exists(pk) AND attribute_not_exists(#owner)"
-                else:
-                    condition = "attribute_not_exists(#owner) AND generation = :old"
-                    values[":old"] = current.generation
-            update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
-            try:
-                response = self._table.update_item(
-                    Key=_session_key(salon_id), UpdateExpression=update, ConditionExpression=condition,
-                    ExpressionAttributeNames=names, ExpressionAttributeValues=values, ReturnValues="ALL_NEW")
-            except ClientError as exc:
-                if is_condition_failure(exc):
-                    continue  # claimed, released or commanded meanwhile: read again
-                raise
-            return SessionLease.model_validate(from_dynamo(response["Attributes"]))
-        raise ConcurrentCommand(f"session of salon {salon_id} changed concurrently {_ATTEMPTS} times")
+        makes that attempt ask for a pairing code for the number; `renew` bumps the generation
+        for the other commands too, so the owner acts on a repeated command; with `run` it is
+        an explicit request to activate again (a failed activation is retried only then). An
+        owned session gets the command in its owner's partition of the index, one without an
+        owner becomes claimable. `ttl` (epoch seconds) is set on the item, or removed."""
+        bump = 1 if desired == "link" or renew else 0
+        values: dict[str, Any] = {":d": desired, ":s": salon_id, ":zero": 0, ":one": 1, ":bump": bump,
+                                  ":cpk": f"CLAIM#{claim_shard(salon_id)}", ":csk": f"{_CLASS[desired]}#{_ms(now)}"}
+        sets = ["desired = :d", "salon_id = :s", "generation = if_not_exists(generation, :zero) + :bump",
+                "command_seq = if_not_exists(command_seq, :zero) + :one",
+                "session_pk = if_not_exists(owner_pk, :cpk)", "session_sk = :csk"]
+        removes: list[str] = []
+        if pair_phone:
+            sets.append("pair_phone = :phone")
+            values[":phone"] = pair_phone
+        else:
+            removes.append("pair_phone")
+        if renew and desired == "run":
+            sets.append("activation_retry = if_not_exists(generation, :zero) + :bump")
+        if ttl is not None:
+            sets.append("#ttl = :ttl")
+            values[":ttl"] = ttl
+        else:
+            removes.append("#ttl")
+        return {
+            "TableName": self._table.name,
+            "Key": _session_key(salon_id),
+            "UpdateExpression": "SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
+            "ExpressionAttributeNames": {"#ttl": "ttl"},
+            "ExpressionAttributeValues": values,
+        }
 
     def set_session_device(self, salon_id: int, device_jid: str | None) -> None:
         """Remember (or forget) which linked device is the salon's, for keys kept in a store
@@ -242,7 +240,8 @@ class Ownership:
         try:
             response = self._table.update_item(
                 Key=_session_key(salon_id),
-                UpdateExpression="SET #owner = :me, owner_epoch = :epoch, session_pk = :opk, session_sk = :osk",
+                UpdateExpression="SET #owner = :me, owner_epoch = :epoch, owner_pk = :opk, session_pk = :opk, "
+                                 "session_sk = :osk",
                 ConditionExpression="begins_with(session_pk, :claim) AND attribute_not_exists(#owner)",
                 ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues={**_me(fence), ":opk": owner_partition(fence.runner_id),
@@ -278,7 +277,8 @@ class Ownership:
             self._client.transact_write_items(TransactItems=[
                 {"Update": {
                     "TableName": self._table.name, "Key": _session_key(salon_id),
-                    "UpdateExpression": "SET #owner = :me, owner_epoch = :epoch, session_pk = :opk, session_sk = :osk",
+                    "UpdateExpression": "SET #owner = :me, owner_epoch = :epoch, owner_pk = :opk, session_pk = :opk, "
+                                        "session_sk = :osk",
                     "ConditionExpression": "#owner = :dead AND owner_epoch = :dead_epoch",
                     "ExpressionAttributeNames": {"#owner": "owner"},
                     "ExpressionAttributeValues": {**_me(fence), ":opk": owner_partition(fence.runner_id),
@@ -305,7 +305,7 @@ class Ownership:
         query: dict[str, Any] = {
             "IndexName": INDEX,
             "KeyConditionExpression": Key("session_pk").eq(owner_partition(runner_id))
-            & Key("session_sk").begins_with("C#"),
+            & Key("session_sk").lt("3"),  # the claim classes 0-2, not the idle `S#...`
         }
         found: list[int] = []
         while True:
@@ -315,11 +315,12 @@ class Ownership:
                 return found
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    def acknowledge(self, salon_id: int, fence: Fence, token: str) -> bool:
-        """The command `token` was carried out: out of the command index, unless a newer one came."""
+    def acknowledge(self, salon_id: int, fence: Fence, command_seq: int) -> bool:
+        """The command `command_seq` was carried out: out of the command index, unless a newer
+        one came."""
         return self._conditional(salon_id, "SET session_sk = :idle",
-                                 f"session_sk = :token AND {_OWNED_BY_ME}",
-                                 {**_me(fence), ":idle": _idle_key(salon_id), ":token": token})
+                                 f"command_seq = :seq AND {_OWNED_BY_ME}",
+                                 {**_me(fence), ":idle": _idle_key(salon_id), ":seq": command_seq})
 
     def release(self, lease: SessionLease, fence: Fence, now: float | None = None) -> bool:
         """Hand the session back (shutdown): claimable by any runner at once. False when it is
@@ -330,7 +331,8 @@ class Ownership:
                 return False
             values = {**_me(fence), **claim_keys(current.desired, lease.salon_id, time.time() if now is None else now),
                       ":d": current.desired}
-            if self._conditional(lease.salon_id, "SET session_pk = :cpk, session_sk = :csk REMOVE #owner, owner_epoch",
+            if self._conditional(lease.salon_id,
+                                 "SET session_pk = :cpk, session_sk = :csk REMOVE #owner, owner_epoch, owner_pk",
                                  f"{_OWNED_BY_ME} AND desired = :d", values):
                 return True
             current = self.get_session(lease.salon_id)  # a command changed `desired` meanwhile
@@ -339,10 +341,11 @@ class Ownership:
     def retire(self, lease: SessionLease, fence: Fence) -> bool:
         """Nothing left to run (stopped, paused, abandoned, logged out): out of every index and
         owner-less, unless a newer command arrived since `lease` was read (it stays ours then)."""
+        unchanged = "command_seq = :seq" if lease.command_seq else "attribute_not_exists(command_seq)"
         return self._conditional(
-            lease.salon_id, "REMOVE #owner, owner_epoch, session_pk, session_sk",
-            f"{_OWNED_BY_ME} AND desired = :d AND generation = :g",
-            {**_me(fence), ":d": lease.desired, ":g": lease.generation})
+            lease.salon_id, "REMOVE #owner, owner_epoch, owner_pk, session_pk, session_sk",
+            f"{_OWNED_BY_ME} AND {unchanged}",
+            {**_me(fence), **({":seq": lease.command_seq} if lease.command_seq else {})})
 
     def mark_linked(self, salon_id: int, fence: Fence, generation: int) -> bool:
         """The owner's pairing succeeded: `link` becomes `run`, unless a newer command (stop,

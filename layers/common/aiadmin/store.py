@@ -14,7 +14,7 @@ Key schema (single table, string keys `pk`/`sk`):
 
 `SessionIndex` (pk `session_pk`, sk `session_sk`, sparse) holds claimable sessions
 (`CLAIM#<shard>`), and owned ones by owner (`OWNER#<runner id>`, with a pending command
-sorted under `C#`). How ownership works (memberships, epochs, fencing, commands, takeover)
+sorted first). How ownership works (memberships, epochs, fencing, commands, takeover)
 is in `aiadmin.ownership`, which reads and writes the session and membership items.
 TTL attribute: `ttl` (epoch seconds).
 """
