@@ -139,6 +139,8 @@ _FIELDS: dict[str, _Field] = {
     # Channels announced at activation (chat-bot category apps): comma-separated, or `none`.
     "yclients_channels": _Field("YCLIENTS_CHANNELS", _channels, "whatsapp"),
     "entity_queue_url": _Field("ENTITY_QUEUE_URL", _url),
+    # Least time between two pairing-code requests of one salon (each makes WhatsApp notify a phone).
+    "pairing_min_interval_seconds": _Field("PAIRING_MIN_INTERVAL_SECONDS", _positive_float, "30"),
 }
 
 
