@@ -14,9 +14,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import boto3
 from aiohttp import web
@@ -70,6 +71,27 @@ class StackOptions:
     restart_runners: bool = False
     # Listen on a non-loopback `host` (see `check_host`).
     allow_remote: bool = False
+
+
+def serialise_dynamodb() -> None:
+    """Make moto's DynamoDB calls atomic, as DynamoDB's are: moto checks a condition and writes
+    without a lock, so two concurrent conditional writes (or transactions) could both pass, and
+    a transaction copying a table while another thread writes it crashes. One lock for every
+    table call of the server's threads; idempotent."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in ("get_item", "put_item", "update_item", "delete_item", "query", "scan", "transact_write_items"):
+        method = getattr(DynamoDBBackend, name)
+        if getattr(method, "_serialised", False):
+            continue
+
+        def locked(self: Any, *args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            with lock:
+                return _method(self, *args, **kwargs)
+
+        locked._serialised = True  # type: ignore[attr-defined]
+        setattr(DynamoDBBackend, name, locked)
 
 
 def free_port(host: str) -> int:
@@ -136,6 +158,7 @@ async def run_stack(options: StackOptions) -> None:
     template = load_template()
     moto_port = free_port(options.host)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per moto call drowns the output
+    serialise_dynamodb()
     moto = ThreadedMotoServer(ip_address=options.host, port=moto_port, verbose=False)
     moto.start()
     moto_url = f"http://{options.host}:{moto_port}"
