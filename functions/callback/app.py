@@ -48,7 +48,8 @@ MAX_ENTITY_WEBHOOK_BYTES = 128 * 1024
 # version as read on arrival: a replay while nothing has changed is answered from the record,
 # while the same event after a change (uninstall -> reinstall -> uninstall within minutes, or
 # freeze -> payment -> freeze) has a new key and is processed. A replay that arrives after the
-# state moved is processed too, and finds the salon in the event's state already: unchanged.
+# state moved is processed too: it finds the salon in the event's state already, changes
+# nothing and gets the first delivery's answer.
 idempotency_store = DynamoDBPersistenceLayer(
     table_name=settings.table_name, key_attr="pk", sort_key_attr="sk", expiry_attr="ttl")
 idempotency_config = IdempotencyConfig(

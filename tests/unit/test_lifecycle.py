@@ -64,8 +64,10 @@ def test_uninstall_is_one_transaction_and_forgets_the_owner(store: Store, table:
     assert session["desired"] == "stop" and "pair_phone" not in session and int(session["ttl"]) > time.time()
     assert store.get_salon_secrets(SALON) == {}
     assert "Item" not in table.get_item(Key={"pk": f"SALON#{SALON}", "sk": "PAIRING"})
-    # A replay changes nothing.
-    assert apply_lifecycle_event(store, SALON, "uninstall") == "unchanged"
+    # A replay changes nothing, and gets the same answer.
+    version = store.get_salon(SALON).version  # type: ignore[union-attr]
+    assert apply_lifecycle_event(store, SALON, "uninstall") == "uninstalled"
+    assert store.get_salon(SALON).version == version  # type: ignore[union-attr]
 
 
 def test_a_reinstall_clears_the_ttl_and_a_second_uninstall_is_applied(store: Store, table: Any) -> None:

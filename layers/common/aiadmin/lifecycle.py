@@ -25,7 +25,8 @@ def apply_lifecycle_event(store: Store, salon_id: int, event: str, details: Mapp
     """Returns what happened: `uninstalled`, `frozen`, `active` (a payment unfroze the salon),
     `unchanged` or `recorded` (kept in the salon's event log, no state change).
 
-    Idempotent: a repeated event finds the salon already in the target state. Uninstall also
+    Idempotent: a repeated event finds the salon already in the target state and answers as
+    the first delivery did, changing nothing. Uninstall also
     forgets what the salon no longer needs (aiadmin.store has the TTL of what is left): the
     owner's name, phone and email, the codes on screen, the API key and webhook secret, the
     pairing-limit item and the session's `pair_phone`; the runner logs the session out and
@@ -48,8 +49,11 @@ def apply_lifecycle_event(store: Store, salon_id: int, event: str, details: Mapp
             store.record_event(salon_id, ACTOR, f"unknown lifecycle event {event[:50]}", details)
         return "recorded"
     target, desired = _TARGETS[event]
-    if salon is None or salon.state == target:
+    if salon is None:
         return "unchanged"
+    if salon.state == target:
+        # A replay (or a repeat) finds its work done: the same answer as the first delivery.
+        return target.value
     # A salon that never had a session gets no command (it would only make a runner claim nothing).
     command = SessionCommand(desired) if store.get_session(salon_id) is not None else None
     uninstall = target == SalonState.UNINSTALLED
