@@ -321,6 +321,10 @@ def upkeep_figures(stack: RunningStack, data_dir: Path, salon_ids: list[int], wi
         await asyncio.sleep(window)
         elapsed = time.perf_counter() - started
         salon, own = calls.salon - before[0], calls.runner - before[1]
+        for salon_id in salon_ids:  # paused, not handed over: the next figures start from none running
+            store.request_session(salon_id, "pause")
+        while runner.status()["sessions"]:
+            await asyncio.sleep(0.2)
         stop.set()
         await running
         per_hour = 3600 / elapsed
@@ -416,15 +420,16 @@ def main() -> None:
             asyncio.run(pair(SimulatedEngine(stack.base_url, data_dir / "sessions"), stack.base_url, linked))
             store = Store(stack.table())
             record_linked(store, linked, run=False)
+            # Upkeep first: afterwards earlier runners' sessions would still be handed over.
+            if "upkeep" in wanted:
+                print(f"Measuring idle DynamoDB upkeep ({args.window:.0f} s)...", flush=True)
+                upkeep = upkeep_figures(stack, data_dir, linked[:args.idle], args.window)
             if "memory" in wanted:
                 print("Measuring memory...", flush=True)
                 memory = memory_figures(stack, data_dir, log, linked[:args.idle])
             if "resume" in wanted:
                 print("Measuring resume...", flush=True)
                 resume = resume_figures(stack, data_dir, log, linked[:args.resume])
-            if "upkeep" in wanted:
-                print(f"Measuring idle DynamoDB upkeep ({args.window:.0f} s)...", flush=True)
-                upkeep = upkeep_figures(stack, data_dir, linked[:args.idle], args.window)
     report(memory, resume, qr, upkeep, args.idle, args.resume)
 
 

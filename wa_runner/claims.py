@@ -1,5 +1,6 @@
-"""Taking new work: claimable sessions (one shard per poll, in turn), and the sessions of
-dead runners (taken over once their membership is `grace` seconds past its end).
+"""Taking new work: claimable sessions (every other poll the linking attempts, in between
+one resume shard in turn), and the sessions of dead runners (taken over once their
+membership is `grace` seconds past its end).
 
 Claims stay within the runner's bounds: linking attempts up to `max_pairings`, linked
 sessions up to a resume backlog the runner can start soon (the other runners take the rest).
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 from aiadmin.models import SessionLease
 from aiadmin.observability import logger, metrics
-from aiadmin.ownership import CLAIM_SHARDS, LIGHT, LINKING, RESUME, Fence, Ownership
+from aiadmin.ownership import LIGHT, LINKING, LINKING_PARTITION, RESUME, RESUME_PARTITIONS, Fence, Ownership
 from wa_runner.supervisor import Supervisor
 
 CLAIM_BATCH = 25
@@ -30,23 +31,23 @@ class Claimer:
         self._holds = holds
         self._grace = grace
         self._batch = batch
-        self._shard = 0
+        self._polls = 0
 
-    def _classes(self) -> set[str]:
-        classes = {LIGHT}  # stop and pause: cheap, always taken
-        if self._supervisor.pairing_room() > 0:
-            classes.add(LINKING)
-        if self._supervisor.backlog_room() > 0:
-            classes.add(RESUME)
-        return classes
+    def _next_partition(self) -> tuple[str, set[str]]:
+        """Linking attempts (and stop/pause) every other poll; in between, one resume shard in
+        turn, while the resume backlog has room."""
+        self._polls += 1
+        if self._polls % 2 == 0 and self._supervisor.backlog_room() > 0:
+            return RESUME_PARTITIONS[(self._polls // 2) % len(RESUME_PARTITIONS)], {RESUME}
+        return LINKING_PARTITION, {LIGHT} | ({LINKING} if self._supervisor.pairing_room() > 0 else set())
 
     async def claim_step(self, now: float) -> int:
-        """One poll of the next shard; returns how many sessions it claimed. The claims of a
-        page go out together (a mass resume is bound by them otherwise)."""
+        """One poll of the next partition; returns how many sessions it claimed. The claims of
+        a page go out together (a mass resume is bound by them otherwise)."""
         if not self._holds(now):
             return 0
-        shard, self._shard = self._shard, (self._shard + 1) % CLAIM_SHARDS
-        candidates = await asyncio.to_thread(self._ownership.claimable, shard, self._classes(), self._batch)
+        partition, classes = self._next_partition()
+        candidates = await asyncio.to_thread(self._ownership.claimable, partition, classes, self._batch)
         room = {LINKING: self._supervisor.pairing_room(), RESUME: self._supervisor.backlog_room()}
         chosen = []
         for candidate in candidates:

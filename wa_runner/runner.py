@@ -51,6 +51,7 @@ __all__ = ["Runner", "RunnerLimits"]
 IO_THREADS = 16
 PUSH_THREADS = 8
 UPKEEP_SECONDS = 1.0
+TAKEOVER_LOOK_SECONDS = 1.0
 # SIGTERM: engine sessions stopped within this, then handed back within RELEASE_SECONDS
 # (ECS kills the task 30 s after SIGTERM; what is not handed back is taken over once the
 # membership's end is seen).
@@ -140,12 +141,13 @@ class Runner:
             await asyncio.wait_for(stop.wait(), max(0.0, seconds - (self._clock() - started)))
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
-        """New work within a poll; dead runners' sessions once per membership renewal period."""
+        """New work within a poll; a look for dead runners' sessions every second (one small
+        consistent query: their sessions resume within the lease, the grace and a second)."""
         last_takeover = 0.0
         while not stop.is_set():
             now = self._clock()
             claimed = await _step("claim", self.claimer.claim_step(now))
-            if now - last_takeover >= self.membership.times.renew_every:
+            if now - last_takeover >= min(TAKEOVER_LOOK_SECONDS, self.membership.times.renew_every):
                 last_takeover = now
                 await _step("takeover", self.claimer.takeover_step(now))
             if not claimed:  # a full page may have more behind it: poll again at once

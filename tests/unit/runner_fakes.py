@@ -145,10 +145,10 @@ async def handle(runner: Runner, kind: EventKind, salon_id: int, **fields: Any) 
 
 
 async def claim_all(runner: Runner, clock: FakeClock) -> None:
-    """One claim poll of every shard."""
-    from aiadmin.ownership import CLAIM_SHARDS
+    """Claim polls until each partition had its turn."""
+    from aiadmin.ownership import RESUME_SHARDS
 
-    for _ in range(CLAIM_SHARDS):
+    for _ in range(2 * RESUME_SHARDS):
         await runner.claimer.claim_step(clock.now)
 
 

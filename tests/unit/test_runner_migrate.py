@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiadmin.ownership import CLAIM_SHARDS, LIGHT, LINKING, RESUME
+from aiadmin.ownership import CLAIM_PARTITIONS, LIGHT, LINKING, RESUME
 from aiadmin.store import Store
 from wa_runner.migrate import migrate
 
@@ -15,8 +15,8 @@ def test_old_sessions_become_claimable_and_new_ones_are_left_alone(store: Store)
     store.request_session(3, "run")  # already in the new scheme
     assert migrate(table) == 2
     assert migrate(table) == 0
-    claimable = {c.salon_id: c.klass for shard in range(CLAIM_SHARDS)
-                 for c in store.ownership.claimable(shard, {LINKING, LIGHT, RESUME})}
+    claimable = {c.salon_id: c.klass for partition in CLAIM_PARTITIONS
+                 for c in store.ownership.claimable(partition, {LINKING, LIGHT, RESUME})}
     assert claimable == {1: RESUME, 2: LINKING, 3: RESUME}
     lease = store.get_session(1)
     assert lease is not None and lease.owner is None and lease.generation == 3

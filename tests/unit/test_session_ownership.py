@@ -8,7 +8,17 @@ import time
 
 import pytest
 
-from aiadmin.ownership import CLAIM_SHARDS, LIGHT, LINKING, RESUME, Fence, Ownership, claim_shard
+from aiadmin.ownership import (
+    CLAIM_PARTITIONS,
+    LIGHT,
+    LINKING,
+    LINKING_PARTITION,
+    RESUME,
+    RESUME_PARTITIONS,
+    RESUME_SHARDS,
+    Fence,
+    Ownership,
+)
 from aiadmin.states import SalonState
 from aiadmin.store import LeaseLost, Store
 
@@ -27,7 +37,7 @@ def _member(ownership: Ownership, runner_id: str, now: float = NOW) -> Fence:
 
 
 def _all_claimable(ownership: Ownership, classes: set[str] = frozenset({LINKING, LIGHT, RESUME})) -> list[int]:
-    return [c.salon_id for shard in range(CLAIM_SHARDS) for c in ownership.claimable(shard, set(classes), 100)]
+    return [c.salon_id for partition in CLAIM_PARTITIONS for c in ownership.claimable(partition, set(classes), 100)]
 
 
 def _owned(ownership: Ownership, salon_id: int, fence: Fence, desired: str = "link") -> None:
@@ -57,29 +67,27 @@ def test_exactly_one_runner_claims_a_session(ownership: Ownership) -> None:
     assert _all_claimable(ownership) == []
 
 
-def test_linking_attempts_come_before_resumes_and_a_page_is_never_empty(ownership: Ownership) -> None:
-    # Many linked sessions to resume in one shard, then one new linking attempt in the same shard.
-    shard = claim_shard(4)
-    resumes = [4 + CLAIM_SHARDS * i for i in range(1, 31)]
-    for salon_id in resumes:
+def test_linking_attempts_never_wait_behind_resumes_and_a_page_is_never_empty(ownership: Ownership) -> None:
+    for salon_id in range(100, 160):  # a mass resume (a deploy) waiting
         ownership.request_session(salon_id, "run", now=NOW)
-    ownership.request_session(4, "link", now=NOW + 10)
-    ownership.request_session(4 + CLAIM_SHARDS * 40, "stop", now=NOW + 20)
-    everything = ownership.claimable(shard, {LINKING, LIGHT, RESUME}, limit=2)
-    assert [c.klass for c in everything] == [LINKING, LIGHT]  # oldest resume waits behind both
-    # A runner at its pairing bound still gets a full page of what it may take (no filter).
-    no_links = ownership.claimable(shard, {LIGHT, RESUME}, limit=5)
-    assert [c.klass for c in no_links] == [LIGHT, RESUME, RESUME, RESUME, RESUME]
-    # One with a full resume backlog sees the linking attempt, whatever is queued behind.
-    assert [c.salon_id for c in ownership.claimable(shard, {LINKING, LIGHT}, limit=1)] == [4]
-    assert [c.klass for c in ownership.claimable(shard, {LIGHT}, limit=5)] == [LIGHT]
+    for salon_id in range(1, 31):     # many owners waiting for a QR
+        ownership.request_session(salon_id, "link", now=NOW + 1)
+    ownership.request_session(40, "stop", now=NOW + 20)  # an uninstall, the newest of all
+    # The linking partition holds no resume: new owners are claimed first, whatever the backlog.
+    first = ownership.claimable(LINKING_PARTITION, {LINKING, LIGHT}, limit=2)
+    assert [c.klass for c in first] == [LINKING, LINKING]
+    # A runner at its pairing bound still gets what it may take, however many links are ahead.
+    assert [c.salon_id for c in ownership.claimable(LINKING_PARTITION, {LIGHT}, limit=1)] == [40]
+    # Resumes: a full page of each shard.
+    assert [len(ownership.claimable(p, {RESUME}, limit=10)) for p in RESUME_PARTITIONS] == [10] * RESUME_SHARDS
 
 
-def test_claimable_sessions_are_spread_over_shards(ownership: Ownership) -> None:
+def test_resumes_are_spread_over_shards(ownership: Ownership) -> None:
     for salon_id in range(1, 41):
         ownership.request_session(salon_id, "run", now=NOW)
-    per_shard = [len(ownership.claimable(shard, {RESUME}, 100)) for shard in range(CLAIM_SHARDS)]
-    assert per_shard == [40 // CLAIM_SHARDS] * CLAIM_SHARDS
+    per_shard = [len(ownership.claimable(p, {RESUME}, 100)) for p in RESUME_PARTITIONS]
+    assert per_shard == [40 // RESUME_SHARDS] * RESUME_SHARDS
+    assert ownership.claimable(LINKING_PARTITION, {LINKING, LIGHT, RESUME}, 100) == []
 
 
 def test_a_command_for_an_owned_session_goes_to_its_owner_only(ownership: Ownership) -> None:

@@ -19,21 +19,21 @@ come back empty while matching items exist; key conditions never hide one):
 
 | session is            | session_pk        | session_sk               | read by                       |
 |-----------------------|-------------------|--------------------------|-------------------------------|
-| claimable (no owner)  | CLAIM#<shard>     | <class>#<ms>             | claim polls (oldest first)    |
+| claimable (no owner)  | CLAIM#L, CLAIM#R<n> | <class>#<ms>           | claim polls (oldest first)    |
 | owned, command waits  | OWNER#<runner id> | <class>#<ms>             | the owner's command poll      |
 | owned, nothing to do  | OWNER#<runner id> | S#<salon id>             | reconcile, takeover           |
 | retired (nothing runs)| -                 | -                        | -                             |
 
 A command is one unconditional write (so it can ride in a handler's transaction): it sets
-`session_pk = if_not_exists(owner_pk, CLAIM#<shard>)` (an owned session carries `owner_pk`, its
+`session_pk = if_not_exists(owner_pk, <claim partition>)` (an owned session carries `owner_pk`, its
 owner's partition) and `session_sk = <class>#<ms>`, and counts `command_seq`. The owner
 acknowledges a command by moving the sort key back to `S#<salon id>`, on condition that
 `command_seq` is still the one it carried out: a newer command is never lost.
 
-Claim classes sort linking attempts (`0`) before stop/pause (`1`) before resumes (`2`), so
-new owners waiting for a QR never queue behind a mass resume. Claimable sessions are spread
-over `CLAIM_SHARDS` partitions (salon id modulo), so a mass release or a burst of new
-sessions never makes one hot index partition.
+Claimable sessions: linking attempts (class `0`, sorted first) and stop/pause (`1`) in
+`CLAIM#L`, polled often (an owner waits for the QR); linked sessions to resume (`2`) spread
+over `RESUME_SHARDS` partitions `CLAIM#R<salon id modulo>`, so a mass release (a deploy) or a
+mass takeover never makes one hot index partition, and new owners never queue behind it.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ from aiadmin.models import SessionDesire, SessionLease
 
 INDEX = "SessionIndex"
 MEMBERS_PARTITION = "RUNNERS"
-CLAIM_SHARDS = 4
+RESUME_SHARDS = 4
+LINKING_PARTITION = "CLAIM#L"
+RESUME_PARTITIONS = tuple(f"CLAIM#R{shard}" for shard in range(RESUME_SHARDS))
+CLAIM_PARTITIONS = (LINKING_PARTITION, *RESUME_PARTITIONS)
 _CLASS: dict[str, str] = {"link": "0", "stop": "1", "pause": "1", "run": "2"}
 LINKING, LIGHT, RESUME = "0", "1", "2"
 _ATTEMPTS = 5
@@ -95,8 +98,8 @@ def owner_partition(runner_id: str) -> str:
     return f"OWNER#{runner_id}"
 
 
-def claim_shard(salon_id: int) -> int:
-    return salon_id % CLAIM_SHARDS
+def claim_partition(desired: str, salon_id: int) -> str:
+    return RESUME_PARTITIONS[salon_id % RESUME_SHARDS] if desired == "run" else LINKING_PARTITION
 
 
 def _ms(now: float) -> str:
@@ -109,7 +112,7 @@ def _idle_key(salon_id: int) -> str:
 
 def claim_keys(desired: str, salon_id: int, now: float) -> dict[str, str]:
     """The index keys of a claimable session, as `:cpk` and `:csk`."""
-    return {":cpk": f"CLAIM#{claim_shard(salon_id)}", ":csk": f"{_CLASS[desired]}#{_ms(now)}"}
+    return {":cpk": claim_partition(desired, salon_id), ":csk": f"{_CLASS[desired]}#{_ms(now)}"}
 
 
 def _session_key(salon_id: int) -> dict[str, str]:
@@ -174,7 +177,7 @@ class Ownership:
         owner becomes claimable. `ttl` (epoch seconds) is set on the item, or removed."""
         bump = 1 if desired == "link" or renew else 0
         values: dict[str, Any] = {":d": desired, ":s": salon_id, ":zero": 0, ":one": 1, ":bump": bump,
-                                  ":cpk": f"CLAIM#{claim_shard(salon_id)}", ":csk": f"{_CLASS[desired]}#{_ms(now)}"}
+                                  **claim_keys(desired, salon_id, now)}
         sets = ["desired = :d", "salon_id = :s", "generation = if_not_exists(generation, :zero) + :bump",
                 "command_seq = if_not_exists(command_seq, :zero) + :one",
                 "session_pk = if_not_exists(owner_pk, :cpk)", "session_sk = :csk"]
@@ -219,13 +222,13 @@ class Ownership:
 
     # ---- claiming -------------------------------------------------------------------------
 
-    def claimable(self, shard: int, classes: set[str], limit: int = 25) -> list[Claimable]:
-        """Claimable sessions of one shard, of the given classes (contiguous: linking before
-        light before resumes), oldest first. Key conditions only: never an empty page while
-        such sessions exist."""
+    def claimable(self, partition: str, classes: set[str], limit: int = 25) -> list[Claimable]:
+        """Claimable sessions of one partition (`CLAIM_PARTITIONS`), of the given classes
+        (linking before light before resumes), oldest first. Key conditions only: never an
+        empty page while such sessions exist."""
         if not classes:
             return []
-        key: ConditionBase = Key("session_pk").eq(f"CLAIM#{shard}")
+        key: ConditionBase = Key("session_pk").eq(partition)
         low, high = min(classes), max(classes)
         if low == high:
             key &= Key("session_sk").begins_with(low + "#")
