@@ -1,4 +1,4 @@
-"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`) and the
+"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`, `relink`) and the
 DynamoDB stream consumer that pushes state changes made outside the runner (lifecycle
 webhooks, the page)."""
 
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from aiadmin.config import load_settings
 from aiadmin.models import ErrorMessage, Salon
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import InvalidPhone, request_new_qr, request_pairing_code, state_message
+from aiadmin.onboarding import InvalidPhone, request_new_qr, request_pairing_code, request_relink, state_message
 from aiadmin.push import Pusher
 from aiadmin.store import Store
 
@@ -53,6 +53,9 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
     action = message.get("action")
     if action == "new_qr":
         request_new_qr(store, salon_id)
+    elif action == "relink":
+        # An explicit owner action (confirmed on the page) on a socket opened with this salon's token.
+        request_relink(store, salon_id, time.time())
     elif action == "pairing_code":
         try:
             request_pairing_code(store, salon_id, message.get("phone"))
