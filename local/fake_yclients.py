@@ -352,6 +352,8 @@ class FakeYClients:
             raise web.HTTPNotFound(text="no such salon")
         if "status" in body:
             salon.status = body["status"]
+        if body.get("owner_id"):
+            salon.owner_id = int(body["owner_id"])  # the salon changed hands
         if "consent_age_seconds" in body:
             salon.consent_at = time.time() - float(body["consent_age_seconds"])
         return web.json_response({"status": salon.status, "consent_at": salon.consent_at})
