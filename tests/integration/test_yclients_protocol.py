@@ -245,3 +245,21 @@ def test_a_new_consent_after_an_expired_activation_keeps_the_linked_device(stack
     assert after.devices["307"]["device_id"] == linked["device_id"] and after.devices["307"]["connected"]
     assert after.pairing_attempts["307"] == attempts  # no new pairing
     assert stack.marketplace_state()["salons"]["307"]["status"] == "active"
+
+
+@pytest.mark.parametrize("form", ["string", "decoded"])
+def test_both_signature_forms_and_a_separate_signing_key_over_http(stack: RunningStack, form: str) -> None:
+    """YClients signs the decoded bytes (documented); another partner's contract signs the string
+    as received. Both are accepted; a signing key other than ours is not."""
+    salon = 308 if form == "string" else 309
+    requests.post(f"{stack.marketplace}/_salon/{salon}", json={"name": f"Салон {salon}"}, timeout=5)
+    try:
+        requests.post(f"{stack.marketplace}/_config", json={"signature_form": form}, timeout=5)
+        response, token = follow_redirect(press_connect(stack.marketplace, salon))
+        assert response.status_code == 302 and token
+        requests.post(f"{stack.marketplace}/_config", json={"signing_key": "a-key-we-were-never-given"}, timeout=5)
+        refused, _ = follow_redirect(press_connect(stack.marketplace, salon))
+        assert refused.status_code == 400 and "Подпись YClients не сходится" in refused.text
+    finally:
+        requests.post(f"{stack.marketplace}/_config", json={"signature_form": "decoded", "signing_key": None},
+                      timeout=5)
