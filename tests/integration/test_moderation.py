@@ -183,3 +183,28 @@ def test_6_payment_report_and_refund_through_ops(stack: RunningStack) -> None:
     unknown = subprocess.run([sys.executable, "-m", "ops.yclients", "refund", "123456"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=60, check=False)
     assert unknown.returncode == 1 and "404" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_7_disconnect_and_reconnect_on_a_test_stand_without_lifecycle_callbacks(stack: RunningStack,
+                                                                                 journal: dict[str, Any]) -> None:
+    """A test stand sends no lifecycle callbacks (the vendor's notes): the moderator disconnects
+    and connects again, and we only see YClients report the app pending. The linked device is
+    activated again; nothing is re-linked."""
+    requests.post(f"{stack.marketplace}/_salon/{SALON}", json={"status": "uninstalled"}, timeout=5)  # no webhook
+    activations = len(stack.marketplace_state()["activations"])
+    response, token = follow_redirect(press_connect(stack.marketplace, SALON))  # pending again in YClients
+    assert response.status_code == 302
+
+    async def page() -> list[str]:
+        seen: list[dict[str, Any]] = []
+        async with open_page(stack.ws_url, token) as ws:
+            # The redirect moved the salon to `activating` before answering: `active` is the new one.
+            await receive_until(ws, {"active"}, seen=seen)
+        return [m["state"] for m in seen]
+
+    states = asyncio.run(page())
+    assert "qr_ready" not in states and "pending_whatsapp" not in states
+    assert stack.marketplace_state()["salons"][str(SALON)]["status"] == "active"
+    assert len(stack.marketplace_state()["activations"]) == activations + 1
+    assert _activation(stack)["api_key"] == journal["activation"]["api_key"]
+    assert observe.whatsapp(stack).devices[str(SALON)]["device_id"] == journal["device"]

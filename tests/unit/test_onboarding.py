@@ -157,3 +157,17 @@ def test_several_locations_each_get_their_own_onboarding(store: Store) -> None:
     assert store.get_salon(201).salon_name == ""  # type: ignore[union-attr]
     assert store.get_session(201).desired == "link"  # type: ignore[union-attr]
     assert store.get_session(202).desired == "run"  # type: ignore[union-attr]
+
+
+def test_an_active_salon_that_yclients_reports_pending_again_is_activated_again_on_its_device(
+        store: Store) -> None:
+    """Reinstalled without an uninstall webhook reaching us (a test stand sends none): the bound
+    owner's new consent activates the linked session again; it is never re-linked."""
+    _linked(store)
+    generation = store.get_session(101).generation  # type: ignore[union-attr]
+    salon = start_onboarding(store, 101, OWNER, time.time(), marketplace_status="pending")
+    assert salon.state == S.ACTIVATING
+    session = store.get_session(101)
+    assert session is not None and session.desired == "run" and session.generation == generation + 1
+    with pytest.raises(ConsentRefused):  # and only for its own owner
+        start_onboarding(store, 101, STRANGER, time.time(), marketplace_status="pending")

@@ -170,12 +170,18 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
     if user_id is not None and not salon.owner_user_id and not store.bind_owner(salon_id, user_id):
         guard(store.get_salon(salon_id))  # bound by someone else meanwhile: refused and recorded
     if salon.state == SalonState.ACTIVATION_FAILED or (
-            salon.state == SalonState.FROZEN and marketplace_status == "pending"):
+            salon.state in (SalonState.FROZEN, SalonState.ACTIVE) and marketplace_status == "pending"):
         # A new consent opens a new hour; the runner owning the linked session activates again.
-        if salon.state == SalonState.FROZEN:
-            salon = store.transition(salon_id, SalonState.ACTIVATING, actor="redirect",
-                                     reason="owner reconnected a frozen salon", attrs={**profile, **consent},
-                                     expected=[SalonState.FROZEN], guard=guard)
+        # Active here but pending in YClients: the app was reinstalled without an uninstall
+        # webhook reaching us (a test stand sends none). The linked device stays; its key is
+        # sent again (were YClients' status merely stale, it answers "already installed").
+        if salon.state != SalonState.ACTIVATION_FAILED:
+            reason = "owner reconnected a frozen salon" if salon.state == SalonState.FROZEN \
+                else "YClients reports the app pending again"
+            salon = store.transition(salon_id, SalonState.ACTIVATING, actor="redirect", reason=reason,
+                                     attrs={**profile, **consent, "activation_owner": None,
+                                            "activation_lock_until": None},
+                                     expected=[salon.state], guard=guard)
         else:
             store.update_profile(salon_id, {**profile, **consent})
             salon = salon.model_copy(update={**profile, **consent})

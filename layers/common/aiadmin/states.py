@@ -61,8 +61,9 @@ ALLOWED_TRANSITIONS: dict[SalonState | None, frozenset[SalonState]] = {
     S.WHATSAPP_CONNECTED: frozenset({S.ACTIVATING, S.EXPIRED_CONSENT} | _SESSION_ENDS | _LIFECYCLE),
     S.ACTIVATING: frozenset({S.ACTIVE, S.ACTIVATION_FAILED, S.EXPIRED_CONSENT} | _SESSION_ENDS | _LIFECYCLE),
     S.ACTIVATION_FAILED: frozenset({S.ACTIVATING, S.PENDING_WHATSAPP} | _SESSION_ENDS | _LIFECYCLE),
-    # -> pending: the owner explicitly asked to re-link WhatsApp on the page.
-    S.ACTIVE: frozenset({S.PENDING_WHATSAPP} | _SESSION_ENDS | _LIFECYCLE),
+    # -> pending: the owner explicitly asked to re-link WhatsApp on the page; -> activating: YClients
+    # reports the app pending again (reinstalled while no uninstall webhook reached us).
+    S.ACTIVE: frozenset({S.PENDING_WHATSAPP, S.ACTIVATING} | _SESSION_ENDS | _LIFECYCLE),
     # Unfrozen by a payment or a new activation; a new consent starts linking again.
     S.FROZEN: frozenset({S.ACTIVE, S.ACTIVATING, S.PENDING_WHATSAPP, S.UNINSTALLED}),
     S.UNINSTALLED: frozenset({S.PENDING_WHATSAPP}),
