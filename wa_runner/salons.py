@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -17,7 +17,7 @@ from aiadmin.onboarding import state_message
 from aiadmin.ownership import Fence
 from aiadmin.push import PUSH_DEADLINE_SECONDS, RUNNER_ACTOR, Pusher
 from aiadmin.states import SalonState
-from aiadmin.store import SessionCommand, Store
+from aiadmin.store import Store
 
 
 class FencedStore(Store):
@@ -28,12 +28,14 @@ class FencedStore(Store):
         super().__init__(store.table)
         self._fence = fence
 
-    def transition(self, salon_id: int, new_state: SalonState, actor: str, reason: str = "",
-                   attrs: Mapping[str, Any] | None = None, expected: Iterable[SalonState] | None = None,
-                   fence: Fence | None = None, remove: Iterable[str] = (), command: SessionCommand | None = None,
-                   salon_secrets: Mapping[str, str] | None = None, forget: Iterable[str] = ()) -> Salon:
-        return super().transition(salon_id, new_state, actor, reason, attrs, expected, fence or self._fence(),
-                                  remove, command, salon_secrets, forget)
+    def transition(self, *args: Any, **kwargs: Any) -> Salon:
+        """`Store.transition`, with this runner's fence unless one is given."""
+        if len(args) < _FENCE_POSITION + 1 and kwargs.get("fence") is None:
+            kwargs["fence"] = self._fence()
+        return super().transition(*args, **kwargs)
+
+
+_FENCE_POSITION = 6  # `fence` among Store.transition's positional parameters (after self)
 
 
 class SalonWriter:

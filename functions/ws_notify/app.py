@@ -1,5 +1,5 @@
-"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`; each counted
-against the socket's rate limit and refused once its token has expired) and the
+"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`, `relink`; each
+counted against the socket's rate limit and refused once its token has expired) and the
 DynamoDB stream consumer that pushes state changes made outside the runner (lifecycle
 webhooks, the page)."""
 
@@ -21,7 +21,14 @@ from pydantic import ValidationError
 from aiadmin.config import load_settings
 from aiadmin.models import ErrorMessage, Salon
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import InvalidPhone, PairingLimited, request_new_qr, request_pairing_code, state_message
+from aiadmin.onboarding import (
+    InvalidPhone,
+    PairingLimited,
+    request_new_qr,
+    request_pairing_code,
+    request_relink,
+    state_message,
+)
 from aiadmin.push import Pusher, pushed_by_stream
 from aiadmin.sockets import (
     MESSAGE_WINDOW_SECONDS,
@@ -37,7 +44,7 @@ settings = load_settings(["table_name", "websocket_management_url", "pairing_min
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))
 pusher = Pusher(settings.websocket_management_url)
 
-ACTIONS = ("sync", "new_qr", "pairing_code")
+ACTIONS = ("sync", "new_qr", "pairing_code", "relink")
 
 
 def _message(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
@@ -89,6 +96,9 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
                        "SocketTokenExpired")
     if action == "new_qr":
         request_new_qr(store, salon_id)
+    elif action == "relink":
+        # An explicit owner action (confirmed on the page) on a socket opened with this salon's token.
+        request_relink(store, salon_id, now)
     elif action == "pairing_code":
         try:
             request_pairing_code(store, salon_id, message.get("phone"), now,

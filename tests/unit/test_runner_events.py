@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from aiadmin.models import UserData
 from aiadmin.onboarding import start_onboarding
 from aiadmin.states import SalonState
@@ -159,3 +161,22 @@ def test_a_logout_unlinks_the_device_and_retires_the_session(store: Store) -> No
     assert not engine_of(runner).has_credentials(5) and 5 not in runner.supervisor.owned
     lease = store.get_session(5)
     assert lease is not None and lease.owner is None
+
+
+def test_the_activations_writes_are_fenced_too(store: Store) -> None:
+    from aiadmin.store import LeaseLost
+    from wa_runner.salons import FencedStore
+
+    clock = FakeClock()
+    runner, other = make_runner(store, clock), make_runner(store, clock, runner_id="other")
+    runner.membership.join(clock.now)
+    other.membership.join(clock.now)
+    linked_sessions(store, [5], state=S.WHATSAPP_CONNECTED)
+    asyncio.run(claim_all(runner, clock))
+    fenced = FencedStore(store, lambda: runner.membership.fence)
+    assert fenced.transition(5, S.ACTIVATING, "runner", "activating").state == S.ACTIVATING
+    assert store.ownership.take_over(5, other.membership.fence, runner.membership.fence, clock.now + 100)
+    with pytest.raises(LeaseLost):  # a runner that lost the session never writes over the new owner
+        fenced.transition(5, S.ACTIVE, "runner", "YClients answered 201")
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.ACTIVATING

@@ -101,6 +101,19 @@ def _optional_postgres_url(value: str) -> Secret | None:
     return Secret(value)
 
 
+def _optional_secret(value: str) -> Secret | None:
+    """Empty: not configured (the caller falls back to another value)."""
+    return Secret(value) if value.strip() else None
+
+
+def _flag(value: str) -> bool:
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _secret(min_length: int) -> Callable[[str], Secret]:
     def parse(value: str) -> Secret:
         if len(value) < min_length:
@@ -123,6 +136,10 @@ _FIELDS: dict[str, _Field] = {
     "yclients_base_url": _Field("YCLIENTS_BASE_URL", _url, DEFAULT_YCLIENTS_BASE_URL),
     "yclients_app_id": _Field("YCLIENTS_APP_ID", _positive_int),
     "yclients_partner_token": _Field("YCLIENTS_PARTNER_TOKEN", _secret(8), secret=True),
+    # The key of `user_data_sign`, when YClients gives one apart from the partner token.
+    "yclients_signing_key": _Field("YCLIENTS_SIGNING_KEY", _optional_secret, "", secret=True),
+    # Unverified: ask YClients for the salon's users and refuse a consent from anyone else.
+    "yclients_check_salon_users": _Field("YCLIENTS_CHECK_SALON_USERS", _flag, "false"),
     "jwt_secret": _Field("JWT_SECRET", _secret(32), secret=True),
     "websocket_url": _Field("WEBSOCKET_URL", _url),
     "websocket_management_url": _Field("WEBSOCKET_MANAGEMENT_URL", _url),
