@@ -61,6 +61,14 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _link(value: str) -> str:
+    """A web address shown to people as a link: kept exactly as written (a trailing slash too)."""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -169,7 +177,7 @@ _FIELDS: dict[str, _Field] = {
     # Least time between two pairing-code requests of one salon (each makes WhatsApp notify a phone).
     "pairing_min_interval_seconds": _Field("PAIRING_MIN_INTERVAL_SECONDS", _positive_float, "30"),
     # Where the owner's page sends them back to: YClients' web app (the local stack: its fake).
-    "yclients_app_url": _Field("YCLIENTS_APP_URL", _url, "https://yclients.com/"),
+    "yclients_app_url": _Field("YCLIENTS_APP_URL", _link, "https://yclients.com/"),
     # Origins besides YClients' that may frame the owner's page: the local stack's test pages
     # only (space-separated CSP sources), refused in AWS.
     "page_local_frame_ancestors": _Field("PAGE_LOCAL_FRAME_ANCESTORS", str.split, "", local_only=True),
