@@ -211,13 +211,13 @@ def test_past_the_owners_hour_the_page_says_so_and_keeps_going(stack: RunningSta
 
     page = _new_page(browser)
     page.goto(stack.marketplace + "/")
-    requests.post(stack.marketplace + "/_salon/104", json={"name": "Салон 104"}, timeout=5)
+    requests.post(stack.marketplace + "/_salon/118", json={"name": "Салон 118"}, timeout=5)
     page.goto(stack.marketplace + "/")
-    page.locator("li[data-salon='104'] button").click()
+    page.locator("li[data-salon='118'] button").click()
     card = page.locator("#card")
     expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
     expect(page.locator("#deadline")).to_contain_text("в течение часа")
-    Store(stack.table()).update_profile(104, {"activation_deadline": time.time() - 5})
+    Store(stack.table()).update_profile(118, {"activation_deadline": time.time() - 5})
     page.reload()  # the page asks for the current state again
     expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
     expect(page.locator("#deadline")).to_contain_text("Час на подключение прошёл", timeout=15000)
