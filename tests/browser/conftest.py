@@ -1,4 +1,6 @@
-"""Shared by the browser tests: one local stack and one headless Chromium for the session, pages
+"""Shared by the browser tests: a local stack and a headless Chromium per module (the sync
+playwright keeps an event loop running: it must not outlive the module, or asyncio tests after
+it fail), pages
 at a phone's and a desktop's size, screenshots kept as test artifacts, axe-core checks and the
 "primary action visible without scrolling" check."""
 
@@ -35,14 +37,14 @@ CYRILLIC = re.compile("[\u0400-\u04ff]")
 _AXE = Axe()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
     with local_stack(time_scale=0.5) as running:
         yield running
         report_stack_output_on_failure(request, running)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
