@@ -122,6 +122,11 @@ def stack_settings(moto_url: str, base: str) -> dict[str, str]:
         "WEBSOCKET_URL": base.replace("http://", "ws://") + "/ws",
         "WEBSOCKET_MANAGEMENT_URL": base,
         "PUBLIC_BASE_URL": base,
+        # "Back to YClients" leads to the fake marketplace (or the one YCLIENTS_BASE_URL names).
+        "YCLIENTS_APP_URL": os.environ.get("YCLIENTS_APP_URL")
+        or (os.environ.get("YCLIENTS_BASE_URL") or f"{base}{FakeYClients.prefix}") + "/",
+        # Local test pages on any port may frame the owner's page, as YClients does (never in AWS).
+        "PAGE_LOCAL_FRAME_ANCESTORS": "http://127.0.0.1:* http://localhost:*",
         "POWERTOOLS_LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
         # EMF metric lines are for CloudWatch; locally they only drown the output.
         "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),

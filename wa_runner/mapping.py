@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from aiadmin.onboarding import NO_CODES
+from aiadmin.phones import phone_of_jid
 from aiadmin.states import SalonState
 from wa_runner.engine import EngineEvent, EventKind
 from wa_runner.sessions import Phase
@@ -85,6 +86,9 @@ def react(event: EngineEvent, linking_by_code: bool = False) -> Reaction:
         if linking_by_code:
             return Reaction(phase=Phase.LINKING)
         return _with(reaction, attrs={"qr": event.code, "qr_expires_at": event.expires_at})
+    if event.kind == EventKind.PAIR_SUCCESS:
+        # The linked device's JID carries the WhatsApp number: the owner's page shows it (masked).
+        return _with(reaction, attrs={**NO_CODES, "linked_phone": phone_of_jid(event.detail)})
     if event.kind == EventKind.PAIRING_CODE:
         return _with(reaction, attrs={**NO_CODES, "pairing_code": event.code, "code_expires_at": event.expires_at})
     if reaction.state is not None and not reaction.reason:

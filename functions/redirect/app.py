@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import html
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aiadmin.config import load_settings
+from aiadmin.i18n import catalogue_json, pick_language, t
 from aiadmin.models import UserData, parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import (
@@ -32,7 +34,8 @@ from aiadmin.yclients import BadUserData, PartnerApiError, YClientsClient, check
 
 settings = load_settings([
     "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token", "yclients_signing_key",
-    "yclients_check_salon_users", "jwt_secret", "websocket_url", "token_ttl_seconds",
+    "yclients_check_salon_users", "jwt_secret", "websocket_url", "token_ttl_seconds", "yclients_app_url",
+    "page_local_frame_ancestors",
 ])
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))
 yclients = YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
@@ -48,16 +51,21 @@ app = APIGatewayHttpResolver()
 _INSTALLED_STATUSES = {"pending", "active"}
 
 
-def _owner_error(status: int, title: str, message: str) -> Response:
-    body, headers = error_page(title, message)
+def _language() -> str:
+    """The owner's language for pages made on the server: from the browser's Accept-Language
+    (Russian by default). The onboarding page lets the owner switch it on the page itself."""
+    return pick_language((app.current_event.headers or {}).get("accept-language"))
+
+
+def _owner_error(status: int, key: str, **params: object) -> Response:
+    body, headers = error_page(_language(), key, back_url=settings.yclients_app_url,
+                               extra_frame_ancestors=settings.page_local_frame_ancestors, **params)
     return Response(status_code=status, body=body, headers=headers)
 
 
 def _refused_page() -> Response:
     # Says nothing about the salon: neither its name nor its state.
-    return _owner_error(403, "Салон подключает другой пользователь",
-                        "Этот салон уже подключён к AI Admin другим пользователем YClients. Подключить его заново "
-                        "может только он. Если это ошибка, напишите в поддержку AI Admin.")
+    return _owner_error(403, "refused")
 
 
 def _salon_ids(raw_query: str) -> list[str]:
@@ -80,23 +88,21 @@ def redirect() -> Response:
     query = dict(parse_qsl(app.current_event.raw_query_string, keep_blank_values=True))
     ids = _salon_ids(app.current_event.raw_query_string)
     if not ids:
-        return _owner_error(400, "Не указан салон", "В ссылке из YClients нет номера салона.")
+        return _owner_error(400, "no_salon")
     if len(ids) > MAX_LOCATIONS:
-        return _owner_error(400, "Слишком много филиалов",
-                            f"За один раз можно подключить не больше {MAX_LOCATIONS} филиалов. Выберите в YClients "
-                            "часть филиалов, подключите их, затем остальные.")
+        return _owner_error(400, "too_many", max=MAX_LOCATIONS)
     salon_ids = [parse_salon_id(i) for i in ids]
     if any(i is None for i in salon_ids):
-        return _owner_error(400, "Неверный номер салона", "Ссылка из YClients повреждена.")
+        return _owner_error(400, "bad_salon")
     user_data, sign = query.get("user_data"), query.get("user_data_sign")
     if not user_data or not sign:
-        return _owner_error(400, "Ссылка без подписи", "Ссылка не подписана YClients, мы не можем ей доверять.")
+        return _owner_error(400, "unsigned")
     try:
         verified = check_user_data(user_data, sign, SIGNING_KEY)
     except BadUserData as exc:
         logger.warning("redirect refused", extra={"reason": str(exc)})
         metrics.add_metric(name="RedirectRefused", unit="Count", value=1)
-        return _owner_error(400, "Ссылка недействительна", "Подпись YClients не сходится.")
+        return _owner_error(400, "bad_sign")
     # Which message YClients signed (the decoded bytes, as documented, or the string as sent).
     metrics.add_metric(name=f"UserDataSigned_{verified.form.value}", unit="Count", value=1)
     user = verified.user
@@ -136,16 +142,13 @@ def _confirm_with_yclients(salon_ids: list[int], user: UserData) -> list[Locatio
             status = yclients.app_status(salon_id)
         except PartnerApiError as exc:
             logger.warning("YClients app status unavailable", extra={"salon_id": salon_id, "error": str(exc)})
-            raise _NotConfirmed(_owner_error(
-                503, "YClients не отвечает",
-                "Не получилось проверить подключение в YClients. Попробуйте ещё раз через минуту.")) from exc
+            raise _NotConfirmed(_owner_error(503, "yclients_down")) from exc
         if status not in _INSTALLED_STATUSES:
             logger.warning("salon has no pending app", extra={"salon_id": salon_id, "status": status})
             raise _NotConfirmed(_owner_error(
-                403, "Приложение не подключено",
-                "YClients не подтверждает, что этот салон подключает AI Admin."
-                if len(salon_ids) == 1 else
-                f"YClients не подтверждает, что филиал №{salon_id} подключает AI Admin."))
+                403, "not_installed",
+                **({} if len(salon_ids) == 1
+                   else {"message_key": "error.not_installed.location", "salon_id": salon_id})))
         if settings.yclients_check_salon_users:
             _check_salon_user(salon_id, user)
         locations.append(Location(salon_id, status or "pending"))
@@ -165,18 +168,28 @@ def _check_salon_user(salon_id: int, user: UserData) -> None:
         raise ConsentRefused(salon_id, "not a user of the salon in YClients")
 
 
+_TEXT = re.compile(r"\{\{t:([a-z0-9_.]+)\}\}")
+
+
 @app.get("/marketplace/onboarding")
 def onboarding_page() -> Response:
-    nonce = new_nonce()
-    body = PAGE_TEMPLATE.replace("{{nonce}}", nonce).replace("{{ws_url}}", html.escape(settings.websocket_url))
-    return Response(status_code=200, body=body, headers=security_headers(nonce, connect_src=_WS_ORIGIN))
+    """The page in the browser's language (`{{t:key}}` filled in here, so it reads right before
+    its script runs); the page carries both languages' texts and may switch."""
+    nonce, language = new_nonce(), _language()
+    body = _TEXT.sub(lambda m: html.escape(t(language, m.group(1))), PAGE_TEMPLATE)
+    body = (body.replace("{{nonce}}", nonce).replace("{{lang}}", language)
+            .replace("{{ws_url}}", html.escape(settings.websocket_url))
+            .replace("{{yclients_url}}", html.escape(settings.yclients_app_url))
+            .replace("{{catalogue}}", catalogue_json()))
+    return Response(status_code=200, body=body, headers=security_headers(
+        nonce, connect_src=_WS_ORIGIN, extra_frame_ancestors=settings.page_local_frame_ancestors))
 
 
 @app.exception_handler(Exception)
 def unexpected(exc: Exception) -> Response:
     # The owner never sees a traceback; ops see it in the logs with the request id.
     logger.exception("unexpected error")
-    return _owner_error(503, "Временная ошибка", "Что-то пошло не так на нашей стороне. Попробуйте через минуту.")
+    return _owner_error(503, "unexpected")
 
 
 @logger.inject_lambda_context

@@ -122,6 +122,17 @@ def test_relinking_is_an_explicit_owner_request_for_a_linked_salon(store: Store)
     assert store.events_of(101)[-1]["actor"] == "owner"
 
 
+@pytest.mark.parametrize("ended", [S.WHATSAPP_LOGGED_OUT, S.BANNED])
+def test_an_unlinked_or_blocked_salon_can_be_linked_again_from_the_page(store: Store, ended: S) -> None:
+    """Issue 12: the page's one next action for these ends is "Привязать WhatsApp снова"."""
+    _linked(store, state=ended)
+    generation = store.get_session(101).generation  # type: ignore[union-attr]
+    salon = request_relink(store, 101, time.time())
+    assert salon is not None and salon.state == S.PENDING_WHATSAPP
+    session = store.get_session(101)
+    assert session is not None and session.desired == "link" and session.generation == generation + 1
+
+
 def test_a_consent_after_an_expired_activation_keeps_the_linked_device(store: Store) -> None:
     """Bug (issue 10): after `expired_consent` the next "Подключить" sent a `link` command, and
     the runner logged the working linked device out to start a new pairing."""

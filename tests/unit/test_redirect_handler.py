@@ -59,11 +59,11 @@ def _load(table: Any, marketplace: tuple[FakeYClients, str], monkeypatch: pytest
     return module
 
 
-def _get(module: ModuleType, query: dict[str, Any]) -> dict[str, Any]:
+def _get(module: ModuleType, query: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
     raw = urlencode(query)
     event = {
         "version": "2.0", "routeKey": "GET /auth/yclients/redirect", "rawPath": "/auth/yclients/redirect",
-        "rawQueryString": raw, "headers": {},
+        "rawQueryString": raw, "headers": headers or {},
         "queryStringParameters": {k: str(v) for k, v in query.items()},
         "requestContext": {"http": {"method": "GET", "path": "/auth/yclients/redirect", "sourceIp": "127.0.0.1"},
                            "requestId": "r", "routeKey": "GET /auth/yclients/redirect", "stage": "$default"},
@@ -117,3 +117,37 @@ def test_the_salon_users_check_refuses_a_user_yclients_does_not_list(
     fake.scripts["salon_users"].append(ScriptedAnswer(status=403))
     assert _get(module, _query(fake, 102))["statusCode"] == 302
     assert "SalonUsersUnavailable" in metrics.metric_set
+
+
+@pytest.mark.parametrize(("accept", "title", "back"), [
+    ("en-GB,en;q=0.9", "Invalid link", "Back to YClients"),
+    ("ru-RU,ru;q=0.9,en;q=0.5", "Ссылка недействительна", "Вернуться в YClients"),
+    ("", "Ссылка недействительна", "Вернуться в YClients"),
+])
+def test_refusal_pages_speak_the_browsers_language_and_lead_back_to_yclients(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients, monkeypatch: pytest.MonkeyPatch,
+        accept: str, title: str, back: str) -> None:
+    module = _load(table, marketplace, monkeypatch, YCLIENTS_APP_URL="https://yclients.com/appstore/")
+    query = {**_query(fake, 101), "user_data_sign": "00"}
+    response = _get(module, query, {"accept-language": accept} if accept else None)
+    assert response["statusCode"] == 400
+    assert f"<h1>{title}</h1>" in response["body"] and back in response["body"]
+    assert 'href="https://yclients.com/appstore/" target="_top"' in response["body"]
+
+
+def test_the_page_is_served_in_the_browsers_language_with_both_catalogues(
+        table: Any, marketplace: tuple[FakeYClients, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    event = {
+        "version": "2.0", "routeKey": "GET /marketplace/onboarding", "rawPath": "/marketplace/onboarding",
+        "rawQueryString": "", "headers": {"accept-language": "en-US"},
+        "requestContext": {"http": {"method": "GET", "path": "/marketplace/onboarding", "sourceIp": "127.0.0.1"},
+                           "requestId": "r", "routeKey": "GET /marketplace/onboarding", "stage": "$default"},
+        "isBase64Encoded": False,
+    }
+    response = module.app.resolve(event, LambdaContext(function_name="RedirectFunction", aws_request_id="r"))
+    body = response["body"]
+    assert '<html lang="en">' in body and "Back to YClients</a>" in body and "{{" not in body
+    assert "Вернуться в YClients" in body  # the Russian catalogue rides along for the switch
+    ancestors = response["headers"]["Content-Security-Policy"].split("frame-ancestors ")[1]
+    assert ancestors == "https://yclients.com https://*.yclients.com https://app.alteg.io https://*.alteg.io"

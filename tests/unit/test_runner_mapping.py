@@ -59,3 +59,10 @@ def test_a_disconnect_reconnects_only_a_session_that_should_run() -> None:
 ])
 def test_when_a_connected_salon_is_activated(state: SalonState, retry: bool, wanted: bool) -> None:
     assert activation_wanted(state, retry) is wanted
+
+
+def test_a_pairing_success_keeps_the_linked_number_and_clears_the_codes() -> None:
+    reaction = react(EngineEvent(EventKind.PAIR_SUCCESS, 1, 1, detail="79001234567:12@s.whatsapp.net"))
+    assert reaction.state == S.PAIRING and reaction.follow_up == FollowUp.MARK_LINKED
+    assert reaction.attrs is not None and reaction.attrs["linked_phone"] == "79001234567"
+    assert reaction.attrs["qr"] is None

@@ -61,6 +61,14 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _link(value: str) -> str:
+    """A web address shown to people as a link: kept exactly as written (a trailing slash too)."""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -129,6 +137,7 @@ class _Field:
     parse: Callable[[str], Any]
     default: str | None = None
     secret: bool = False
+    local_only: bool = False  # any non-empty value is refused in AWS
 
 
 _FIELDS: dict[str, _Field] = {
@@ -175,6 +184,11 @@ _FIELDS: dict[str, _Field] = {
     "entity_queue_url": _Field("ENTITY_QUEUE_URL", _url),
     # Least time between two pairing-code requests of one salon (each makes WhatsApp notify a phone).
     "pairing_min_interval_seconds": _Field("PAIRING_MIN_INTERVAL_SECONDS", _positive_float, "30"),
+    # Where the owner's page sends them back to: YClients' web app (the local stack: its fake).
+    "yclients_app_url": _Field("YCLIENTS_APP_URL", _link, "https://yclients.com/"),
+    # Origins besides YClients' that may frame the owner's page: the local stack's test pages
+    # only (space-separated CSP sources), refused in AWS.
+    "page_local_frame_ancestors": _Field("PAGE_LOCAL_FRAME_ANCESTORS", str.split, "", local_only=True),
 }
 
 
@@ -231,6 +245,9 @@ def load_settings(
                                                                                    LOCAL_JWT_SECRET)):
             problems.append(f"{spec.env}: is the local stack's built-in test value, refused in AWS "
                             f"(set {spec.env}_PARAM to a SecureString parameter holding the real one)")
+            continue
+        if spec.local_only and _in_aws(env) and raw.strip():
+            problems.append(f"{spec.env}: is for the local stack only, refused in AWS")
             continue
         try:
             values[name] = spec.parse(raw)

@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from aiadmin.i18n import DEFAULT_LANGUAGE, t
 from aiadmin.models import Salon, StateMessage, UserData
 from aiadmin.observability import logger, metrics
-from aiadmin.phones import InvalidPhone, normalise_phone
+from aiadmin.phones import InvalidPhone, normalise_phone, phone_digits
 from aiadmin.qr import render_svg
 from aiadmin.states import LINKED_STATES, LINKING_STATES, PAIRING_CODE_STATES, RETRY_STATES, SalonState
 from aiadmin.store import SessionCommand, Store
@@ -50,15 +51,21 @@ DEFAULT_PAIRING_MIN_INTERVAL_SECONDS = 30.0
 
 
 class PairingLimited(Exception):
-    """A pairing-code request over the salon's limits; the message is for the owner."""
+    """A pairing-code request over the salon's limits; the message is for the owner (Russian),
+    `key` and `params` render it in the owner's language (`aiadmin.i18n`)."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
+    def __init__(self, key: str, retry_after: float, **params: int) -> None:
+        super().__init__(t(DEFAULT_LANGUAGE, key, **params))
+        self.key = key
+        self.params = params
         self.retry_after = retry_after
 
 
-# Linked salons the owner may explicitly re-link from the page ("Перепривязать WhatsApp").
-RELINK_STATES = frozenset({SalonState.ACTIVE, SalonState.ACTIVATION_FAILED})
+# Salons the owner may explicitly link again from the page: linked ones ("Перепривязать WhatsApp",
+# after a confirmation) and ones whose device WhatsApp unlinked or blocked ("Привязать WhatsApp
+# снова": nothing is left to lose, and the owner need not go back through YClients for it).
+RELINK_STATES = frozenset({SalonState.ACTIVE, SalonState.ACTIVATION_FAILED, SalonState.WHATSAPP_LOGGED_OUT,
+                           SalonState.BANNED})
 # A salon item with no code to show (set on every new attempt and when one ends).
 NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
 
@@ -156,6 +163,9 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
         profile["salon_name"] = user.salon_name[:200]
     if user.name:
         profile["user_name"] = user.name[:200]
+    if owner_phone := phone_digits(user.phone):
+        # Only to tell the owner, after linking, whether the linked WhatsApp is their own number.
+        profile["owner_phone"] = owner_phone
     consent = {"consent_at": now, "activation_deadline": now + ACTIVATION_WINDOW_SECONDS}
     salon = store.get_salon(salon_id)
 
@@ -275,11 +285,9 @@ def request_pairing_code(store: Store, salon_id: int, raw_phone: object, now: fl
     if not verdict.allowed:
         wait = max(1, math.ceil(verdict.retry_after))
         if verdict.reason == "interval":
-            raise PairingLimited(f"Новый код можно запросить через {wait} с.", verdict.retry_after)
-        raise PairingLimited(
-            f"За последний час коды уже запрошены для {PAIRING_PHONES_PER_HOUR} разных номеров. "
-            f"Попробуйте снова через {math.ceil(wait / 60)} мин или привяжите WhatsApp по QR-коду.",
-            verdict.retry_after)
+            raise PairingLimited("pairing.interval", verdict.retry_after, seconds=wait)
+        raise PairingLimited("pairing.hourly", verdict.retry_after, count=PAIRING_PHONES_PER_HOUR,
+                             minutes=math.ceil(wait / 60))
     # The new attempt and the runner's command in one transaction: never one without the other.
     return store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="pairing code requested",
                             attrs=NO_CODES, expected=PAIRING_CODE_STATES,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from aiadmin.i18n import DEFAULT_LANGUAGE, t
+
 
 class SalonState(StrEnum):
     PENDING_WHATSAPP = "pending_whatsapp"
@@ -102,60 +104,9 @@ def is_allowed(current: SalonState | None, new: SalonState) -> bool:
     return new in ALLOWED_TRANSITIONS[current]
 
 
-# What the owner reads on the onboarding page for each state: a title and what to do.
+# What the owner reads on the onboarding page for each state: a title and what to do (Russian,
+# the default; the page renders the owner's language from `aiadmin.i18n` by the state's name).
 OWNER_TEXT: dict[SalonState, tuple[str, str]] = {
-    S.PENDING_WHATSAPP: ("Готовим код", "Через несколько секунд здесь появится код для привязки WhatsApp."),
-    S.QR_READY: (
-        "Отсканируйте QR-код",
-        "Откройте WhatsApp на телефоне салона → Настройки → Связанные устройства → "
-        "Привязка устройства и наведите камеру на код.",
-    ),
-    S.QR_EXPIRED: (
-        "Код устарел",
-        "Нажмите «Получить новый код», чтобы попробовать ещё раз. Если телефон написал, что привязано "
-        "максимальное число устройств, сначала отвяжите одно из них в WhatsApp → Связанные устройства.",
-    ),
-    S.CODE_READY: (
-        "Введите код в WhatsApp",
-        "На телефоне салона откройте WhatsApp → Настройки → Связанные устройства → Привязка устройства → "
-        "«Привязать по номеру телефона» и введите этот код.",
-    ),
-    S.CODE_FAILED: (
-        "Не удалось получить код",
-        "WhatsApp не выдал код для этого номера. Проверьте, что это номер WhatsApp салона, и запросите код "
-        "ещё раз или привяжите WhatsApp по QR-коду.",
-    ),
-    S.LINK_REFUSED: (
-        "WhatsApp не дал привязать устройство",
-        "Чаще всего к номеру уже привязано максимальное число устройств. На телефоне откройте WhatsApp → "
-        "Настройки → Связанные устройства, отвяжите одно из них и нажмите «Получить новый код».",
-    ),
-    S.PASSKEY_REQUIRED: (
-        "WhatsApp попросил ключ доступа",
-        "Наш сервер не может подтвердить привязку ключом доступа (passkey). На телефоне выберите привязку "
-        "без ключа доступа, если WhatsApp это предлагает, или удалите ключ доступа в WhatsApp → Настройки → "
-        "Аккаунт → Ключи доступа. Затем нажмите «Получить новый код».",
-    ),
-    S.PAIRING: ("Связываем WhatsApp", "Телефон принял код, завершаем привязку."),
-    S.WHATSAPP_CONNECTED: ("WhatsApp подключён", "Включаем интеграцию в YClients."),
-    S.ACTIVATING: ("Включаем интеграцию", "Сообщаем YClients, что всё готово."),
-    S.ACTIVE: ("Готово! AI Admin подключён", "Можно вернуться в YClients: приложение активно."),
-    S.ACTIVATION_FAILED: (
-        "Не удалось включить интеграцию",
-        "YClients не принял подключение, мы уже разбираемся. Чтобы попробовать снова, "
-        "нажмите «Подключить» у приложения в YClients ещё раз.",
-    ),
-    S.FROZEN: ("Приложение приостановлено", "Оплатите подписку в YClients, и бот снова заработает."),
-    S.UNINSTALLED: ("Приложение отключено", "Чтобы подключить снова, нажмите «Подключить» в YClients."),
-    S.WHATSAPP_LOGGED_OUT: (
-        "WhatsApp отвязан",
-        "Устройство отвязали в телефоне. Откройте приложение из YClients, чтобы привязать снова.",
-    ),
-    S.BANNED: ("WhatsApp временно заблокировал номер", "Подождите снятия блокировки и привяжите номер снова."),
-    S.CLIENT_OUTDATED: ("Нужно обновление", "Мы обновляем подключение к WhatsApp, ничего делать не нужно."),
-    S.EXPIRED_CONSENT: (
-        "Время на подключение истекло",
-        "YClients больше не ждёт подключения. Откройте YClients и нажмите «Подключить» ещё раз: "
-        "уже привязанный WhatsApp останется привязанным.",
-    ),
+    state: (t(DEFAULT_LANGUAGE, f"state.{state.value}.title"), t(DEFAULT_LANGUAGE, f"state.{state.value}.hint"))
+    for state in SalonState
 }
