@@ -20,7 +20,7 @@ from aiadmin.store import LeaseLost, Store
 from wa_runner.mapping import activation_wanted
 from wa_runner.sessions import OwnedSession
 
-ACTIVATION_WORKERS = 4
+ACTIVATION_WORKERS = 16
 
 
 class ActivationWorker:

@@ -49,7 +49,7 @@ from wa_runner.supervisor import RunnerLimits, Supervisor
 __all__ = ["Runner", "RunnerLimits"]
 
 IO_THREADS = 16
-PUSH_THREADS = 8
+PUSH_THREADS = 16
 UPKEEP_SECONDS = 1.0
 TAKEOVER_LOOK_SECONDS = 1.0
 # SIGTERM: engine sessions stopped within this, then handed back within RELEASE_SECONDS

@@ -171,7 +171,7 @@ _FIELDS: dict[str, _Field] = {
     # The safety net behind the command index: every owned session compared this often.
     "runner_reconcile_seconds": _Field("RUNNER_RECONCILE_SECONDS", _positive_float, "300"),
     # Activations (YClients calls with their retries) one runner runs at once.
-    "runner_activation_workers": _Field("RUNNER_ACTIVATION_WORKERS", _positive_int, "4"),
+    "runner_activation_workers": _Field("RUNNER_ACTIVATION_WORKERS", _positive_int, "16"),
     # Linking attempts one runner runs at once; over it, others take the new ones.
     "runner_max_pairings": _Field("RUNNER_MAX_PAIRINGS", _positive_int, "20"),
     # Linked sessions a runner connects at the same time when resuming (start, takeover).
