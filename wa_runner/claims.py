@@ -1,5 +1,5 @@
-"""Taking new work: claimable sessions (every other poll the linking attempts, in between
-one resume shard in turn), and the sessions of dead runners (taken over once their
+"""Taking new work: claimable sessions (mostly the linking attempts; every fourth poll one
+resume shard in turn), and the sessions of dead runners (taken over once their
 membership is `grace` seconds past its end).
 
 Claims stay within the runner's bounds: linking attempts up to `max_pairings`, linked
@@ -20,6 +20,7 @@ from wa_runner.supervisor import Supervisor
 
 CLAIM_BATCH = 25
 CLAIM_CONCURRENCY = 8
+RESUME_EVERY = 4  # one claim poll in this many looks at a resume shard
 
 
 class Claimer:
@@ -34,11 +35,11 @@ class Claimer:
         self._polls = 0
 
     def _next_partition(self) -> tuple[str, set[str]]:
-        """Linking attempts (and stop/pause) every other poll; in between, one resume shard in
-        turn, while the resume backlog has room."""
+        """Linking attempts (and stop/pause) three polls in four; the fourth, one resume shard in
+        turn, while the resume backlog has room (a resume is not waited for by anyone on a page)."""
         self._polls += 1
-        if self._polls % 2 == 0 and self._supervisor.backlog_room() > 0:
-            return RESUME_PARTITIONS[(self._polls // 2) % len(RESUME_PARTITIONS)], {RESUME}
+        if self._polls % RESUME_EVERY == 0 and self._supervisor.backlog_room() > 0:
+            return RESUME_PARTITIONS[(self._polls // RESUME_EVERY) % len(RESUME_PARTITIONS)], {RESUME}
         return LINKING_PARTITION, {LIGHT} | ({LINKING} if self._supervisor.pairing_room() > 0 else set())
 
     async def claim_step(self, now: float) -> int:

@@ -51,7 +51,7 @@ __all__ = ["Runner", "RunnerLimits"]
 IO_THREADS = 16
 PUSH_THREADS = 16
 UPKEEP_SECONDS = 1.0
-TAKEOVER_LOOK_SECONDS = 1.0
+TAKEOVER_LOOK_SECONDS = 2.0
 # SIGTERM: engine sessions stopped within this, then handed back within RELEASE_SECONDS
 # (ECS kills the task 30 s after SIGTERM; what is not handed back is taken over once the
 # membership's end is seen).
@@ -141,8 +141,9 @@ class Runner:
             await asyncio.wait_for(stop.wait(), max(0.0, seconds - (self._clock() - started)))
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
-        """New work within a poll; a look for dead runners' sessions every second (one small
-        consistent query: their sessions resume within the lease, the grace and a second)."""
+        """New work within a poll (a pause of RUNNER_POLL_SECONDS after each empty one); a look
+        for dead runners' sessions every two seconds (one small consistent query: their
+        sessions resume within the lease, the grace and two seconds)."""
         last_takeover = 0.0
         while not stop.is_set():
             now = self._clock()
@@ -151,7 +152,8 @@ class Runner:
                 last_takeover = now
                 await _step("takeover", self.claimer.takeover_step(now))
             if not claimed:  # a full page may have more behind it: poll again at once
-                await self._every(stop, self._poll_seconds, now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._poll_seconds)
 
     async def _command_loop(self, stop: asyncio.Event) -> None:
         last_reconcile, epoch = 0.0, None
@@ -195,6 +197,8 @@ class Runner:
 
     async def _lapsed(self) -> None:
         stopped = await self.supervisor.stop_all(STOP_SECONDS)
+        # Each one dropped: counted as the fence's drops are (the others take them over).
+        metrics.add_metric(name="LeaseLost", unit="Count", value=len(stopped))
         logger.error("membership lapsed: every session stopped", extra={"sessions": len(stopped)})
         self.membership.stopped_all.set()
 

@@ -147,8 +147,9 @@ async def handle(runner: Runner, kind: EventKind, salon_id: int, **fields: Any) 
 async def claim_all(runner: Runner, clock: FakeClock) -> None:
     """Claim polls until each partition had its turn."""
     from aiadmin.ownership import RESUME_SHARDS
+    from wa_runner.claims import RESUME_EVERY
 
-    for _ in range(2 * RESUME_SHARDS):
+    for _ in range(RESUME_EVERY * RESUME_SHARDS):
         await runner.claimer.claim_step(clock.now)
 
 
