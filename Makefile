@@ -23,6 +23,7 @@ RUNNER_REQUIREMENTS := wa_runner/requirements.txt
 ENV ?= staging
 DRY_RUN ?=
 TAG ?=
+SAMCONFIG ?= samconfig.toml
 
 export SAM_CLI_TELEMETRY := 0
 export UV_PYTHON_DOWNLOADS := never
@@ -83,7 +84,7 @@ bench: $(STAMP_DEV)
 
 # Builds and pushes the runner image, then sam build + sam deploy; DRY_RUN=1 checks and prints only.
 deploy: $(STAMP_DEV)
-	$(BIN)/python scripts/deploy.py --env $(ENV) $(if $(DRY_RUN),--dry-run) $(if $(TAG),--tag $(TAG))
+	$(BIN)/python scripts/deploy.py --env $(ENV) --config $(SAMCONFIG) $(if $(DRY_RUN),--dry-run) $(if $(TAG),--tag $(TAG))
 
 # Checks a deployment (or, with the local stack's environment, the local stack).
 doctor: $(STAMP_LOCAL)
