@@ -14,6 +14,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aiadmin.config import load_settings
+from aiadmin.lazy import lazy
 from aiadmin.models import parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import start_onboarding
@@ -26,9 +27,9 @@ settings = load_settings([
     "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token", "jwt_secret",
     "websocket_url", "token_ttl_seconds",
 ])
-store = Store(boto3.resource("dynamodb").Table(settings.table_name))
-yclients = YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
-                          settings.yclients_app_id)
+store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
+yclients = lazy(lambda: YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
+                                      settings.yclients_app_id))
 PAGE_TEMPLATE = (Path(__file__).parent / "onboarding.html").read_text(encoding="utf-8")
 CHOOSER_TEMPLATE = """<!doctype html><html lang="ru"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>Выберите филиал</title>

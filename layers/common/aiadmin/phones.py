@@ -6,8 +6,6 @@ international number as digits without "+" ("79001234567")."""
 
 from __future__ import annotations
 
-import phonenumbers
-
 DEFAULT_REGION = "RU"
 # Longer input is not a phone number; refusing it early keeps the parser's work bounded.
 MAX_INPUT_LENGTH = 40
@@ -24,6 +22,8 @@ def normalise_phone(raw: object, default_region: str = DEFAULT_REGION) -> str:
     number (a number without a country code is read as Russian)."""
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidPhone("Введите номер телефона, к которому привязан WhatsApp салона.")
+    import phonenumbers  # here, not at import: only the pairing-code request needs it (cold start)
+
     text = raw.strip()
     if len(text) > MAX_INPUT_LENGTH:
         raise InvalidPhone("Слишком длинный номер. Введите номер в формате +7 900 123-45-67.")

@@ -30,7 +30,7 @@ from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
 from aiadmin.models import Salon, SessionDesire, SessionLease
-from aiadmin.observability import logger, metrics
+from aiadmin.observability import log_state_change, logger, metrics
 from aiadmin.states import IllegalTransition, SalonState, check_transition
 
 CONNECTION_TTL_SECONDS = 2 * 3600
@@ -179,11 +179,9 @@ class Store:
                 if _is_condition_failure(exc):
                     continue
                 raise
-            metrics.add_metric(name=f"Transition_{new_state.value}", unit="Count", value=1)
-            logger.info(
-                "salon state changed",
-                extra={"salon_id": salon_id, "from": current_state, "to": new_state, "actor": actor},
-            )
+            if new_state != current_state:  # counts entries into a state: a new QR code is not one
+                metrics.add_metric(name=f"Transition_{new_state.value}", unit="Count", value=1)
+            log_state_change(salon_id, current_state.value if current_state else None, new_state.value, actor, reason)
             return Salon.model_validate(_from_dynamo({**(current.model_dump() if current else {}), **fields}))
         raise ConcurrentUpdate(f"salon {salon_id} changed concurrently {_TRANSITION_ATTEMPTS} times")
 
