@@ -93,6 +93,7 @@ def redirect() -> Response:
                             "YClients не подтверждает, что этот салон подключает AI Admin.")
     now = time.time()
     start_onboarding(store, salon_id, user, now, marketplace_status=status or "pending")
+    metrics.add_metric(name="RedirectAccepted", unit="Count", value=1)  # the funnel's first step
     token = issue_token(salon_id, settings.jwt_secret.reveal(), settings.token_ttl_seconds, now)
     # The token travels in the fragment: browsers never send it to a server, so no access log holds it.
     return Response(status_code=302, body="", headers={
