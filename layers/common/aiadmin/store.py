@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -104,6 +104,16 @@ class Store:
             Key={"pk": _salon_pk(salon_id), "sk": "STATE"}, ConsistentRead=True
         ).get("Item")
         return Salon.model_validate(_from_dynamo(item)) if item else None
+
+    def all_salons(self) -> Iterator[Salon]:
+        """Every salon record, page by page (a Scan: for ops tools, never on a request path)."""
+        request: dict[str, Any] = {"FilterExpression": Attr("sk").eq("STATE")}
+        while True:
+            page = self._table.scan(**request)
+            yield from (Salon.model_validate(_from_dynamo(item)) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def transition(
         self,
