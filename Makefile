@@ -29,7 +29,7 @@ export SAM_CLI_TELEMETRY := 0
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: dev test lint typecheck validate unit integration browser bench system-deps clean lock deploy doctor
+.PHONY: dev test lint typecheck validate unit integration browser bench system-deps clean lock deploy
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -85,10 +85,6 @@ bench: $(STAMP_DEV)
 # Builds and pushes the runner image, then sam build + sam deploy; DRY_RUN=1 checks and prints only.
 deploy: $(STAMP_DEV)
 	$(BIN)/python scripts/deploy.py --env $(ENV) --config $(SAMCONFIG) $(if $(DRY_RUN),--dry-run) $(if $(TAG),--tag $(TAG))
-
-# Checks a deployment (or, with the local stack's environment, the local stack).
-doctor: $(STAMP_LOCAL)
-	$(BIN)/python -m ops doctor
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis .local-data
