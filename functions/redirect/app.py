@@ -61,7 +61,8 @@ def _salon_ids(raw_query: str) -> list[str]:
 
 
 @app.get("/auth/yclients/redirect")
-@tracer.capture_method
+# The response's `Location` carries the onboarding token: X-Ray must not record it.
+@tracer.capture_method(capture_response=False)
 def redirect() -> Response:
     query = dict(parse_qsl(app.current_event.raw_query_string, keep_blank_values=True))
     ids = _salon_ids(app.current_event.raw_query_string)
@@ -131,6 +132,6 @@ def unexpected(exc: Exception) -> Response:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)  # the redirect's response holds a token
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -141,6 +141,30 @@ def test_owner_on_the_salons_phone_links_with_a_pairing_code(stack: RunningStack
     assert errors == []
 
 
+def test_a_second_number_too_soon_is_refused_with_a_clear_message(stack: RunningStack, browser: Browser) -> None:
+    """Pairing codes make WhatsApp notify the phone: the page cannot ask for them in a row."""
+    from local.owner import press_connect
+
+    page = _new_page(browser)
+    page.goto(press_connect(stack.marketplace, 104))
+    card = page.locator("#card")
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    page.get_by_role("button", name="Привязать по номеру телефона").click()
+    phone = page.get_by_label("Номер WhatsApp салона")
+    phone.fill("8 (900) 123-45-67")
+    page.get_by_role("button", name="Получить код").click()
+    expect(card).to_have_attribute("data-state", "code_ready", timeout=15000)
+    first = page.locator("#pairing-code").inner_text()
+
+    page.get_by_role("button", name="Получить код для другого номера").click()
+    phone.fill("8 (900) 765-43-21")
+    page.get_by_role("button", name="Получить код").click()
+    expect(page.locator("#phone-error")).to_contain_text("Новый код можно запросить через")
+    expect(card).to_have_attribute("data-state", "code_ready")      # nothing changed
+    assert page.locator("#pairing-code").inner_text() == first
+    page.screenshot(path=str(_artifact("onboarding-pairing-limited.png")))
+
+
 def test_page_without_a_token_tells_the_owner_what_to_do(stack: RunningStack, browser: Browser) -> None:
     page = _new_page(browser)
     page.goto(stack.base_url + "/marketplace/onboarding")

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from aiadmin.lazy import built, lazy
-from aiadmin.observability import NoTracer, tracing_enabled
+from aiadmin.observability import tracer, tracing_enabled
 from local.template import ROOT
 
 ENV = {
@@ -62,15 +62,14 @@ def test_tracing_switch_follows_powertools_rules() -> None:
     assert not tracing_enabled({"AWS_LAMBDA_FUNCTION_NAME": "f", "AWS_SAM_LOCAL": "true"})
 
 
-def test_no_tracer_decorators_return_the_function_itself() -> None:
-    tracer = NoTracer()
+def test_with_tracing_off_the_tracer_decorates_as_usual_without_xray() -> None:
+    assert "aws_xray_sdk" not in type(tracer.provider).__module__
 
-    def handler(event: object, context: object) -> str:
-        return "done"
+    @tracer.capture_method(capture_response=False)
+    def handler(event: object) -> str:
+        return f"done {event}"
 
-    assert tracer.capture_lambda_handler(handler) is handler
-    assert tracer.capture_method(handler) is handler
-    assert tracer.capture_method(capture_response=False)(handler) is handler
+    assert handler(1) == "done 1"
 
 
 def test_lazy_builds_once_on_first_use() -> None:

@@ -50,9 +50,9 @@ def test_every_alarm_on_our_metrics_watches_a_metric_the_code_emits() -> None:
 
 
 def _emitted_metrics() -> set[str]:
-    """Every metric name the code can emit: literal `add_metric(name="X")`, names chosen from
-    `(state, "X")` pairs (`add_metric(name=metric)`), and `f"Prefix_{state.value}"` templates
-    expanded over the salon states."""
+    """Every metric name the code can emit: literal `add_metric(name="X")`, the CamelCase
+    literals of a file that passes the name in a variable (`add_metric(name=metric)`), and
+    `f"Prefix_{state.value}"` templates expanded over the salon states."""
     import re
 
     from aiadmin.states import SalonState
@@ -66,8 +66,10 @@ def _emitted_metrics() -> set[str]:
         emitted |= set(re.findall(r'add_metric\(\s*name="(\w+)"', code))
         for prefix in re.findall(r'add_metric\(\s*name=f"(\w+_)\{\w+\.value\}"', code):
             emitted |= {prefix + state.value for state in SalonState}
-        if re.search(r"add_metric\(\s*name=metric\b", code):
-            emitted |= set(re.findall(r'\(S\.\w+, "(\w+)"\)', code))
+        if re.search(r"add_metric\(\s*name=[a-z_]+\b", code):
+            # The name is a variable: the CamelCase literals of that file are its candidates
+            # (`(S.BANNED, "SessionsBanned")`, `_refuse(..., "PairingPhoneRefused")`).
+            emitted |= set(re.findall(r'"((?:[A-Z][a-z0-9]+){2,})"', code))
     return emitted
 
 

@@ -96,7 +96,7 @@ class Activator:
         if not {"api_key", "webhook_secret"} <= secrets_.keys():
             # Entered `activating` from elsewhere (an unfrozen salon) without keys yet.
             secrets_ = _new_secrets()
-            self._store.update_profile(salon_id, secrets_)
+            self._store.put_salon_secrets(salon_id, secrets_)
         url = webhook_url(self._public_base_url, salon_id, secrets_["webhook_secret"])
         attempt = 0
         while True:
@@ -142,14 +142,13 @@ class Activator:
         now = self._clock()
         if salon.state in ACTIVATABLE_STATES:
             attrs = {
-                **_new_secrets(),
                 "activation_owner": self._owner, "activation_lock_until": now + self._policy.lock_seconds,
                 "activation_error": None,
             }
             try:
                 # Conditional on the state read: of two concurrent triggers, one wins, the other sees a change.
                 salon = self._store.transition(salon_id, S.ACTIVATING, self._actor, "activating in YClients",
-                                               attrs, expected=[salon.state])
+                                               attrs, expected=[salon.state], salon_secrets=_new_secrets())
             except (IllegalTransition, ConcurrentUpdate):
                 return ActivationEnd.BUSY
         elif salon.state == S.ACTIVATING:

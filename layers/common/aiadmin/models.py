@@ -132,8 +132,12 @@ class StateMessage(BaseModel):
 
 
 class ErrorMessage(BaseModel):
-    """A request from the page that was refused (e.g. a bad phone number): nothing changed."""
+    """A request from the page that was refused (e.g. a bad phone number): nothing changed.
+    `code` says why for the page's logic (`invalid_phone`, `pairing_limited`, `rate_limited`,
+    `token_expired`, `bad_request`); `retry_after` (seconds) when waiting helps."""
 
     type: Literal["error"] = "error"
     action: str
     message: str
+    code: str = ""
+    retry_after: float | None = None

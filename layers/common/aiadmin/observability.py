@@ -5,15 +5,16 @@ runner process) writes one consistent stream of structured logs and EMF metrics.
 
 The Tracer is powertools' only when tracing is on: constructing powertools' Tracer imports the
 X-Ray SDK (about as long as importing boto3) even when POWERTOOLS_TRACE_DISABLED turns it off.
-Off (that variable true, or not in Lambda, or in `sam local`), `tracer` is a stand-in whose
-decorators return the function unchanged."""
+Off (that variable true, or not in Lambda, or in `sam local`), `tracer` is powertools' Tracer
+with a provider that records nothing, so the X-Ray SDK is never imported."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -38,29 +39,54 @@ def tracing_enabled(environ: Mapping[str, str] | None = None) -> bool:
     return bool(env.get("AWS_LAMBDA_FUNCTION_NAME")) and not env.get("AWS_SAM_LOCAL")
 
 
-class NoTracer:
-    """The decorators of powertools' Tracer that the code uses, doing nothing (tracing off)."""
+class _NoSubsegment:
+    def put_annotation(self, key: str, value: Any) -> None:
+        pass
 
-    def capture_lambda_handler(self, lambda_handler: Callable[..., Any] | None = None,
-                               **_options: Any) -> Any:
-        return lambda_handler if lambda_handler is not None else (lambda handler: handler)
+    def put_metadata(self, key: str, value: Any, namespace: str = "") -> None:
+        pass
 
-    def capture_method(self, method: Callable[..., Any] | None = None, **_options: Any) -> Any:
-        return method if method is not None else (lambda function: function)
+    def add_exception(self, exception: BaseException, stack: Any, remote: bool = False) -> None:
+        pass
+
+
+class NoProvider:
+    """A tracing provider that records nothing, for powertools' Tracer with tracing off: its
+    decorators then behave as always (and can be observed), without the X-Ray SDK."""
+
+    @contextlib.contextmanager
+    def in_subsegment(self, name: str | None = None, **_kwargs: Any) -> Iterator[_NoSubsegment]:
+        yield _NoSubsegment()
+
+    @contextlib.asynccontextmanager
+    async def in_subsegment_async(self, name: str | None = None, **_kwargs: Any) -> AsyncIterator[_NoSubsegment]:
+        yield _NoSubsegment()
 
     def put_annotation(self, key: str, value: Any) -> None:
         pass
 
-    def put_metadata(self, key: str, value: Any, namespace: str | None = None) -> None:
+    def put_metadata(self, key: str, value: Any, namespace: str = "") -> None:
+        pass
+
+    def patch(self, modules: Any) -> None:
+        pass
+
+    def patch_all(self) -> None:
         pass
 
 
 def _tracer() -> Any:
-    if not tracing_enabled():
-        return NoTracer()
     from aws_lambda_powertools import Tracer
 
-    return Tracer(service=SERVICE)
+    if tracing_enabled():
+        return Tracer(service=SERVICE)
+
+    class UntracedTracer(Tracer):
+        @staticmethod
+        def _disable_tracer_provider() -> None:
+            """powertools switches the X-Ray SDK off here, importing it; there is none to switch off."""
+
+    return UntracedTracer(service=SERVICE, disabled=True, auto_patch=False, provider=NoProvider())  # type: ignore[arg-type]
 
 
 tracer = _tracer()

@@ -3,11 +3,14 @@ they take a `Store` and plain values."""
 
 from __future__ import annotations
 
+import math
+import time
+
 from aiadmin.models import Salon, StateMessage, UserData
 from aiadmin.phones import InvalidPhone, normalise_phone
 from aiadmin.qr import render_svg
 from aiadmin.states import LINKED_STATES, LINKING_STATES, PAIRING_CODE_STATES, RETRY_STATES, SalonState
-from aiadmin.store import Store
+from aiadmin.store import SessionCommand, Store
 
 # YClients accepts the activation call within one hour of the owner's consent.
 ACTIVATION_WINDOW_SECONDS = 3600
@@ -18,7 +21,22 @@ _RESTART_STATES = frozenset({
     SalonState.WHATSAPP_LOGGED_OUT, SalonState.BANNED,
     SalonState.CODE_FAILED, SalonState.LINK_REFUSED, SalonState.PASSKEY_REQUIRED,
 })
-# A new attempt forgets the last one's codes.
+# Pairing codes make WhatsApp notify the phone they are for: an owner's page may ask for at
+# most this many distinct numbers per hour, and wait `PAIRING_MIN_INTERVAL_SECONDS` (setting,
+# default 30 s) between two requests.
+PAIRING_PHONES_PER_HOUR = 3
+PAIRING_WINDOW_SECONDS = 3600
+DEFAULT_PAIRING_MIN_INTERVAL_SECONDS = 30.0
+
+
+class PairingLimited(Exception):
+    """A pairing-code request over the salon's limits; the message is for the owner."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 # A salon item with no code to show (set on every new attempt and when one ends).
 NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
 
@@ -83,12 +101,13 @@ def request_new_qr(store: Store, salon_id: int) -> Salon | None:
     return salon
 
 
-def request_pairing_code(store: Store, salon_id: int, raw_phone: object) -> Salon | None:
+def request_pairing_code(store: Store, salon_id: int, raw_phone: object, now: float | None = None,
+                         min_interval: float = DEFAULT_PAIRING_MIN_INTERVAL_SECONDS) -> Salon | None:
     """The owner asked to link by phone number: a fresh attempt that asks WhatsApp for a
     pairing code for that number. None if not applicable in the salon's state.
 
-    Raises InvalidPhone (an owner-facing message) before anything changes. A replay of the
-    same request while it is still starting changes nothing."""
+    Raises InvalidPhone or PairingLimited (owner-facing messages) before anything changes. A
+    replay of the same request while it is still starting changes nothing and is not counted."""
     phone = normalise_phone(raw_phone)
     salon = store.get_salon(salon_id)
     if salon is None or salon.state not in PAIRING_CODE_STATES:
@@ -97,10 +116,21 @@ def request_pairing_code(store: Store, salon_id: int, raw_phone: object) -> Salo
         lease = store.get_session(salon_id)
         if lease is not None and lease.desired == "link" and lease.pair_phone == phone:
             return salon
-    salon = store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="pairing code requested",
-                             attrs=NO_CODES, expected=PAIRING_CODE_STATES)
-    store.request_session(salon_id, "link", pair_phone=phone)
-    return salon
+    moment = time.time() if now is None else now
+    verdict = store.admit_pairing_request(salon_id, phone, moment, min_interval, PAIRING_PHONES_PER_HOUR,
+                                          PAIRING_WINDOW_SECONDS)
+    if not verdict.allowed:
+        wait = max(1, math.ceil(verdict.retry_after))
+        if verdict.reason == "interval":
+            raise PairingLimited(f"Новый код можно запросить через {wait} с.", verdict.retry_after)
+        raise PairingLimited(
+            f"За последний час коды уже запрошены для {PAIRING_PHONES_PER_HOUR} разных номеров. "
+            f"Попробуйте снова через {math.ceil(wait / 60)} мин или привяжите WhatsApp по QR-коду.",
+            verdict.retry_after)
+    # The new attempt and the runner's command in one transaction: never one without the other.
+    return store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="pairing code requested",
+                            attrs=NO_CODES, expected=PAIRING_CODE_STATES,
+                            command=SessionCommand("link", pair_phone=phone))
 
 
 def state_message(salon: Salon, now: float) -> str:
@@ -109,5 +139,5 @@ def state_message(salon: Salon, now: float) -> str:
     return StateMessage.of(salon, now, qr_svg=svg).model_dump_json()
 
 
-__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "NO_CODES", "InvalidPhone", "request_new_qr",
-           "request_pairing_code", "start_onboarding", "state_message"]
+__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "NO_CODES", "InvalidPhone", "PairingLimited",
+           "request_new_qr", "request_pairing_code", "start_onboarding", "state_message"]
