@@ -6,8 +6,8 @@ PYTHON ?= $(shell for p in $(HOME)/.pyenv/versions/3.12*/bin/python3.12 python3.
 	$$p -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
-# uv, pinned, in its own small venv (bootstrapped from PyPI with the interpreter's pip; nothing
-# else on the machine is needed). Bump it together with the `uv==` pin in pyproject.toml.
+# uv, pinned, installed from PyPI into .tools with the interpreter's pip (or, without one, in a
+# small venv of its own): nothing else on the machine is needed. Bump it together with the `uv==` pin in pyproject.toml.
 UV_VERSION := 0.13.9
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
@@ -32,8 +32,8 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 .PHONY: dev test lint typecheck validate unit integration browser bench system-deps clean lock deploy
 
 $(UV):
-	$(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(TOOLS) uv==$(UV_VERSION) 2>/dev/null \
+	  || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); }
 
 # --inexact: keeps what `make test` added, so switching between the two never reinstalls.
 $(STAMP_LOCAL): uv.lock pyproject.toml | $(UV)
