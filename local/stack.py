@@ -189,6 +189,12 @@ async def run_stack(options: StackOptions) -> None:
         raise web.HTTPFound(marketplace.prefix + "/")
 
     app.router.add_get("/", index)
+
+    async def describe(_request: web.Request) -> web.StreamResponse:
+        # For `python -m ops --local`: where this stack keeps its data (names only, no secret).
+        return web.json_response({"moto_url": moto_url, "table_name": table_names["AppTable"]})
+
+    app.router.add_get("/_local/stack", describe)
     app.router.add_route("*", "/{tail:.*}", gateway.http)
     site_runner = web.AppRunner(app, access_log=None)
     await site_runner.setup()
