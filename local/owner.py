@@ -22,8 +22,8 @@ def press_connect(marketplace: str, salon_id: int) -> str:
     return str(response.headers["Location"])
 
 
-def follow_redirect(redirect_url: str) -> tuple[requests.Response, str | None]:
-    response = requests.get(redirect_url, allow_redirects=False, timeout=10)
+def follow_redirect(redirect_url: str, timeout: float = 10) -> tuple[requests.Response, str | None]:
+    response = requests.get(redirect_url, allow_redirects=False, timeout=timeout)
     location = response.headers.get("Location", "")
     token = location.split("#token=", 1)[1] if "#token=" in location else None
     return response, token
@@ -45,16 +45,17 @@ async def receive_until(ws: websockets.ClientConnection, states: set[str], timeo
 
 
 @asynccontextmanager
-async def open_page(ws_url: str, token: str | None) -> AsyncIterator[websockets.ClientConnection]:
+async def open_page(ws_url: str, token: str | None,
+                    open_timeout: float = 10) -> AsyncIterator[websockets.ClientConnection]:
     """What the onboarding page does on load: open the socket with the token and ask for the
     salon's current state."""
-    async with websockets.connect(f"{ws_url}?token={token}") as ws:
+    async with websockets.connect(f"{ws_url}?token={token}", open_timeout=open_timeout) as ws:
         await ws.send(json.dumps({"action": "sync"}))
         yield ws
 
 
-def scan(base_url: str, qr: str) -> requests.Response:
-    return requests.post(f"{base_url}/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+def scan(base_url: str, qr: str, timeout: float = 10) -> requests.Response:
+    return requests.post(f"{base_url}/_local/whatsapp/scan", json={"qr": qr}, timeout=timeout)
 
 
 async def link_whatsapp(base_url: str, marketplace: str, salon_id: int, until: set[str],
