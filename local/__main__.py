@@ -21,10 +21,14 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="where simulated WhatsApp keys are kept")
     parser.add_argument("--restart-runners", action="store_true",
                         help="start a runner again when it exits, instead of stopping the stack")
+    parser.add_argument("--dynamodb-faults", action="store_true",
+                        help="handlers and runners reach DynamoDB through a proxy that can slow or throttle "
+                             "every call on demand (POST /_local/dynamodb/faults)")
     args = parser.parse_args()
     asyncio.run(run_stack(StackOptions(host=args.host, port=args.port, runners=args.runners,
                                        time_scale=args.time_scale, data_dir=args.data_dir,
-                                       restart_runners=args.restart_runners)))
+                                       restart_runners=args.restart_runners,
+                                       dynamodb_faults=args.dynamodb_faults)))
 
 
 if __name__ == "__main__":
