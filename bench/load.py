@@ -17,6 +17,9 @@ Printed:
 - time from the redirect to the first QR on the page, and from the scan to `active`
   (p50, p95), and the marketplace's 429 answers.
 
+`--slow-dynamodb 2` also holds every DynamoDB call of the service 2 s for 20 s while the
+owners arrive (the stack's fault proxy, local/dynamo_faults.py).
+
 Bounded: every owner gives up after `--qr-timeout` / `--active-timeout` seconds and the
 whole run after their sum plus a minute; then the stack is stopped.
 
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -41,7 +43,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from local.observe import whatsapp
+from local.observe import runner_events, whatsapp
 from local.owner import follow_redirect, open_page, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
 
@@ -98,8 +100,12 @@ async def one_owner(stack: RunningStack, owner: Owner, qr_timeout: float, active
                 if remaining <= 0:
                     owner.outcome = f"not active within {active_timeout:.0f} s after the scan"
                     return
-                message = await receive_until(page, {"active", "qr_ready", "qr_expired", "activation_failed"},
-                                              remaining, seen)
+                try:
+                    message = await receive_until(page, {"active", "qr_ready", "qr_expired", "activation_failed"},
+                                                  remaining, seen)
+                except TimeoutError:
+                    owner.outcome = f"not active within {active_timeout:.0f} s after the scan"
+                    return
                 if message["state"] == "active":
                     owner.to_active = time.perf_counter() - scanned
                     owner.outcome = "active"
@@ -117,29 +123,6 @@ async def one_owner(stack: RunningStack, owner: Owner, qr_timeout: float, active
         owner.states = [str(m.get("state")) for m in seen if m.get("type") == "state"]
 
 
-def runner_drops(output: list[str]) -> tuple[Counter[str], Counter[str]]:
-    """Metrics (EMF) and "dropping session" reasons from the stack's output (runner lines)."""
-    metrics_seen: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    for line in output:
-        if not line.startswith("{"):
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if "_aws" in record:
-            for name in ("LeaseLost", "SessionCrashed", "StreamReplaced", "PairingAbandoned", "RunnerStepFailed"):
-                value = record.get(name)
-                if isinstance(value, (int, float)):
-                    metrics_seen[name] += int(value)
-                elif isinstance(value, list):
-                    metrics_seen[name] += int(sum(value))
-        elif record.get("message") == "dropping session":
-            reasons[str(record.get("reason"))] += 1
-    return metrics_seen, reasons
-
-
 def report(name: str, values: list[float]) -> str:
     if not values:
         return f"{name:<24} no values"
@@ -147,10 +130,14 @@ def report(name: str, values: list[float]) -> str:
             f"max {max(values):6.1f} s   (n={len(values)})")
 
 
-async def run_owners(stack: RunningStack, owners: list[Owner], qr_timeout: float, active_timeout: float) -> None:
+async def run_owners(stack: RunningStack, owners: list[Owner], qr_timeout: float, active_timeout: float,
+                     fault: dict[str, float] | None = None, fault_after: float = 0.0) -> None:
     # The owners' blocking HTTP calls (requests) each need a thread: all of them at once.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(len(owners) + 4))
     tasks = {asyncio.create_task(one_owner(stack, owner, qr_timeout, active_timeout)): owner for owner in owners}
+    if fault:
+        await asyncio.sleep(fault_after)
+        await asyncio.to_thread(stack.dynamodb_fault, **fault)
     _done, pending = await asyncio.wait(tasks, timeout=qr_timeout + active_timeout + 60)
     for task in pending:
         task.cancel()
@@ -166,6 +153,11 @@ def main() -> None:
     parser.add_argument("--qr-timeout", type=float, default=90.0, help="an owner waits this long for a QR")
     parser.add_argument("--active-timeout", type=float, default=90.0, help="and this long from the scan to active")
     parser.add_argument("--first-salon", type=int, default=FIRST_SALON)
+    parser.add_argument("--slow-dynamodb", type=float, default=0.0, metavar="SECONDS",
+                        help="hold every DynamoDB call this long (the stack's fault proxy) for --fault-seconds, "
+                             "starting --fault-after seconds after the owners arrive (default: no fault)")
+    parser.add_argument("--fault-seconds", type=float, default=20.0)
+    parser.add_argument("--fault-after", type=float, default=5.0)
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the one owner linked first (not counted) so that handler imports are done")
     args = parser.parse_args()
@@ -173,7 +165,9 @@ def main() -> None:
     owners = [Owner(args.first_salon + index) for index in range(args.owners)]
     # Metrics as EMF lines on the runners' output: the benchmark counts LeaseLost from them.
     env = {"POWERTOOLS_METRICS_DISABLED": "false", "LOG_LEVEL": "WARNING"}
-    with local_stack(time_scale=args.time_scale, runners=args.runners, extra_env=env) as stack:
+    fault = {"delay_seconds": args.slow_dynamodb, "for_seconds": args.fault_seconds} if args.slow_dynamodb else None
+    with local_stack(time_scale=args.time_scale, runners=args.runners, extra_env=env,
+                     dynamodb_faults=fault is not None) as stack:
         if not args.no_warmup:
             warmup = Owner(args.first_salon - 1)
             asyncio.run(one_owner(stack, warmup, args.qr_timeout, args.active_timeout))
@@ -181,7 +175,7 @@ def main() -> None:
                 raise SystemExit(f"the warm-up owner did not reach active: {warmup.outcome}")
             time.sleep(2)  # its marketplace calls leave the rate window
         wall, measured_from = time.perf_counter(), time.time()
-        asyncio.run(run_owners(stack, owners, args.qr_timeout, args.active_timeout))
+        asyncio.run(run_owners(stack, owners, args.qr_timeout, args.active_timeout, fault, args.fault_after))
         wall = time.perf_counter() - wall
         view = whatsapp(stack)
         calls = [c for c in requests.get(stack.marketplace + "/_calls", timeout=10).json()
@@ -189,7 +183,8 @@ def main() -> None:
         time.sleep(1.5)  # the runners' last metric lines (flushed once a second)
         output = list(stack.output)
 
-    metrics_seen, reasons = runner_drops(output)
+    events = runner_events(output)
+    metrics_seen, reasons = events.metrics, events.drops
     ids = {str(owner.salon_id) for owner in owners}
     repeated_attempts = sum(1 for session, attempts in view.pairing_attempts.items()
                             if session in ids and attempts > 1)
@@ -198,14 +193,15 @@ def main() -> None:
     per_second = Counter(int(c["at"]) for c in calls if c.get("status") != 429)
 
     print(f"\n{args.owners} owners at once, {args.runners} runners, marketplace 5 requests/s and 200/min "
-          f"per address, time scale {args.time_scale}; {wall:.0f} s")
+          f"per address, time scale {args.time_scale}; {wall:.0f} s"
+          + (f"; DynamoDB {args.slow_dynamodb} s per call for {args.fault_seconds} s from {args.fault_after} s in"
+             if fault else ""))
     print(f"reached active:          {len(active)}/{args.owners}")
     for outcome, count in Counter(o.outcome for o in owners if o.outcome != "active").most_common():
         print(f"  {count:4} {outcome}")
     for owner in [o for o in owners if o.outcome != "active"][:10]:
         print(f"  salon {owner.salon_id}: the page showed {' > '.join(owner.states) or 'nothing'}")
-    # One drop usually shows as both a metric and a log line: the larger of the two counts.
-    dropped = max(metrics_seen["LeaseLost"], sum(reasons.values()))
+    dropped = events.sessions_dropped
     print(f"sessions dropped:        LeaseLost metric {metrics_seen['LeaseLost']}, "
           f"'dropping session' log lines {sum(reasons.values())}"
           + "".join(f"\n  {count:4} {reason}" for reason, count in reasons.most_common()))
