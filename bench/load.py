@@ -43,7 +43,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from local.observe import runner_events, whatsapp
+from local.observe import runner_events, store, whatsapp
 from local.owner import follow_redirect, open_page, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
 
@@ -178,6 +178,8 @@ def main() -> None:
         asyncio.run(run_owners(stack, owners, args.qr_timeout, args.active_timeout, fault, args.fault_after))
         wall = time.perf_counter() - wall
         view = whatsapp(stack)
+        table = store(stack)
+        states = {owner.salon_id: getattr(table.get_salon(owner.salon_id), "state", None) for owner in owners}
         calls = [c for c in requests.get(stack.marketplace + "/_calls", timeout=10).json()
                  if c["at"] >= measured_from]  # not the warm-up's
         time.sleep(1.5)  # the runners' last metric lines (flushed once a second)
@@ -196,7 +198,10 @@ def main() -> None:
           f"per address, time scale {args.time_scale}; {wall:.0f} s"
           + (f"; DynamoDB {args.slow_dynamodb} s per call for {args.fault_seconds} s from {args.fault_after} s in"
              if fault else ""))
-    print(f"reached active:          {len(active)}/{args.owners}")
+    # Cross-check what the pages saw with the salons' own records and WhatsApp's devices.
+    confirmed = sum(1 for o in owners if states[o.salon_id] == "active" and str(o.salon_id) in view.devices)
+    print(f"reached active:          {len(active)}/{args.owners} on their pages; {confirmed} salons active in "
+          f"DynamoDB with a device linked on WhatsApp")
     for outcome, count in Counter(o.outcome for o in owners if o.outcome != "active").most_common():
         print(f"  {count:4} {outcome}")
     for owner in [o for o in owners if o.outcome != "active"][:10]:
