@@ -202,6 +202,9 @@ def main() -> None:
     confirmed = sum(1 for o in owners if states[o.salon_id] == "active" and str(o.salon_id) in view.devices)
     print(f"reached active:          {len(active)}/{args.owners} on their pages; {confirmed} salons active in "
           f"DynamoDB with a device linked on WhatsApp")
+    for owner in [o for o in active if states[o.salon_id] != "active" or str(o.salon_id) not in view.devices][:10]:
+        print(f"  salon {owner.salon_id}: its page showed active, but its record says {states[owner.salon_id]} and "
+              f"WhatsApp {'has' if str(owner.salon_id) in view.devices else 'has no'} device for it")
     for outcome, count in Counter(o.outcome for o in owners if o.outcome != "active").most_common():
         print(f"  {count:4} {outcome}")
     for owner in [o for o in owners if o.outcome != "active"][:10]:
