@@ -96,6 +96,7 @@ class FakeWhatsApp:
     # Numbers for which WhatsApp refuses to issue a pairing code, with its error.
     code_refusals: dict[str, str] = field(default_factory=dict)
     pairing_attempts: dict[str, int] = field(default_factory=dict)  # per session
+    code_phones: dict[str, list[str]] = field(default_factory=dict)  # numbers codes were issued for, per session
     streams_replaced: int = 0  # a device connected twice: two clients had the same keys
 
     def routes(self) -> list[web.RouteDef]:
@@ -195,6 +196,7 @@ class FakeWhatsApp:
             return
         code = "".join(secrets.choice(PAIRING_CODE_ALPHABET) for _ in range(8))
         self.codes[code] = PairingCode(attempt, phone)
+        self.code_phones.setdefault(attempt.session, []).append(phone)
         attempt.codes.append(code)
         await ws.send_json({"type": "pair-phone-code", "code": f"{code[:4]}-{code[4:]}"})
 
@@ -337,6 +339,7 @@ class FakeWhatsApp:
                          "connections": d.connections,
                          "connected": d.socket is not None and not d.socket.closed} for d in self.devices.values()],
             "pairing_attempts": self.pairing_attempts,
+            "code_phones": self.code_phones,
             "streams_replaced": self.streams_replaced,
         })
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -13,14 +14,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import boto3
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
+from aiadmin.config import LOCAL_JWT_SECRET, LOCAL_PARTNER_TOKEN
 from aiadmin.observability import logger
 from local.dynamo_faults import CONTROL_PATH, DynamoFaults
 from local.fake_whatsapp import FakeWhatsApp
@@ -28,12 +31,33 @@ from local.fake_yclients import FakeYClients
 from local.gateway import Gateway, LambdaHost, StreamPoller
 from local.template import ROOT, create_queues, create_tables, load_template, resolve_environment
 
-# Built-in test credentials: good for this machine only, never for a real marketplace.
-DEFAULT_PARTNER_TOKEN = "local-partner-token-not-a-secret"  # noqa: S105
+# Built-in test credentials: good for this machine only, never for a real marketplace
+# (aiadmin.config refuses them in Lambda and on ECS).
+DEFAULT_PARTNER_TOKEN = LOCAL_PARTNER_TOKEN
 DEFAULT_APP_ID = "4242"
-DEFAULT_JWT_SECRET = "local-jwt-secret-not-a-secret-0123456789"  # noqa: S105
+DEFAULT_JWT_SECRET = LOCAL_JWT_SECRET
 REGION = "eu-central-1"
 APP_TABLE = "AppTable"  # tables are named by their logical id (local.template.create_tables)
+
+
+class RemoteHostRefused(ValueError):
+    """`--host` names a non-loopback address without `--allow-remote`."""
+
+
+def check_host(host: str, allow_remote: bool) -> None:
+    """The stack has built-in secrets and test-only endpoints (a simulated phone that links any
+    salon): it listens on this machine only, unless the developer says otherwise."""
+    if allow_remote or host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise RemoteHostRefused(
+            f"--host {host} would let other machines reach the local stack, whose secrets are public test "
+            "values and whose /_local and /_yclients endpoints link and install any salon. Use 127.0.0.1, "
+            "or add --allow-remote if you really mean it.")
 
 
 @dataclass
@@ -48,6 +72,29 @@ class StackOptions:
     restart_runners: bool = False
     # Handlers and runners reach DynamoDB through local.dynamo_faults (slow or throttled on demand).
     dynamodb_faults: bool = False
+    # Listen on a non-loopback `host` (see `check_host`).
+    allow_remote: bool = False
+
+
+def serialise_dynamodb() -> None:
+    """Make moto's DynamoDB calls atomic, as DynamoDB's are: moto checks a condition and writes
+    without a lock, so two concurrent conditional writes (or transactions) could both pass, and
+    a transaction copying a table while another thread writes it crashes. One lock for every
+    table call of the server's threads; idempotent."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in ("get_item", "put_item", "update_item", "delete_item", "query", "scan", "transact_write_items"):
+        method = getattr(DynamoDBBackend, name)
+        if getattr(method, "_serialised", False):
+            continue
+
+        def locked(self: Any, *args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            with lock:
+                return _method(self, *args, **kwargs)
+
+        locked._serialised = True  # type: ignore[attr-defined]
+        setattr(DynamoDBBackend, name, locked)
 
 
 def free_port(host: str) -> int:
@@ -88,13 +135,17 @@ def runner_environment(moto_url: str, base: str, data_dir: Path, time_scale: flo
                        dynamodb_url: str | None = None) -> dict[str, str]:
     """The environment of the stack's runner processes (the benchmark starts its own runners
     against a running stack with it too)."""
-    return {
+    environment = {
         **os.environ, **stack_settings(moto_url, base, dynamodb_url),
         "TABLE_NAME": APP_TABLE,
         "WA_ENGINE": "simulated", "WA_SIM_SERVER_URL": base, "WA_TIME_SCALE": str(time_scale),
         "SESSIONS_DIR": str(data_dir / "sessions"),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "layers" / "common"), os.environ.get("PYTHONPATH", "")]),
     }
+    # As in AWS, the runner never holds the onboarding-token secret: it issues and checks no token.
+    for name in ("JWT_SECRET", "JWT_SECRET_PARAM"):
+        environment.pop(name, None)
+    return environment
 
 
 def start_runner(runner_id: str, environment: dict[str, str],
@@ -107,9 +158,11 @@ def start_runner(runner_id: str, environment: dict[str, str],
 
 
 async def run_stack(options: StackOptions) -> None:
+    check_host(options.host, options.allow_remote)
     template = load_template()
     moto_port = free_port(options.host)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per moto call drowns the output
+    serialise_dynamodb()
     moto = ThreadedMotoServer(ip_address=options.host, port=moto_port, verbose=False)
     moto.start()
     moto_url = f"http://{options.host}:{moto_port}"

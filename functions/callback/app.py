@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -43,13 +44,17 @@ app = APIGatewayHttpResolver()
 MAX_ENTITY_WEBHOOK_BYTES = 128 * 1024
 
 # Replays of a lifecycle webhook (YClients' retries are undocumented) return the first answer
-# and change nothing. The window is short on purpose: the payload carries no event id, so the
-# same event for the same salon after a reinstall must be processed again, not suppressed.
+# and change nothing. The payload carries no event id, so the key includes the salon's state
+# version as read on arrival: a replay while nothing has changed is answered from the record,
+# while the same event after a change (uninstall -> reinstall -> uninstall within minutes, or
+# freeze -> payment -> freeze) has a new key and is processed. A replay that arrives after the
+# state moved is processed too: it finds the salon in the event's state already, changes
+# nothing and gets the first delivery's answer.
 idempotency_store = DynamoDBPersistenceLayer(
     table_name=settings.table_name, key_attr="pk", sort_key_attr="sk", expiry_attr="ttl")
 idempotency_config = IdempotencyConfig(
-    event_key_jmespath="[salon_id, application_id, event, details.period_from, details.period_to]",
-    expires_after_seconds=300)
+    event_key_jmespath="[salon_id, application_id, event, details.period_from, details.period_to, salon_version]",
+    expires_after_seconds=3600)
 
 
 @idempotent_function(data_keyword_argument="webhook", persistence_store=idempotency_store,
@@ -100,8 +105,15 @@ def lifecycle() -> Response:
         return _json(400, {"success": False, "message": "salon_id, application_id and event are required"})
     if webhook.application_id != settings.yclients_app_id:
         return _json(400, {"success": False, "message": "unknown application_id"})
-    answer = process_lifecycle(webhook={"salon_id": webhook.salon_id, "application_id": webhook.application_id,
-                                        "event": webhook.event, "details": webhook.details()})
+    salon = store.get_salon(webhook.salon_id)
+    try:
+        answer = process_lifecycle(webhook={
+            "salon_id": webhook.salon_id, "application_id": webhook.application_id, "event": webhook.event,
+            "details": webhook.details(), "salon_version": salon.version if salon else 0})
+    except IdempotencyAlreadyInProgressError:
+        # The same delivery is being processed right now (a duplicate sent in parallel).
+        metrics.add_metric(name="LifecycleWebhookDuplicate", unit="Count", value=1)
+        return _json(200, {"success": True, "result": "in_progress"})
     return _json(200, answer)
 
 

@@ -1,8 +1,9 @@
-"""WebSocket $connect (authenticate the onboarding token, record the connection) and
-$disconnect (forget it)."""
+"""WebSocket $connect (authenticate the onboarding token, take one of the salon's socket slots)
+and $disconnect (forget the connection, free its slot)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import boto3
@@ -11,8 +12,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aiadmin.config import load_settings
 from aiadmin.observability import logger, metrics, tracer
+from aiadmin.sockets import MAX_SOCKETS_PER_SALON, open_socket
 from aiadmin.store import Store
-from aiadmin.tokens import InvalidToken, verify_token
+from aiadmin.tokens import InvalidToken, verify_token_claims
 
 settings = load_settings(["table_name", "jwt_secret"])
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))
@@ -21,14 +23,20 @@ store = Store(boto3.resource("dynamodb").Table(settings.table_name))
 def _connect(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
     token = (event.query_string_parameters or {}).get("token")
     try:
-        salon_id = verify_token(token, settings.jwt_secret.reveal())
+        claims = verify_token_claims(token, settings.jwt_secret.reveal())
     except InvalidToken as exc:
         # API Gateway refuses the upgrade with this status; the token itself is never logged.
         logger.info("connection refused", extra={"reason": str(exc)})
         metrics.add_metric(name="SocketRefused", unit="Count", value=1)
         return {"statusCode": 401}
-    store.add_connection(event.request_context.connection_id, salon_id)
-    logger.info("connected", extra={"salon_id": salon_id})
+    if not open_socket(store, event.request_context.connection_id, claims, time.time()):
+        # Every slot is held by a live socket: refused, nothing written (aiadmin.sockets says why
+        # refusing beats closing the oldest).
+        logger.warning("connection refused: salon has its maximum of sockets open",
+                       extra={"salon_id": claims.salon_id, "max": MAX_SOCKETS_PER_SALON})
+        metrics.add_metric(name="SocketLimitReached", unit="Count", value=1)
+        return {"statusCode": 429}
+    logger.info("connected", extra={"salon_id": claims.salon_id})
     return {"statusCode": 200}
 
 

@@ -1,4 +1,5 @@
-"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`) and the
+"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`, `relink`; each
+counted against the socket's rate limit and refused once its token has expired) and the
 DynamoDB stream consumer that pushes state changes made outside the runner (lifecycle
 webhooks, the page)."""
 
@@ -20,24 +21,54 @@ from pydantic import ValidationError
 from aiadmin.config import load_settings
 from aiadmin.models import ErrorMessage, Salon
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import InvalidPhone, request_new_qr, request_pairing_code, state_message
+from aiadmin.onboarding import (
+    InvalidPhone,
+    PairingLimited,
+    request_new_qr,
+    request_pairing_code,
+    request_relink,
+    state_message,
+)
 from aiadmin.push import Pusher
+from aiadmin.sockets import (
+    MESSAGE_WINDOW_SECONDS,
+    RATE_LIMITED_TEXT,
+    TOKEN_EXPIRED_TEXT,
+    UNKNOWN_ACTION_TEXT,
+    Verdict,
+    admit_message,
+)
 from aiadmin.store import Store
 
-settings = load_settings(["table_name", "websocket_management_url"])
+settings = load_settings(["table_name", "websocket_management_url", "pairing_min_interval_seconds"])
 store = Store(boto3.resource("dynamodb").Table(settings.table_name))
 pusher = Pusher(settings.websocket_management_url)
 
 # The runner pushes what it changes itself, straight away; the stream covers everyone else.
 RUNNER_ACTOR = "runner"
+ACTIONS = ("sync", "new_qr", "pairing_code", "relink")
 
 
 def _message(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
     try:
         body = json.loads(event.body or "")
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _reply(connection_id: str, salon_id: int, payload: str) -> None:
+    if not pusher.send(connection_id, payload):
+        store.remove_connection(connection_id, salon_id)
+
+
+def _refuse(connection_id: str, salon_id: int, action: str, code: str, text: str, status: int,
+            metric: str, retry_after: float | None = None) -> dict[str, Any]:
+    """Nothing changed: the page reads why (in Russian), ops count it."""
+    metrics.add_metric(name=metric, unit="Count", value=1)
+    _reply(connection_id, salon_id, ErrorMessage(action=action, code=code, message=text,
+                                                 retry_after=retry_after).model_dump_json())
+    return {"statusCode": status}
 
 
 @logger.inject_lambda_context
@@ -46,27 +77,45 @@ def _message(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
 @event_source(data_class=APIGatewayWebSocketEvent)
 def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> dict[str, Any]:
     connection_id = event.request_context.connection_id
-    salon_id = store.salon_of_connection(connection_id)
-    if salon_id is None:
+    now = time.time()
+    admission = admit_message(store, connection_id, now)
+    if admission.verdict == Verdict.UNKNOWN or admission.salon_id is None:
+        metrics.add_metric(name="SocketUnknownConnection", unit="Count", value=1)
         return {"statusCode": 403}
+    salon_id = admission.salon_id
+    if admission.verdict == Verdict.SILENCED:
+        metrics.add_metric(name="SocketRateLimited", unit="Count", value=1)
+        return {"statusCode": 429}
     message = _message(event)
-    action = message.get("action")
+    raw_action = message.get("action")
+    action = raw_action if isinstance(raw_action, str) and raw_action in ACTIONS else "unknown"
+    if admission.verdict == Verdict.RATE_LIMITED:
+        wait = MESSAGE_WINDOW_SECONDS - now % MESSAGE_WINDOW_SECONDS
+        return _refuse(connection_id, salon_id, action, "rate_limited", RATE_LIMITED_TEXT, 429,
+                       "SocketRateLimited", retry_after=round(wait, 1))
+    if admission.verdict == Verdict.TOKEN_EXPIRED:
+        return _refuse(connection_id, salon_id, action, "token_expired", TOKEN_EXPIRED_TEXT, 403,
+                       "SocketTokenExpired")
     if action == "new_qr":
         request_new_qr(store, salon_id)
+    elif action == "relink":
+        # An explicit owner action (confirmed on the page) on a socket opened with this salon's token.
+        request_relink(store, salon_id, now)
     elif action == "pairing_code":
         try:
-            request_pairing_code(store, salon_id, message.get("phone"))
+            request_pairing_code(store, salon_id, message.get("phone"), now,
+                                 min_interval=settings.pairing_min_interval_seconds)
         except InvalidPhone as exc:
             # Nothing changed; the owner reads why next to the number they typed.
-            metrics.add_metric(name="PairingPhoneRefused", unit="Count", value=1)
-            if not pusher.send(connection_id, ErrorMessage(action="pairing_code", message=str(exc)).model_dump_json()):
-                store.remove_connection(connection_id, salon_id)
-            return {"statusCode": 200}
+            return _refuse(connection_id, salon_id, action, "invalid_phone", str(exc), 400, "PairingPhoneRefused")
+        except PairingLimited as exc:
+            return _refuse(connection_id, salon_id, action, "pairing_limited", str(exc), 429, "PairingCodeLimited",
+                           retry_after=round(exc.retry_after, 1))
     elif action != "sync":
-        return {"statusCode": 400}
+        return _refuse(connection_id, salon_id, action, "bad_request", UNKNOWN_ACTION_TEXT, 400, "SocketBadMessage")
     salon = store.get_salon(salon_id)
-    if salon is not None and not pusher.send(connection_id, state_message(salon, time.time())):
-        store.remove_connection(connection_id, salon_id)
+    if salon is not None:
+        _reply(connection_id, salon_id, state_message(salon, now))
     return {"statusCode": 200}
 
 

@@ -141,6 +141,30 @@ def test_owner_on_the_salons_phone_links_with_a_pairing_code(stack: RunningStack
     assert errors == []
 
 
+def test_a_second_number_too_soon_is_refused_with_a_clear_message(stack: RunningStack, browser: Browser) -> None:
+    """Pairing codes make WhatsApp notify the phone: the page cannot ask for them in a row."""
+    from local.owner import press_connect
+
+    page = _new_page(browser)
+    page.goto(press_connect(stack.marketplace, 104))
+    card = page.locator("#card")
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    page.get_by_role("button", name="Привязать по номеру телефона").click()
+    phone = page.get_by_label("Номер WhatsApp салона")
+    phone.fill("8 (900) 123-45-67")
+    page.get_by_role("button", name="Получить код").click()
+    expect(card).to_have_attribute("data-state", "code_ready", timeout=15000)
+    first = page.locator("#pairing-code").inner_text()
+
+    page.get_by_role("button", name="Получить код для другого номера").click()
+    phone.fill("8 (900) 765-43-21")
+    page.get_by_role("button", name="Получить код").click()
+    expect(page.locator("#phone-error")).to_contain_text("Новый код можно запросить через")
+    expect(card).to_have_attribute("data-state", "code_ready")      # nothing changed
+    assert page.locator("#pairing-code").inner_text() == first
+    page.screenshot(path=str(_artifact("onboarding-pairing-limited.png")))
+
+
 def test_page_without_a_token_tells_the_owner_what_to_do(stack: RunningStack, browser: Browser) -> None:
     page = _new_page(browser)
     page.goto(stack.base_url + "/marketplace/onboarding")
@@ -160,3 +184,88 @@ def _artifact(name: str):  # type: ignore[no-untyped-def]
     directory = Path(__file__).resolve().parents[2] / "test-artifacts"
     directory.mkdir(exist_ok=True)
     return directory / name
+
+
+def _scan_shown_code(stack: RunningStack, page: Page, salon_id: str) -> None:
+    card = page.locator("#card")
+    expect(card).to_have_attribute("data-salon", salon_id, timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    qr = _decode_qr(page)
+    response = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+    if response.status_code != 200:  # the code turned over between the screenshot and the scan
+        expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+        qr = _decode_qr(page)
+        response = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def test_owner_links_two_locations_from_one_redirect_and_sees_both_active(stack: RunningStack,
+                                                                         browser: Browser) -> None:
+    """A network's owner connects both locations at once (`salon_ids[]`): the page lists them,
+    walks through linking each one (its own WhatsApp, QR decoded from the screen), activates each
+    as it links and ends when both are active. Then one is re-linked, only after a confirmation."""
+    page = _new_page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(stack.marketplace + "/")
+    page.locator("li[data-network='7001'] button").click()  # "Подключить все филиалы"
+    page.wait_for_url("**/marketplace/onboarding*")
+    assert "token=" not in page.url
+    locations = page.locator("#locations li")
+    expect(locations).to_have_count(2, timeout=15000)
+    expect(page.locator("#progress")).to_have_text("Подключено филиалов: 0 из 2", timeout=15000)
+    first, second = page.locator("#locations li[data-salon='201']"), page.locator("#locations li[data-salon='202']")
+    expect(first).to_have_attribute("aria-current", "true", timeout=15000)
+    expect(page.locator("#all-done")).to_be_hidden()
+
+    _scan_shown_code(stack, page, "201")
+    expect(first).to_have_attribute("data-state", "active", timeout=15000)
+    expect(first.locator(".loc-state")).to_have_text("Готово! AI Admin подключён")
+    # The page moves on to the location that still needs its WhatsApp.
+    expect(second).to_have_attribute("aria-current", "true", timeout=15000)
+    page.screenshot(path=str(_artifact("locations-second.png")))
+    _scan_shown_code(stack, page, "202")
+    expect(second).to_have_attribute("data-state", "active", timeout=15000)
+    expect(page.locator("#all-done")).to_be_visible()
+    expect(page.locator("#progress")).to_have_text("Подключено филиалов: 2 из 2")
+    salons = stack.marketplace_state()["salons"]
+    assert salons["201"]["status"] == salons["202"]["status"] == "active"
+    page.screenshot(path=str(_artifact("locations-all-active.png")))
+
+    # Re-linking a linked location is an explicit, confirmed owner action.
+    page.get_by_role("button", name="Перепривязать WhatsApp").click()
+    expect(page.locator("#relink-confirm")).to_be_visible()
+    page.get_by_role("button", name="Отмена").click()
+    expect(page.locator("#card")).to_have_attribute("data-state", "active")
+    page.get_by_role("button", name="Перепривязать WhatsApp").click()
+    page.get_by_role("button", name="Да, перепривязать").click()
+    _scan_shown_code(stack, page, "202")
+    expect(second).to_have_attribute("data-state", "active", timeout=15000)
+    expect(page.locator("#all-done")).to_be_visible()
+    assert errors == []
+
+
+def test_past_the_owners_hour_the_page_says_so_and_keeps_going(stack: RunningStack, browser: Browser) -> None:
+    """The hour is YClients' advice, not our limit: past it the page tells the owner to hurry,
+    and linking goes on."""
+    import time
+
+    from aiadmin.store import Store
+
+    page = _new_page(browser)
+    page.goto(stack.marketplace + "/")
+    requests.post(stack.marketplace + "/_salon/104", json={"name": "Салон 104"}, timeout=5)
+    page.goto(stack.marketplace + "/")
+    page.locator("li[data-salon='104'] button").click()
+    card = page.locator("#card")
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(page.locator("#deadline")).to_contain_text("в течение часа")
+    Store(stack.table()).update_profile(104, {"activation_deadline": time.time() - 5})
+    page.reload()  # the page asks for the current state again
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(page.locator("#deadline")).to_contain_text("Час на подключение прошёл", timeout=15000)
+    expect(page.locator("#deadline")).to_contain_text("пока YClients его ждёт")
+    scanned = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": _decode_qr(page)}, timeout=10)
+    assert scanned.status_code == 200
+    expect(card).to_have_attribute("data-state", "active", timeout=15000)

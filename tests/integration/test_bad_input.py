@@ -1,12 +1,16 @@
-"""Property-based bad input against the running stack over real HTTP: arbitrary query strings
-to the redirect, arbitrary bodies and headers to both webhook endpoints. Never a 5xx, never a
+"""Property-based bad input against the running stack over real HTTP and a real WebSocket:
+arbitrary query strings to the redirect, arbitrary bodies and headers to both webhook
+endpoints, arbitrary messages on the page's socket. Never a 5xx, never a
 write for a refused request, never a secret in a response or a log line."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import string
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -17,6 +21,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aiadmin.tokens import issue_token
 from local.owner import link_whatsapp
 from local.process import RunningStack, local_stack
 from local.stack import DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
@@ -167,3 +172,83 @@ def test_entity_webhook_never_fails_and_refusals_write_nothing(probe: Probe, bod
         # Only a valid webhook for this very salon is queued.
         parsed: Any = json.loads(body)
         assert parsed["company_id"] == SALON and parsed["status"] in ("create", "update", "delete")
+
+
+# ---- socket messages (a real WebSocket to the stack) ------------------------------------------
+
+_socket_message = st.one_of(
+    st.text(max_size=200),
+    _json_value.map(json.dumps),
+    st.fixed_dictionaries({}, optional={
+        "action": st.one_of(st.sampled_from(["sync", "new_qr", "pairing_code", "$connect", "$default", ""]),
+                            _text, st.integers(), st.none(), _json_value),
+        "phone": st.one_of(_text, st.integers(), st.none(),
+                           st.sampled_from(["79001234567", "+7 900 123-45-67", "8 (900) 1", "+" + "9" * 30])),
+    }).map(json.dumps),
+)
+
+
+def _domain_snapshot(probe: Probe) -> tuple[int, int]:
+    """Everything but the connection items (each example opens and closes a socket): item
+    count, and the salon's state version."""
+    items = probe.dynamodb.scan(TableName="AppTable")["Items"]
+    domain = [i for i in items if not i["pk"]["S"].startswith("CONN#") and not i["sk"]["S"].startswith("CONN#")]
+    [state] = [i for i in items if i["pk"]["S"] == f"SALON#{SALON}" and i["sk"]["S"] == "STATE"]
+    return len(domain), int(state["version"]["N"])
+
+
+def _open_slots(probe: Probe) -> int:
+    response = probe.dynamodb.query(TableName="AppTable", KeyConditionExpression="pk = :p AND begins_with(sk, :c)",
+                                    ExpressionAttributeValues={":p": {"S": f"SALON#{SALON}"}, ":c": {"S": "CONN#"}})
+    return int(response["Count"])
+
+
+async def _exchange(probe: Probe, token: str, messages: list[str]) -> list[str]:
+    """Send the messages on a fresh socket and read one answer per message."""
+    import websockets
+
+    deadline = time.monotonic() + 10
+    while True:  # the last example's $disconnect may still be freeing its slot
+        try:
+            ws = await websockets.connect(f"{probe.stack.ws_url}?token={token}")
+            break
+        except websockets.InvalidStatus as exc:
+            assert exc.response.status_code == 429 and time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+    replies: list[str] = []
+    try:
+        for message in messages:
+            await ws.send(message)
+        while len(replies) < len(messages):
+            replies.append(str(await asyncio.wait_for(ws.recv(), 10)))
+        # Nothing more than one answer per message.
+        with contextlib.suppress(TimeoutError):
+            replies.append(str(await asyncio.wait_for(ws.recv(), 0.3)))
+    finally:
+        await ws.close()
+    return replies
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(_socket_message, min_size=1, max_size=4))
+def test_socket_messages_never_fail_and_refusals_write_nothing(probe: Probe, messages: list[str]) -> None:
+    """The salon is active: no message from its page may change anything; each one gets exactly
+    one answer, its state or a refusal in Russian."""
+    before = _domain_snapshot(probe)
+    token = issue_token(SALON, DEFAULT_JWT_SECRET, 600)
+    replies = asyncio.run(_exchange(probe, token, messages))
+    assert len(replies) == len(messages), replies
+    for raw in replies:
+        reply = json.loads(raw)
+        assert reply["type"] in ("state", "error")
+        if reply["type"] == "error":
+            assert reply["code"] in ("bad_request", "invalid_phone") and re.search("[а-я]", reply["message"])
+        else:
+            assert reply["state"] == "active" and reply["salon_id"] == SALON
+        for secret in probe.secrets:
+            assert secret not in raw
+    deadline = time.monotonic() + 10
+    while _open_slots(probe):  # the socket's own items go with its $disconnect
+        assert time.monotonic() < deadline, "a closed socket kept its slot"
+        time.sleep(0.1)
+    assert _domain_snapshot(probe) == before

@@ -67,3 +67,34 @@ def test_keys_postgres_url_is_optional_checked_and_secret() -> None:
     with pytest.raises(SettingsError) as error:
         load_settings(["wa_keys_postgres_url"], environ={"WA_KEYS_POSTGRES_URL": "mysql://u:hunter2@db/x"})
     assert "WA_KEYS_POSTGRES_URL" in str(error.value) and "hunter2" not in str(error.value)
+
+
+@pytest.mark.parametrize("runtime", ["AWS_LAMBDA_FUNCTION_NAME", "ECS_CONTAINER_METADATA_URI_V4"])
+def test_the_local_stacks_secrets_are_refused_in_aws(runtime: str) -> None:
+    from aiadmin.config import LOCAL_JWT_SECRET, LOCAL_PARTNER_TOKEN
+
+    local = {"JWT_SECRET": LOCAL_JWT_SECRET, "YCLIENTS_PARTNER_TOKEN": LOCAL_PARTNER_TOKEN}
+    # On a developer's machine they are the defaults of the local stack.
+    names = ["jwt_secret", "yclients_partner_token"]
+    assert load_settings(names, environ=local).jwt_secret.reveal() == LOCAL_JWT_SECRET
+    with pytest.raises(SettingsError) as error:
+        load_settings(names, environ={**local, runtime: "x"})
+    message = str(error.value)
+    assert "JWT_SECRET: is the local stack's built-in test value" in message
+    assert "YCLIENTS_PARTNER_TOKEN: is the local stack's built-in test value" in message
+    assert LOCAL_JWT_SECRET not in message and LOCAL_PARTNER_TOKEN not in message
+    # A variant of them is caught too; a real secret passes.
+    with pytest.raises(SettingsError):
+        load_settings(["jwt_secret"], environ={"JWT_SECRET": "my-copy-not-a-secret-0123456789abcdef", runtime: "x"})
+    assert load_settings(["jwt_secret"], environ={"JWT_SECRET": "r" * 40, runtime: "x"}).jwt_secret.reveal() == "r" * 40
+
+
+def test_the_local_stack_refuses_a_remote_host_without_the_flag() -> None:
+    from local.stack import RemoteHostRefused, check_host
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_host(host, allow_remote=False)
+    for host in ("0.0.0.0", "192.168.1.10", "example.com", "::"):  # noqa: S104
+        with pytest.raises(RemoteHostRefused, match="--allow-remote"):
+            check_host(host, allow_remote=False)
+        check_host(host, allow_remote=True)

@@ -1,4 +1,5 @@
 import time
+from typing import Any
 
 import pytest
 
@@ -94,11 +95,13 @@ def test_onboarding_start_and_repeat_visit(store: Store) -> None:
     assert len(store.events_of(9)) == 1
 
 
-def test_salon_secrets_stay_out_of_the_model(store: Store) -> None:
-    store.transition(3, SalonState.PENDING_WHATSAPP, actor="t", attrs={"api_key": "k", "webhook_secret": "w"})
+def test_salon_secrets_live_beside_the_state_not_on_it(store: Store, table: Any) -> None:
+    store.transition(3, SalonState.PENDING_WHATSAPP, actor="t", salon_secrets={"api_key": "k", "webhook_secret": "w"})
     salon = store.get_salon(3)
     assert salon is not None and "api_key" not in salon.model_dump_json()
     assert store.get_salon_secrets(3) == {"api_key": "k", "webhook_secret": "w"}
+    state = table.get_item(Key={"pk": "SALON#3", "sk": "STATE"})["Item"]
+    assert "api_key" not in state and "webhook_secret" not in state
 
 
 def test_latest_heartbeat_of_all_runners(store: Store) -> None:

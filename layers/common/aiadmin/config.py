@@ -17,6 +17,15 @@ from urllib.parse import urlparse
 
 DEFAULT_YCLIENTS_BASE_URL = "https://api.yclients.com"
 
+# The local stack's built-in credentials (local/stack.py uses these): fine on a developer's
+# machine, refused wherever the code runs in AWS (see `_in_aws`). Any secret containing the
+# marker is refused there too, so a copied variant is caught as well.
+LOCAL_PARTNER_TOKEN = "local-partner-token-not-a-secret"  # noqa: S105
+LOCAL_JWT_SECRET = "local-jwt-secret-not-a-secret-0123456789"  # noqa: S105
+_LOCAL_SECRET_MARKER = "not-a-secret"  # noqa: S105
+# Set by the Lambda runtime and by the ECS (Fargate) agent respectively.
+_AWS_RUNTIME_VARIABLES = ("AWS_LAMBDA_FUNCTION_NAME", "ECS_CONTAINER_METADATA_URI_V4")
+
 
 class SettingsError(RuntimeError):
     """Raised at start-up with every problem found in the environment."""
@@ -92,6 +101,19 @@ def _optional_postgres_url(value: str) -> Secret | None:
     return Secret(value)
 
 
+def _optional_secret(value: str) -> Secret | None:
+    """Empty: not configured (the caller falls back to another value)."""
+    return Secret(value) if value.strip() else None
+
+
+def _flag(value: str) -> bool:
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _secret(min_length: int) -> Callable[[str], Secret]:
     def parse(value: str) -> Secret:
         if len(value) < min_length:
@@ -114,6 +136,10 @@ _FIELDS: dict[str, _Field] = {
     "yclients_base_url": _Field("YCLIENTS_BASE_URL", _url, DEFAULT_YCLIENTS_BASE_URL),
     "yclients_app_id": _Field("YCLIENTS_APP_ID", _positive_int),
     "yclients_partner_token": _Field("YCLIENTS_PARTNER_TOKEN", _secret(8), secret=True),
+    # The key of `user_data_sign`, when YClients gives one apart from the partner token.
+    "yclients_signing_key": _Field("YCLIENTS_SIGNING_KEY", _optional_secret, "", secret=True),
+    # Unverified: ask YClients for the salon's users and refuse a consent from anyone else.
+    "yclients_check_salon_users": _Field("YCLIENTS_CHECK_SALON_USERS", _flag, "false"),
     "jwt_secret": _Field("JWT_SECRET", _secret(32), secret=True),
     "websocket_url": _Field("WEBSOCKET_URL", _url),
     "websocket_management_url": _Field("WEBSOCKET_MANAGEMENT_URL", _url),
@@ -139,6 +165,8 @@ _FIELDS: dict[str, _Field] = {
     # Channels announced at activation (chat-bot category apps): comma-separated, or `none`.
     "yclients_channels": _Field("YCLIENTS_CHANNELS", _channels, "whatsapp"),
     "entity_queue_url": _Field("ENTITY_QUEUE_URL", _url),
+    # Least time between two pairing-code requests of one salon (each makes WhatsApp notify a phone).
+    "pairing_min_interval_seconds": _Field("PAIRING_MIN_INTERVAL_SECONDS", _positive_float, "30"),
 }
 
 
@@ -163,6 +191,11 @@ def _read_secret_parameter(name: str) -> str:
     return str(value)
 
 
+def _in_aws(env: Mapping[str, str]) -> bool:
+    """Running in Lambda or on ECS (Fargate), where only real secrets belong."""
+    return any(env.get(name) for name in _AWS_RUNTIME_VARIABLES)
+
+
 def load_settings(
     names: Iterable[str],
     environ: Mapping[str, str] | None = None,
@@ -185,6 +218,11 @@ def load_settings(
         if raw is None:
             hint = f" (or {spec.env}_PARAM)" if spec.secret else ""
             problems.append(f"{spec.env}{hint}: missing")
+            continue
+        if spec.secret and _in_aws(env) and (_LOCAL_SECRET_MARKER in raw or raw in (LOCAL_PARTNER_TOKEN,
+                                                                                   LOCAL_JWT_SECRET)):
+            problems.append(f"{spec.env}: is the local stack's built-in test value, refused in AWS "
+                            f"(set {spec.env}_PARAM to a SecureString parameter holding the real one)")
             continue
         try:
             values[name] = spec.parse(raw)

@@ -1,4 +1,5 @@
-"""YClients lifecycle events applied to a salon: the state change and the runner command."""
+"""YClients lifecycle events applied to a salon: the state change and the runner command,
+written together in one transaction."""
 
 from __future__ import annotations
 
@@ -6,30 +7,39 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiadmin.models import SessionDesire
+from aiadmin.onboarding import NO_CODES
 from aiadmin.states import IllegalTransition, SalonState
-from aiadmin.store import ConcurrentUpdate, Store
+from aiadmin.store import PAIRING_SK, SECRETS_SK, ConcurrentUpdate, SessionCommand, Store
 
 ACTOR = "yclients"
 _TARGETS: dict[str, tuple[SalonState, SessionDesire]] = {
     "uninstall": (SalonState.UNINSTALLED, "stop"),
     "freeze": (SalonState.FROZEN, "pause"),
 }
+# The owner's personal data we may hold (from `user_data`): removed on uninstall. The names
+# of every version of the salon item are listed; removing an absent attribute is harmless.
+OWNER_PERSONAL_FIELDS = ("user_name", "user_phone", "user_email", "owner_name", "owner_phone", "owner_email")
 
 
 def apply_lifecycle_event(store: Store, salon_id: int, event: str, details: Mapping[str, Any] | None = None) -> str:
     """Returns what happened: `uninstalled`, `frozen`, `active` (a payment unfroze the salon),
     `unchanged` or `recorded` (kept in the salon's event log, no state change).
 
-    Idempotent: a repeated event finds the salon already in the target state."""
+    Idempotent: a repeated event finds the salon already in the target state and answers as
+    the first delivery did, changing nothing. Uninstall also
+    forgets what the salon no longer needs (aiadmin.store has the TTL of what is left): the
+    owner's name, phone and email, the codes on screen, the API key and webhook secret, the
+    pairing-limit item and the session's `pair_phone`; the runner logs the session out and
+    deletes its WhatsApp keys."""
     salon = store.get_salon(salon_id)
     if event == "payment":
         # A payment ends a freeze (the bot resumes on the kept session); otherwise it is only recorded.
         if salon is not None and salon.state == SalonState.FROZEN:
             try:
-                store.transition(salon_id, SalonState.ACTIVE, ACTOR, "payment received", expected=[SalonState.FROZEN])
+                store.transition(salon_id, SalonState.ACTIVE, ACTOR, "payment received", expected=[SalonState.FROZEN],
+                                 command=SessionCommand("run"))
             except (IllegalTransition, ConcurrentUpdate):
                 return "unchanged"
-            store.request_session(salon_id, "run")
             return SalonState.ACTIVE.value
         if salon is not None:
             store.record_event(salon_id, ACTOR, "payment", details)
@@ -39,14 +49,19 @@ def apply_lifecycle_event(store: Store, salon_id: int, event: str, details: Mapp
             store.record_event(salon_id, ACTOR, f"unknown lifecycle event {event[:50]}", details)
         return "recorded"
     target, desired = _TARGETS[event]
-    if salon is None or salon.state == target:
+    if salon is None:
         return "unchanged"
+    if salon.state == target:
+        # A replay (or a repeat) finds its work done: the same answer as the first delivery.
+        return target.value
+    # A salon that never had a session gets no command (it would only make a runner claim nothing).
+    command = SessionCommand(desired) if store.get_session(salon_id) is not None else None
+    uninstall = target == SalonState.UNINSTALLED
     try:
-        # Uninstalled: the salon's API key and webhook URL die with it; a reinstall gets new ones.
-        attrs = {"api_key": None, "webhook_secret": None} if target == SalonState.UNINSTALLED else None
-        store.transition(salon_id, target, actor=ACTOR, reason=f"lifecycle {event}", attrs=attrs)
+        store.transition(salon_id, target, actor=ACTOR, reason=f"lifecycle {event}", command=command,
+                         attrs=NO_CODES if uninstall else None,
+                         remove=OWNER_PERSONAL_FIELDS if uninstall else (),
+                         forget=(SECRETS_SK, PAIRING_SK) if uninstall else ())
     except IllegalTransition:
         return "unchanged"
-    if store.get_session(salon_id) is not None:
-        store.request_session(salon_id, desired)
     return target.value

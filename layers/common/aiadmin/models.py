@@ -26,7 +26,14 @@ class Salon(BaseModel):
     state: SalonState
     salon_name: str = ""
     user_name: str = ""
+    # The YClients user (`user_data` id) who first consented: the only one who may onboard,
+    # re-link or watch the salon until YClients reports the app uninstalled and a fresh
+    # consent arrives. None: not bound yet (a consent without a user id binds nobody).
+    owner_user_id: str | None = None
+    # When the owner last consented in YClients (or asked to re-link WhatsApp on the page):
+    # activation is tried until YClients refuses it, or for 12 hours from here at most.
     consent_at: float | None = None
+    # The hour YClients' help pages give the owner; shown on the page, not a limit we enforce.
     activation_deadline: float | None = None
     # The current WhatsApp pairing string is a credential for a few seconds: it is stored so
     # a reopened page can draw it at once, and never logged.
@@ -132,8 +139,12 @@ class StateMessage(BaseModel):
 
 
 class ErrorMessage(BaseModel):
-    """A request from the page that was refused (e.g. a bad phone number): nothing changed."""
+    """A request from the page that was refused (e.g. a bad phone number): nothing changed.
+    `code` says why for the page's logic (`invalid_phone`, `pairing_limited`, `rate_limited`,
+    `token_expired`, `bad_request`); `retry_after` (seconds) when waiting helps."""
 
     type: Literal["error"] = "error"
     action: str
     message: str
+    code: str = ""
+    retry_after: float | None = None

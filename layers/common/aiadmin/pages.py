@@ -21,15 +21,25 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(16)
 
 
+# Who may show our pages in an iframe: YClients' web app (yclients.com and its subdomains) and
+# Altegio's, YClients' international brand on the same platform (app.alteg.io and its
+# subdomains). Nobody else, not even our own origin.
+FRAME_ANCESTORS = ("https://yclients.com", "https://*.yclients.com", "https://app.alteg.io", "https://*.alteg.io")
+# Browsers only honour HSTS over HTTPS (API Gateway's case); over the local stack's plain HTTP
+# they ignore it. One year; subdomains of our host too.
+HSTS = "max-age=31536000; includeSubDomains"
+
+
 def security_headers(nonce: str, connect_src: str = "'none'") -> dict[str, str]:
     csp = (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
         f"img-src data:; connect-src {connect_src}; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'self' https://*.yclients.com https://yclients.com"
+        f"frame-ancestors {' '.join(FRAME_ANCESTORS)}"
     )
     return {
         "Content-Type": "text/html; charset=utf-8",
         "Content-Security-Policy": csp,
+        "Strict-Transport-Security": HSTS,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-store",

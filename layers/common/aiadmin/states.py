@@ -61,7 +61,9 @@ ALLOWED_TRANSITIONS: dict[SalonState | None, frozenset[SalonState]] = {
     S.WHATSAPP_CONNECTED: frozenset({S.ACTIVATING, S.EXPIRED_CONSENT} | _SESSION_ENDS | _LIFECYCLE),
     S.ACTIVATING: frozenset({S.ACTIVE, S.ACTIVATION_FAILED, S.EXPIRED_CONSENT} | _SESSION_ENDS | _LIFECYCLE),
     S.ACTIVATION_FAILED: frozenset({S.ACTIVATING, S.PENDING_WHATSAPP} | _SESSION_ENDS | _LIFECYCLE),
-    S.ACTIVE: frozenset(_SESSION_ENDS | _LIFECYCLE),
+    # -> pending: the owner explicitly asked to re-link WhatsApp on the page; -> activating: YClients
+    # reports the app pending again (reinstalled while no uninstall webhook reached us).
+    S.ACTIVE: frozenset({S.PENDING_WHATSAPP, S.ACTIVATING} | _SESSION_ENDS | _LIFECYCLE),
     # Unfrozen by a payment or a new activation; a new consent starts linking again.
     S.FROZEN: frozenset({S.ACTIVE, S.ACTIVATING, S.PENDING_WHATSAPP, S.UNINSTALLED}),
     S.UNINSTALLED: frozenset({S.PENDING_WHATSAPP}),
@@ -69,7 +71,8 @@ ALLOWED_TRANSITIONS: dict[SalonState | None, frozenset[SalonState]] = {
     S.BANNED: frozenset({S.PENDING_WHATSAPP} | _LIFECYCLE),
     # After a library update the same keys connect again.
     S.CLIENT_OUTDATED: frozenset({S.PENDING_WHATSAPP, S.WHATSAPP_CONNECTED} | _LIFECYCLE),
-    S.EXPIRED_CONSENT: frozenset({S.PENDING_WHATSAPP, S.UNINSTALLED}),
+    # -> activating: a new consent for a salon whose linked session outlived the old one.
+    S.EXPIRED_CONSENT: frozenset({S.PENDING_WHATSAPP, S.ACTIVATING, S.UNINSTALLED}),
 }
 
 # States in which a linking attempt is under way: a repeat visit joins it instead of
@@ -152,6 +155,7 @@ OWNER_TEXT: dict[SalonState, tuple[str, str]] = {
     S.CLIENT_OUTDATED: ("Нужно обновление", "Мы обновляем подключение к WhatsApp, ничего делать не нужно."),
     S.EXPIRED_CONSENT: (
         "Время на подключение истекло",
-        "Прошло больше часа. Откройте YClients и нажмите «Подключить» ещё раз.",
+        "YClients больше не ждёт подключения. Откройте YClients и нажмите «Подключить» ещё раз: "
+        "уже привязанный WhatsApp останется привязанным.",
     ),
 }

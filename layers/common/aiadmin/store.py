@@ -4,10 +4,12 @@ Key schema (single table, string keys `pk`/`sk`):
 
 | item              | pk                | sk                     | notes                                   |
 |-------------------|-------------------|------------------------|-----------------------------------------|
-| salon state       | SALON#<id>        | STATE                  | `Salon` model; streamed to ws_notify     |
+| salon state       | SALON#<id>        | STATE                  | `Salon`; streamed; TTL once uninstalled |
+| salon secrets     | SALON#<id>        | SECRETS                | api_key, webhook_secret; in no GSI      |
+| pairing limit     | SALON#<id>        | PAIRING                | phone hashes, request times; TTL        |
 | salon event log   | SALON#<id>        | EVENT#<ms>#<rand>      | who/what/when; TTL                      |
-| connection (fan-out) | SALON#<id>     | CONN#<connection id>   | TTL                                     |
-| connection by id  | CONN#<connection id> | CONN                | salon_id; TTL                           |
+| socket slot (fan-out) | SALON#<id>    | CONN#<slot 0..4>       | connection_id, held_until; TTL          |
+| connection by id  | CONN#<connection id> | CONN                | salon_id, slot, token_exp, message counter; TTL |
 | session lease     | SALON#<id>        | SESSION                | `SessionLease`; GSI LeaseIndex          |
 | runner heartbeat  | RUNNERS           | <runner id>            | at, sessions, phases, pairings; TTL     |
 | idempotency       | idempotency#...   | <hash>                 | written by powertools Idempotency       |
@@ -15,16 +17,23 @@ Key schema (single table, string keys `pk`/`sk`):
 `LeaseIndex` (pk `lease_pk`, sk `lease_expires`) holds only sessions that need an owner
 process (sparse): a runner finds claimable sessions with one Query
 `lease_pk = LEASE AND lease_expires < now`, and claims each with a conditional write.
-TTL attribute: `ttl` (epoch seconds).
+TTL attribute: `ttl` (epoch seconds). An uninstalled salon's STATE and SESSION items get one
+(`UNINSTALLED_RETENTION_SECONDS`); any later transition or command removes it again.
+
+A salon has a fixed number of socket slots (`CONN#0` .. `CONN#<n-1>`): `$connect` takes a free
+or stale one with a conditional write, so the bound holds under concurrent connects and the
+fan-out reads at most n items.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
@@ -33,8 +42,14 @@ from aiadmin.models import Salon, SessionDesire, SessionLease
 from aiadmin.observability import logger, metrics
 from aiadmin.states import IllegalTransition, SalonState, check_transition
 
+# API Gateway closes a WebSocket after 2 hours at most: a slot whose $disconnect was lost is
+# free again after that.
 CONNECTION_TTL_SECONDS = 2 * 3600
 EVENT_TTL_SECONDS = 90 * 24 * 3600
+# What is left of an uninstalled salon (state, session command) is deleted by TTL after this.
+UNINSTALLED_RETENTION_SECONDS = 30 * 24 * 3600
+SECRETS_SK = "SECRETS"
+PAIRING_SK = "PAIRING"
 LEASE_PARTITION = "LEASE"
 RUNNERS_PARTITION = "RUNNERS"
 _TRANSITION_ATTEMPTS = 5
@@ -90,6 +105,33 @@ def _lease_check_failed(exc: ClientError) -> bool:
     return bool(reasons) and reasons[-1].get("Code") == "ConditionalCheckFailed"
 
 
+@dataclass(frozen=True)
+class SessionCommand:
+    """What a handler asks of the runner owning a salon's session (see `Store.request_session`)."""
+
+    desired: SessionDesire
+    pair_phone: str | None = None
+    renew: bool = False
+
+
+@dataclass(frozen=True)
+class PairingVerdict:
+    """Whether a pairing-code request may go ahead; when not, why and for how long."""
+
+    allowed: bool
+    reason: Literal["", "interval", "phones"] = ""
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    """A socket as `$default` sees it: its salon, its token's expiry, messages in this window."""
+
+    salon_id: int
+    token_exp: float | None
+    messages: int
+
+
 class Store:
     """All reads and writes of the application table. `table` is a boto3 Table resource."""
 
@@ -114,6 +156,11 @@ class Store:
         attrs: Mapping[str, Any] | None = None,
         expected: Iterable[SalonState] | None = None,
         lease_owner: str | None = None,
+        remove: Iterable[str] = (),
+        command: SessionCommand | None = None,
+        salon_secrets: Mapping[str, str] | None = None,
+        forget: Iterable[str] = (),
+        guard: Callable[[Salon | None], None] | None = None,
     ) -> Salon:
         """Move a salon to `new_state` (and set `attrs`), append an event, count a metric.
 
@@ -122,10 +169,20 @@ class Store:
         (e.g. the runner only turns a QR into `qr_expired` while it is `qr_ready`).
         `lease_owner` fences the write: it happens only while that runner holds an unexpired
         lease on the salon's session (a runner that lost it cannot push a stale QR); LeaseLost
-        otherwise. Raises IllegalTransition when the state machine refuses it."""
+        otherwise. Raises IllegalTransition when the state machine refuses it. `guard` is called
+        with every read of the salon and may raise to refuse the change: the write is conditional
+        on the version it saw, so its verdict holds (e.g. who the salon is bound to).
+
+        In the same transaction: `remove` deletes attributes of the state item, `command` tells
+        the session's runner what to do (`request_session`), `salon_secrets` replaces the salon's
+        secrets item and `forget` deletes the salon's items with those sort keys (`SECRETS_SK`,
+        `PAIRING_SK`). Entering `uninstalled` sets the item's TTL; any other state clears it."""
+        removed = [name for name in dict.fromkeys(remove) if name not in (attrs or {})]
         for _ in range(_TRANSITION_ATTEMPTS):
             current = self.get_salon(salon_id)
             current_state = current.state if current else None
+            if guard is not None:
+                guard(current)
             if expected is not None and current_state not in set(expected):
                 raise IllegalTransition(current_state, new_state)
             try:
@@ -146,9 +203,17 @@ class Store:
                 "updated_by": actor,
                 "salon_id": salon_id,
             }
+            dropped = list(removed)
+            if new_state == SalonState.UNINSTALLED:
+                fields["ttl"] = int(now) + UNINSTALLED_RETENTION_SECONDS
+            else:
+                dropped.append("ttl")
             names = {f"#f{i}": key for i, key in enumerate(fields)}
             values = {f":v{i}": _to_dynamo(value) for i, value in enumerate(fields.values())}
             update = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields)))
+            if dropped:
+                names.update({f"#r{i}": key for i, key in enumerate(dropped)})
+                update += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(dropped)))
             if current:
                 condition = "#version = :expected"
                 names["#version"] = "version"
@@ -169,7 +234,15 @@ class Store:
                 {"Put": {"TableName": self._table.name, "Item": self._event_item(
                     salon_id, current_state, new_state, actor, reason, now)}},
             ]
+            if command is not None:
+                items.append({"Update": self._session_command(salon_id, command, now)})
+            if salon_secrets is not None:
+                items.append({"Put": {"TableName": self._table.name, "Item": {
+                    "pk": _salon_pk(salon_id), "sk": SECRETS_SK, **salon_secrets}}})
+            items.extend({"Delete": {"TableName": self._table.name, "Key": {"pk": _salon_pk(salon_id), "sk": sk}}}
+                         for sk in dict.fromkeys(forget))
             if lease_owner is not None:
+                # Last on purpose: `_lease_check_failed` reads the last cancellation reason.
                 items.append({"ConditionCheck": self._lease_fence(salon_id, lease_owner, now)})
             try:
                 self._client.transact_write_items(TransactItems=items)
@@ -184,7 +257,8 @@ class Store:
                 "salon state changed",
                 extra={"salon_id": salon_id, "from": current_state, "to": new_state, "actor": actor},
             )
-            return Salon.model_validate(_from_dynamo({**(current.model_dump() if current else {}), **fields}))
+            before = {k: v for k, v in (current.model_dump() if current else {}).items() if k not in removed}
+            return Salon.model_validate(_from_dynamo({**before, **fields}))
         raise ConcurrentUpdate(f"salon {salon_id} changed concurrently {_TRANSITION_ATTEMPTS} times")
 
     def _lease_fence(self, salon_id: int, runner_id: str, now: float) -> dict[str, Any]:
@@ -202,15 +276,23 @@ class Store:
         item = {**salon.model_dump(exclude_none=True), "state": salon.state.value}
         self._table.put_item(Item=_to_dynamo({**item, "pk": _salon_pk(salon.salon_id), "sk": "STATE"}))
 
+    # ---- salon secrets -----------------------------------------------------------------
+    # The salon's API key for YClients and its entity webhook secret live in their own item,
+    # never on the state item: that one is streamed (ws_notify's consumer only receives
+    # `sk = STATE` records, see the template's FilterCriteria) and copied into pages and logs
+    # through the `Salon` model. No GSI key attribute is ever set on the secrets item.
+
     def get_salon_secrets(self, salon_id: int) -> dict[str, str]:
-        """The per-salon secrets kept beside the state (never part of the `Salon` model,
-        so they never reach a page or a log line)."""
+        """The salon's secrets (`api_key`, `webhook_secret`); empty when it has none."""
         item = self._table.get_item(
-            Key={"pk": _salon_pk(salon_id), "sk": "STATE"}, ConsistentRead=True,
+            Key={"pk": _salon_pk(salon_id), "sk": SECRETS_SK}, ConsistentRead=True,
             ProjectionExpression="api_key, webhook_secret",
         ).get("Item") or {}
-        # A removed secret is stored as NULL: it must never compare equal to anything.
+        # Only non-empty strings: a missing secret must never compare equal to anything.
         return {key: str(value) for key, value in item.items() if isinstance(value, str) and value}
+
+    def put_salon_secrets(self, salon_id: int, values: Mapping[str, str]) -> None:
+        self._table.put_item(Item={"pk": _salon_pk(salon_id), "sk": SECRETS_SK, **values})
 
     def hold_activation(self, salon_id: int, owner: str, now: float, lock_seconds: float) -> bool:
         """Take or renew the salon's activation lock: only while it is `activating`, and only when
@@ -229,6 +311,23 @@ class Store:
                     ":me": owner, ":until": _to_dynamo(now + lock_seconds), ":now": _to_dynamo(now),
                     ":activating": SalonState.ACTIVATING.value, ":null": "NULL",
                 },
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def bind_owner(self, salon_id: int, user_id: str) -> bool:
+        """Bind an existing, unbound salon to the YClients user who consented (see
+        `aiadmin.onboarding`). False when it is bound to someone else meanwhile."""
+        try:
+            self._table.update_item(
+                Key={"pk": _salon_pk(salon_id), "sk": "STATE"},
+                UpdateExpression="SET owner_user_id = :u",
+                ConditionExpression=("attribute_exists(pk) AND (attribute_not_exists(owner_user_id) OR "
+                                     "attribute_type(owner_user_id, :null) OR owner_user_id = :u)"),
+                ExpressionAttributeValues={":u": user_id, ":null": "NULL"},
             )
         except ClientError as exc:
             if _is_condition_failure(exc):
@@ -286,36 +385,152 @@ class Store:
 
     # ---- WebSocket connections ------------------------------------------------------------
 
-    def add_connection(self, connection_id: str, salon_id: int, now: float | None = None) -> None:
-        expires = int(now or time.time()) + CONNECTION_TTL_SECONDS
-        self._client.transact_write_items(
-            TransactItems=[
-                {"Put": {"TableName": self._table.name, "Item": {
-                    "pk": _salon_pk(salon_id), "sk": f"CONN#{connection_id}",
-                    "connection_id": connection_id, "ttl": expires}}},
-                {"Put": {"TableName": self._table.name, "Item": {
-                    "pk": f"CONN#{connection_id}", "sk": "CONN", "salon_id": salon_id, "ttl": expires}}},
-            ]
+    def add_connection(self, connection_id: str, salon_id: int, now: float | None = None,
+                       token_exp: float | None = None, max_per_salon: int = 5) -> bool:
+        """Record a connection in one of the salon's `max_per_salon` slots; False (nothing
+        written) when every slot is held by a live connection.
+
+        A slot is taken with a conditional write (free, or held past `held_until`), in one
+        transaction with the connection's own item: concurrent connects never share a slot,
+        so the bound holds without a read-modify-write of a counter. `token_exp` is kept with
+        the connection: `$default` refuses commands once the token has expired."""
+        moment = now if now is not None else time.time()
+        held_until = int(moment) + CONNECTION_TTL_SECONDS
+        for slot in self._free_slots(salon_id, moment, max_per_salon):
+            by_id: dict[str, Any] = {"pk": f"CONN#{connection_id}", "sk": "CONN", "salon_id": salon_id,
+                                     "slot": slot, "ttl": held_until}
+            if token_exp is not None:
+                by_id["token_exp"] = _to_dynamo(token_exp)
+            try:
+                self._client.transact_write_items(TransactItems=[
+                    {"Put": {
+                        "TableName": self._table.name,
+                        "Item": {"pk": _salon_pk(salon_id), "sk": f"CONN#{slot}", "connection_id": connection_id,
+                                 "held_until": held_until, "ttl": held_until},
+                        "ConditionExpression": "attribute_not_exists(pk) OR held_until < :now",
+                        "ExpressionAttributeValues": {":now": int(moment)},
+                    }},
+                    {"Put": {"TableName": self._table.name, "Item": by_id}},
+                ])
+            except ClientError as exc:
+                if _is_condition_failure(exc):
+                    continue  # another connection took this slot first: try the next free one
+                raise
+            return True
+        return False
+
+    def _free_slots(self, salon_id: int, now: float, max_per_salon: int) -> list[int]:
+        """The salon's slots that look free or stale (a consistent read of at most n items);
+        the conditional write in `add_connection` decides."""
+        held = {
+            int(str(item["sk"]).removeprefix("CONN#"))
+            for item in self._query_slots(salon_id, "sk, held_until")
+            if str(item["sk"]).removeprefix("CONN#").isdigit() and float(item.get("held_until", 0)) >= now
+        }
+        return [slot for slot in range(max_per_salon) if slot not in held]
+
+    def _query_slots(self, salon_id: int, projection: str) -> list[dict[str, Any]]:
+        response = self._table.query(
+            KeyConditionExpression=Key("pk").eq(_salon_pk(salon_id)) & Key("sk").begins_with("CONN#"),
+            ProjectionExpression=projection, ConsistentRead=True,
         )
+        return list(response["Items"])
 
     def salon_of_connection(self, connection_id: str) -> int | None:
         item = self._table.get_item(Key={"pk": f"CONN#{connection_id}", "sk": "CONN"}).get("Item")
         return int(item["salon_id"]) if item else None
 
+    def count_message(self, connection_id: str, window: int) -> ConnectionRecord | None:
+        """Count one message of the connection in fixed window `window` (an index, e.g. epoch
+        seconds // 10) and return the connection with the count so far, this one included;
+        None when the connection is unknown. Atomic (ADD under a condition on the window), so
+        concurrent messages are all counted."""
+        for _ in range(2):
+            for update, condition in (
+                ("ADD msg_count :one", "attribute_exists(pk) AND msg_window = :w"),
+                ("SET msg_window = :w, msg_count = :one",
+                 "attribute_exists(pk) AND (attribute_not_exists(msg_window) OR msg_window <> :w)"),
+            ):
+                try:
+                    item = self._table.update_item(
+                        Key={"pk": f"CONN#{connection_id}", "sk": "CONN"}, UpdateExpression=update,
+                        ConditionExpression=condition, ExpressionAttributeValues={":w": window, ":one": 1},
+                        ReturnValues="ALL_NEW",
+                    )["Attributes"]
+                except ClientError as exc:
+                    if _is_condition_failure(exc):
+                        continue
+                    raise
+                exp = item.get("token_exp")
+                return ConnectionRecord(salon_id=int(item["salon_id"]), token_exp=float(exp) if exp is not None
+                                        else None, messages=int(item["msg_count"]))
+            # Both refused: the connection is gone, or a concurrent message just opened the window.
+        return None
+
     def remove_connection(self, connection_id: str, salon_id: int | None = None) -> None:
-        """Forget a connection; harmless when it is already gone (a replayed $disconnect)."""
-        if salon_id is None:
-            salon_id = self.salon_of_connection(connection_id)
+        """Forget a connection and free its slot; harmless when it is already gone (a replayed
+        $disconnect). The slot is freed only while it still holds this connection."""
+        item = self._table.get_item(Key={"pk": f"CONN#{connection_id}", "sk": "CONN"},
+                                    ConsistentRead=True).get("Item")
+        if item is not None:
+            salon_id = int(item["salon_id"])
         self._table.delete_item(Key={"pk": f"CONN#{connection_id}", "sk": "CONN"})
-        if salon_id is not None:
-            self._table.delete_item(Key={"pk": _salon_pk(salon_id), "sk": f"CONN#{connection_id}"})
+        if salon_id is None:
+            return
+        slots = [f"CONN#{item['slot']}"] if item is not None and "slot" in item else [
+            str(slot["sk"]) for slot in self._query_slots(salon_id, "sk, connection_id")
+            if slot.get("connection_id") == connection_id]
+        for sk in slots:
+            try:
+                self._table.delete_item(Key={"pk": _salon_pk(salon_id), "sk": sk},
+                                        ConditionExpression="connection_id = :c",
+                                        ExpressionAttributeValues={":c": connection_id})
+            except ClientError as exc:
+                if not _is_condition_failure(exc):
+                    raise
 
     def connections_of(self, salon_id: int) -> list[str]:
-        response = self._table.query(
-            KeyConditionExpression=Key("pk").eq(_salon_pk(salon_id)) & Key("sk").begins_with("CONN#"),
-            ProjectionExpression="connection_id",
-        )
-        return [str(item["connection_id"]) for item in response["Items"]]
+        return [str(item["connection_id"]) for item in self._query_slots(salon_id, "connection_id")
+                if "connection_id" in item]
+
+    # ---- pairing-code limits ----------------------------------------------------------------
+
+    def admit_pairing_request(self, salon_id: int, phone: str, now: float, min_interval: float,
+                              max_phones: int, window: float) -> PairingVerdict:
+        """Count a pairing-code request for `phone` if the salon's limits allow it: at most
+        `max_phones` distinct numbers per `window` seconds, and `min_interval` seconds between
+        requests. Conditional writes decide (never a read-modify-write), so concurrent requests
+        cannot both slip under a limit. Numbers are kept as hashes, for the window only."""
+        key = {"pk": _salon_pk(salon_id), "sk": PAIRING_SK}
+        digest = hashlib.sha256(f"{salon_id}:{phone}".encode()).hexdigest()[:24]
+        attempts: list[tuple[str, str, dict[str, Any]]] = [
+            # Same window: under both limits (the number is known already, or there is room).
+            ("SET last_at = :now ADD phones :phone",
+             "window_start > :floor AND last_at <= :recent AND (contains(phones, :h) OR size(phones) < :max)",
+             {":floor": _to_dynamo(now - window), ":recent": _to_dynamo(now - min_interval), ":h": digest,
+              ":max": max_phones}),
+            # No window yet, or it has passed: this request opens a new one.
+            ("SET window_start = :now, last_at = :now, phones = :phone, #ttl = :ttl",
+             "attribute_not_exists(pk) OR window_start <= :floor",
+             {":floor": _to_dynamo(now - window), ":ttl": int(now + window) + 1}),
+        ]
+        for update, condition, values in attempts:
+            try:
+                self._table.update_item(
+                    Key=key, UpdateExpression=update, ConditionExpression=condition,
+                    ExpressionAttributeValues={":now": _to_dynamo(now), ":phone": {digest}, **values},
+                    **({"ExpressionAttributeNames": {"#ttl": "ttl"}} if "#ttl" in update else {}),
+                )
+            except ClientError as exc:
+                if _is_condition_failure(exc):
+                    continue
+                raise
+            return PairingVerdict(allowed=True)
+        item = _from_dynamo(self._table.get_item(Key=key, ConsistentRead=True).get("Item") or {})
+        last_at, started = float(item.get("last_at", 0)), float(item.get("window_start", 0))
+        if now - last_at < min_interval:
+            return PairingVerdict(False, "interval", last_at + min_interval - now)
+        return PairingVerdict(False, "phones", max(0.0, started + window - now))
 
     # ---- WhatsApp session leases (runner ownership and commands) -------------------------
 
@@ -334,26 +549,41 @@ class Store:
         makes that attempt ask for a pairing code for the number; `renew_command` bumps the
         generation for the other commands too, so the owner acts on a repeated `run` (e.g.
         retry an activation). The session enters the lease index, so an unowned one is
-        claimed by some runner within a poll."""
-        bump = 1 if desired == "link" or renew_command else 0
-        values: dict[str, Any] = {":d": desired, ":s": salon_id, ":lp": LEASE_PARTITION, ":zero": 0, ":bump": bump}
+        claimed by some runner within a poll. `stop` (uninstalled) gives the item a TTL."""
+        update = self._session_command(salon_id, SessionCommand(desired, pair_phone, renew_command), time.time())
+        del update["TableName"]
+        response = self._table.update_item(**update, ReturnValues="ALL_NEW")
+        return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
+
+    def _session_command(self, salon_id: int, command: SessionCommand, now: float) -> dict[str, Any]:
+        """The update of the session item that carries `command` (alone or in a transaction)."""
+        bump = 1 if command.desired == "link" or command.renew else 0
+        values: dict[str, Any] = {":d": command.desired, ":s": salon_id, ":lp": LEASE_PARTITION, ":zero": 0,
+                                  ":bump": bump}
         update = (
             "SET desired = :d, salon_id = :s, lease_pk = :lp, "
             "generation = if_not_exists(generation, :zero) + :bump, "
             "lease_expires = if_not_exists(lease_expires, :zero)"
         )
-        if pair_phone:
+        removed = []
+        if command.pair_phone:
             update += ", pair_phone = :phone"
-            values[":phone"] = pair_phone
+            values[":phone"] = command.pair_phone
         else:
-            update += " REMOVE pair_phone"
-        response = self._table.update_item(
-            Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
-            UpdateExpression=update,
-            ExpressionAttributeValues=values,
-            ReturnValues="ALL_NEW",
-        )
-        return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
+            removed.append("pair_phone")
+        if command.desired == "stop":
+            update += ", #ttl = :ttl"
+            values[":ttl"] = int(now) + UNINSTALLED_RETENTION_SECONDS
+        else:
+            removed.append("#ttl")
+        update += " REMOVE " + ", ".join(removed)
+        return {
+            "TableName": self._table.name,
+            "Key": {"pk": _salon_pk(salon_id), "sk": "SESSION"},
+            "UpdateExpression": update,
+            "ExpressionAttributeNames": {"#ttl": "ttl"},
+            "ExpressionAttributeValues": values,
+        }
 
     def set_session_device(self, salon_id: int, device_jid: str | None) -> None:
         """Remember (or forget) which linked device is the salon's, for keys kept in a store

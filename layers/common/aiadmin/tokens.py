@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 
 import jwt
 
@@ -27,8 +28,15 @@ def issue_token(salon_id: int, secret: str, ttl_seconds: int, now: float | None 
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify_token(token: str | None, secret: str) -> int:
-    """The salon id the token was issued for."""
+@dataclass(frozen=True)
+class TokenClaims:
+    salon_id: int
+    # Epoch seconds: a socket opened with the token refuses commands after it (see aiadmin.sockets).
+    expires_at: int
+
+
+def verify_token_claims(token: str | None, secret: str) -> TokenClaims:
+    """The salon the token was issued for, and when it expires."""
     if not token:
         raise InvalidToken("missing")
     try:
@@ -36,8 +44,13 @@ def verify_token(token: str | None, secret: str) -> int:
             token, secret, algorithms=[ALGORITHM], audience=AUDIENCE,
             options={"require": ["exp", "iat", "sub", "aud"]},
         )
-        return int(claims["sub"])
+        return TokenClaims(salon_id=int(claims["sub"]), expires_at=int(claims["exp"]))
     except jwt.ExpiredSignatureError as exc:
         raise InvalidToken("expired") from exc
     except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
         raise InvalidToken(type(exc).__name__) from exc
+
+
+def verify_token(token: str | None, secret: str) -> int:
+    """The salon id the token was issued for."""
+    return verify_token_claims(token, secret).salon_id

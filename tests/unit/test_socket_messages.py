@@ -1,0 +1,126 @@
+"""The page socket's `$default` handler on moto (DynamoDB and the @connections API): each
+refusal answers the page with a reason, changes nothing and counts a metric."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+import uuid
+from types import ModuleType
+from typing import Any
+
+import pytest
+from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
+from moto.core import DEFAULT_ACCOUNT_ID
+
+from aiadmin.observability import metrics
+from aiadmin.sockets import MESSAGES_PER_WINDOW, open_socket
+from aiadmin.states import SalonState
+from aiadmin.store import Store
+from aiadmin.tokens import TokenClaims
+from local.gateway import LambdaContext
+from local.template import ROOT
+
+REGION = "eu-central-1"
+SALON = 7
+
+
+@pytest.fixture
+def handler(table: Any, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setenv("TABLE_NAME", table.name)
+    monkeypatch.setenv("WEBSOCKET_MANAGEMENT_URL", f"https://abc123.execute-api.{REGION}.amazonaws.com/prod")
+    spec = importlib.util.spec_from_file_location("ws_default_under_test", ROOT / "functions" / "ws_notify" / "app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    names: list[str] = []
+    monkeypatch.setattr(metrics, "add_metric", lambda name, **_kwargs: names.append(name))
+    return names
+
+
+def _send(handler: ModuleType, connection_id: str, body: object) -> int:
+    event = {"requestContext": {"routeKey": "$default", "eventType": "MESSAGE", "connectionId": connection_id,
+                                "stage": "prod", "apiId": "abc123", "requestId": "r", "messageId": "m"},
+             "body": body if isinstance(body, str) else json.dumps(body), "isBase64Encoded": False}
+    result: dict[str, Any] = handler.lambda_handler(event, LambdaContext("WsNotifyFunction", str(uuid.uuid4())))
+    return int(result["statusCode"])
+
+
+def _pushed(connection_id: str) -> list[dict[str, Any]]:
+    data = apigatewaymanagementapi_backends[DEFAULT_ACCOUNT_ID][REGION].connections[connection_id].data
+    # moto appends every post to one buffer: split the JSON objects again.
+    decoder, text, found, at = json.JSONDecoder(), data.decode(), [], 0
+    while at < len(text):
+        value, at = decoder.raw_decode(text, at)
+        found.append(value)
+    return found
+
+
+def _page(store: Store, expires_in: float = 600) -> str:
+    store.transition(SALON, SalonState.PENDING_WHATSAPP, actor="redirect")
+    store.request_session(SALON, "link")
+    store.transition(SALON, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})
+    connection = f"page-{uuid.uuid4().hex[:6]}"
+    open_socket(store, connection, TokenClaims(SALON, int(time.time() + expires_in)), time.time())
+    return connection
+
+
+def test_an_unknown_command_is_answered_and_counted(handler: ModuleType, store: Store, counted: list[str]) -> None:
+    page = _page(store)
+    counted.clear()  # the setup's own transitions
+    assert _send(handler, page, {"action": "delete_everything"}) == 400
+    assert _send(handler, page, "not json at all") == 400
+    [first, second] = _pushed(page)
+    assert first["type"] == "error" and first["code"] == "bad_request" and first["action"] == "unknown"
+    assert second["code"] == "bad_request"
+    assert counted == ["SocketBadMessage", "SocketBadMessage"]
+    assert store.get_salon(SALON).version == 2  # type: ignore[union-attr]  # the setup's two transitions
+
+
+def test_after_the_token_expired_nothing_is_done(handler: ModuleType, store: Store, counted: list[str]) -> None:
+    page = _page(store, expires_in=-1)
+    counted.clear()  # the setup's own transitions
+    assert _send(handler, page, {"action": "pairing_code", "phone": "79001234567"}) == 403
+    [refusal] = _pushed(page)
+    assert refusal["code"] == "token_expired" and "Ссылка устарела" in refusal["message"]
+    assert counted == ["SocketTokenExpired"]
+    assert store.get_session(SALON).pair_phone is None  # type: ignore[union-attr]
+
+
+def test_a_flood_is_answered_once_then_ignored(handler: ModuleType, store: Store, counted: list[str]) -> None:
+    page = _page(store)
+    counted.clear()  # the setup's own transitions
+    # Start at the beginning of a 10-second window, so the flood falls into one.
+    time.sleep(10 - time.time() % 10 + 0.01)
+    statuses = [_send(handler, page, {"action": "sync"}) for _ in range(MESSAGES_PER_WINDOW + 3)]
+    assert statuses == [200] * MESSAGES_PER_WINDOW + [429] * 3
+    replies = _pushed(page)
+    assert [r["type"] for r in replies] == ["state"] * MESSAGES_PER_WINDOW + ["error"]
+    assert replies[-1]["code"] == "rate_limited" and 0 < replies[-1]["retry_after"] <= 10
+    assert counted == ["SocketRateLimited"] * 3
+
+
+def test_pairing_limits_are_answered_and_counted(handler: ModuleType, store: Store, counted: list[str]) -> None:
+    page = _page(store)
+    counted.clear()  # the setup's own transitions
+    assert _send(handler, page, {"action": "pairing_code", "phone": "79001234567"}) == 200
+    store.transition(SALON, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})
+    assert _send(handler, page, {"action": "pairing_code", "phone": "79007654321"}) == 429
+    assert _send(handler, page, {"action": "pairing_code", "phone": "12"}) == 400
+    refusals = [r for r in _pushed(page) if r["type"] == "error"]
+    assert [r["code"] for r in refusals] == ["pairing_limited", "invalid_phone"]
+    assert refusals[0]["retry_after"] > 0 and "можно запросить через" in refusals[0]["message"]
+    assert counted == ["Transition_pending_whatsapp", "Transition_qr_ready", "PairingCodeLimited",
+                       "PairingPhoneRefused"]
+    assert store.get_session(SALON).pair_phone == "79001234567"  # type: ignore[union-attr]
+
+
+def test_an_unknown_connection_is_refused(handler: ModuleType, counted: list[str]) -> None:
+    assert _send(handler, "never-connected", {"action": "sync"}) == 403
+    assert counted == ["SocketUnknownConnection"]

@@ -1,0 +1,90 @@
+"""The page socket's limits (aiadmin.sockets) on moto DynamoDB: slots per salon, messages per
+window, a token's expiry; concurrent connects with the table's calls serialised (moto's
+conditional writes are not atomic across threads; DynamoDB's are)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from aiadmin.sockets import MAX_SOCKETS_PER_SALON, MESSAGES_PER_WINDOW, Verdict, admit_message, open_socket
+from aiadmin.store import CONNECTION_TTL_SECONDS, Store
+from aiadmin.tokens import TokenClaims
+
+NOW = 1_000_000.0
+CLAIMS = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800)
+
+
+def test_a_sixth_socket_is_refused_and_writes_nothing(store: Store, table: Any) -> None:
+    for i in range(MAX_SOCKETS_PER_SALON):
+        assert open_socket(store, f"c{i}", CLAIMS, NOW)
+    items = table.scan()["Count"]
+    assert not open_socket(store, "c-sixth", CLAIMS, NOW)
+    assert table.scan()["Count"] == items
+    assert sorted(store.connections_of(7)) == [f"c{i}" for i in range(MAX_SOCKETS_PER_SALON)]
+    # Other salons are not affected.
+    assert open_socket(store, "other", TokenClaims(salon_id=8, expires_at=CLAIMS.expires_at), NOW)
+
+
+def test_a_closed_socket_frees_its_slot_once(store: Store) -> None:
+    for i in range(MAX_SOCKETS_PER_SALON):
+        open_socket(store, f"c{i}", CLAIMS, NOW)
+    store.remove_connection("c2")
+    store.remove_connection("c2")  # a replayed $disconnect frees nothing more
+    assert open_socket(store, "c-new", CLAIMS, NOW)
+    assert not open_socket(store, "c-newer", CLAIMS, NOW)
+    assert "c2" not in store.connections_of(7) and "c-new" in store.connections_of(7)
+    assert store.salon_of_connection("c2") is None
+
+
+def test_a_slot_whose_disconnect_was_lost_is_taken_after_the_longest_connection(store: Store) -> None:
+    for i in range(MAX_SOCKETS_PER_SALON):
+        open_socket(store, f"c{i}", CLAIMS, NOW)
+    later = NOW + CONNECTION_TTL_SECONDS + 1
+    assert open_socket(store, "c-late", TokenClaims(salon_id=7, expires_at=int(later) + 1800), later)
+    # The stale connection's late $disconnect does not free the slot its successor holds.
+    store.remove_connection("c0")
+    assert "c-late" in store.connections_of(7)
+
+
+def test_concurrent_connects_never_exceed_the_bound(store: Store) -> None:
+    lock = threading.Lock()
+    client: Any = store._client
+    table: Any = store._table
+    for owner, name in ((client, "transact_write_items"), (table, "query")):
+        original = getattr(owner, name)
+
+        def locked(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with lock:
+                return _original(*args, **kwargs)
+
+        setattr(owner, name, locked)
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(open_socket(store, f"c{i}", CLAIMS, NOW)))
+               for i in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(True) == MAX_SOCKETS_PER_SALON
+    assert len(store.connections_of(7)) == MAX_SOCKETS_PER_SALON
+
+
+def test_messages_over_the_window_limit_are_refused_and_only_the_first_is_answered(store: Store) -> None:
+    open_socket(store, "c1", CLAIMS, NOW)
+    verdicts = [admit_message(store, "c1", NOW + i * 0.1).verdict for i in range(MESSAGES_PER_WINDOW + 3)]
+    assert verdicts == [Verdict.ALLOWED] * MESSAGES_PER_WINDOW + [Verdict.RATE_LIMITED] + [Verdict.SILENCED] * 2
+    # The next window starts afresh.
+    assert admit_message(store, "c1", NOW + 10).verdict == Verdict.ALLOWED
+
+
+def test_commands_are_refused_once_the_token_expired(store: Store) -> None:
+    open_socket(store, "c1", TokenClaims(salon_id=7, expires_at=int(NOW) + 60), NOW)
+    assert admit_message(store, "c1", NOW + 59) == admit_message(store, "c1", NOW + 59.5)
+    assert admit_message(store, "c1", NOW + 59).verdict == Verdict.ALLOWED
+    assert admit_message(store, "c1", NOW + 60).verdict == Verdict.TOKEN_EXPIRED
+
+
+def test_an_unknown_connection_is_refused(store: Store) -> None:
+    assert admit_message(store, "never-connected", NOW).verdict == Verdict.UNKNOWN
+    assert store.salon_of_connection("never-connected") is None
