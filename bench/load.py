@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import statistics
 import sys
 import time
@@ -57,6 +59,15 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
+def token_salon(token: str) -> str | None:
+    """The salon a page token is for (its `sub`; read without checking the signature)."""
+    try:
+        payload = token.split(".")[1]
+        return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
+    except (IndexError, KeyError, ValueError):
+        return None
+
+
 def client_keys(qr: str) -> list[str]:
     """A linking code without its ref: the same for every code of one linking attempt."""
     return qr.split(",")[1:]
@@ -80,6 +91,10 @@ async def one_owner(stack: RunningStack, owner: Owner, qr_timeout: float, active
         response, token = await asyncio.to_thread(follow_redirect, redirect_url, BROWSER_TIMEOUT)
         if token is None:
             owner.outcome = f"redirect answered {response.status_code}"
+            return
+        if (given := token_salon(token)) != str(owner.salon_id):
+            # Never scan another salon's code: that would link the other salon.
+            owner.outcome = f"the redirect gave a page for another salon ({given})"
             return
         async with open_page(stack.ws_url, token, BROWSER_TIMEOUT) as page:
             try:
