@@ -203,7 +203,8 @@ class FakeWhatsApp:
     # ---- the simulated phone -----------------------------------------------------------
 
     async def scan(self, request: web.Request) -> web.Response:
-        """The simulated phone scans: `{"qr": "<decoded QR string>", "outcome": "success"}`."""
+        """The simulated phone scans: `{"qr": "<decoded QR string>", "outcome": "success"}` (with
+        `"phone": "79001234567"`, the scanning phone's number: the linked device's JID carries it)."""
         body = await _json_body(request)
         qr = body.get("qr")
         if not isinstance(qr, str):
@@ -224,7 +225,8 @@ class FakeWhatsApp:
             return _error(400, "code does not match the client's keys")
         if attempt.current_ref(time.time()) != parts[0]:
             return _error(410, "code expired")
-        return await self._finish_pairing(attempt, outcome)
+        phone = body.get("phone")
+        return await self._finish_pairing(attempt, outcome, phone if isinstance(phone, str) else None)
 
     async def enter_code(self, request: web.Request) -> web.Response:
         """The simulated phone enters a pairing code: `{"code": "ABCD-EFGH", "outcome": "success"}`
@@ -246,9 +248,10 @@ class FakeWhatsApp:
             return _error(409, "this attempt is already paired")
         if time.time() >= issued.attempt.deadline:
             return _error(410, "code expired")
-        return await self._finish_pairing(issued.attempt, outcome)
+        # The code was asked for this number: the device links to that account.
+        return await self._finish_pairing(issued.attempt, outcome, issued.phone)
 
-    async def _finish_pairing(self, attempt: PairingAttempt, outcome: str) -> web.Response:
+    async def _finish_pairing(self, attempt: PairingAttempt, outcome: str, phone: str | None = None) -> web.Response:
         if attempt.socket.closed:
             return _error(410, "client is no longer connected")
         attempt.used = True
@@ -265,7 +268,8 @@ class FakeWhatsApp:
             # phone's passkey can answer it.
             await attempt.socket.send_json({"type": "passkey-request", "rp_id": "whatsapp.com"})
             return web.json_response({"status": "passkey_required", "session": attempt.session})
-        jid = f"7900{secrets.randbelow(10**7):07d}.0:{secrets.randbelow(90) + 10}@s.whatsapp.net"
+        number = phone if phone and phone.isdigit() and 6 <= len(phone) <= 15 else f"7900{secrets.randbelow(10**7):07d}"
+        jid = f"{number}.0:{secrets.randbelow(90) + 10}@s.whatsapp.net"
         device = Device(secrets.token_hex(8), attempt.session, jid)
         self.devices[device.device_id] = device
         device.socket = attempt.socket

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
 import requests
 import websockets
@@ -22,11 +23,29 @@ def press_connect(marketplace: str, salon_id: int) -> str:
     return str(response.headers["Location"])
 
 
-def follow_redirect(redirect_url: str) -> tuple[requests.Response, str | None]:
-    response = requests.get(redirect_url, allow_redirects=False, timeout=10)
+def press_connect_locations(marketplace: str, owner_id: int, **params: str) -> str:
+    """A network's owner presses "Подключить" for all its locations at once (`salon_ids[]`);
+    returns our redirect URL. `params`: `form=indexed`, `include_connected=1`, `sign=string`."""
+    response = requests.post(f"{marketplace}/connect-locations/{owner_id}", params=params, allow_redirects=False,
+                             timeout=10)
+    if response.status_code != 302:
+        raise RuntimeError(f"marketplace answered {response.status_code}: {response.text[:200]}")
+    return str(response.headers["Location"])
+
+
+def page_tokens(response: requests.Response) -> list[str]:
+    """The onboarding tokens our redirect put in the page URL's fragment (one per location)."""
     location = response.headers.get("Location", "")
-    token = location.split("#token=", 1)[1] if "#token=" in location else None
-    return response, token
+    if "#" not in location:
+        return []
+    return [value for key, value in parse_qsl(location.split("#", 1)[1]) if key == "token"]
+
+
+def follow_redirect(redirect_url: str, timeout: float = 10) -> tuple[requests.Response, str | None]:
+    """Our redirect's answer and the (first) page token in it."""
+    response = requests.get(redirect_url, allow_redirects=False, timeout=timeout)
+    tokens = page_tokens(response)
+    return response, tokens[0] if tokens else None
 
 
 async def receive_until(ws: websockets.ClientConnection, states: set[str], timeout: float = 20,
@@ -45,16 +64,17 @@ async def receive_until(ws: websockets.ClientConnection, states: set[str], timeo
 
 
 @asynccontextmanager
-async def open_page(ws_url: str, token: str | None) -> AsyncIterator[websockets.ClientConnection]:
+async def open_page(ws_url: str, token: str | None,
+                    open_timeout: float = 10) -> AsyncIterator[websockets.ClientConnection]:
     """What the onboarding page does on load: open the socket with the token and ask for the
     salon's current state."""
-    async with websockets.connect(f"{ws_url}?token={token}") as ws:
+    async with websockets.connect(f"{ws_url}?token={token}", open_timeout=open_timeout) as ws:
         await ws.send(json.dumps({"action": "sync"}))
         yield ws
 
 
-def scan(base_url: str, qr: str) -> requests.Response:
-    return requests.post(f"{base_url}/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+def scan(base_url: str, qr: str, timeout: float = 10) -> requests.Response:
+    return requests.post(f"{base_url}/_local/whatsapp/scan", json={"qr": qr}, timeout=timeout)
 
 
 async def link_whatsapp(base_url: str, marketplace: str, salon_id: int, until: set[str],

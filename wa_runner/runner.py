@@ -35,6 +35,7 @@ from aiadmin.activation import ACTIVATABLE_STATES, ActivationPolicy, Activator
 from aiadmin.models import Salon, SessionLease
 from aiadmin.observability import NAMESPACE, SERVICE, logger, metrics
 from aiadmin.onboarding import NO_CODES, state_message
+from aiadmin.phones import phone_of_jid
 from aiadmin.push import Pusher
 from aiadmin.states import IllegalTransition, SalonState
 from aiadmin.store import LeaseLost, Store
@@ -527,7 +528,9 @@ class Runner:
             await self._transition(salon_id, state, event.detail or event.kind.value, NO_CODES, expected=expected)
         elif event.kind == EventKind.PAIR_SUCCESS:
             owned.enter(Phase.STARTING, now)
-            await self._transition(salon_id, S.PAIRING, "phone accepted the code", NO_CODES)
+            # The linked device's JID carries the WhatsApp number: the owner's page shows it (masked).
+            await self._transition(salon_id, S.PAIRING, "phone accepted the code",
+                                   {**NO_CODES, "linked_phone": phone_of_jid(event.detail)})
             # link -> run, unless a newer command (uninstall, a new attempt) came meanwhile.
             if await asyncio.to_thread(self._store.mark_linked, salon_id, self.runner_id, owned.lease.generation):
                 owned.lease = owned.lease.model_copy(update={"desired": "run", "pair_phone": None})

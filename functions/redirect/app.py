@@ -4,40 +4,46 @@
 from __future__ import annotations
 
 import html
+import re
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlparse
+from urllib.parse import parse_qsl, urlparse
 
 import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aiadmin.config import load_settings
+from aiadmin.i18n import catalogue_json, pick_language, t
 from aiadmin.lazy import lazy
-from aiadmin.models import parse_salon_id
+from aiadmin.models import UserData, parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import start_onboarding
+from aiadmin.onboarding import (
+    MAX_LOCATIONS,
+    ConsentRefused,
+    Location,
+    check_consent,
+    consenting_user,
+    record_refusal,
+    start_locations,
+)
 from aiadmin.pages import error_page, new_nonce, security_headers
 from aiadmin.store import Store
 from aiadmin.tokens import issue_token
-from aiadmin.yclients import BadUserData, PartnerApiError, YClientsClient, verify_user_data
+from aiadmin.yclients import BadUserData, PartnerApiError, YClientsClient, check_user_data
 
 settings = load_settings([
-    "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token", "jwt_secret",
-    "websocket_url", "token_ttl_seconds",
+    "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token", "yclients_signing_key",
+    "yclients_check_salon_users", "jwt_secret", "websocket_url", "token_ttl_seconds", "yclients_app_url",
+    "page_local_frame_ancestors",
 ])
 store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
 yclients = lazy(lambda: YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
                                       settings.yclients_app_id))
+# `user_data_sign`'s key: a separate signing key where YClients gives one, the partner token otherwise.
+SIGNING_KEY = (settings.yclients_signing_key or settings.yclients_partner_token).reveal()
 PAGE_TEMPLATE = (Path(__file__).parent / "onboarding.html").read_text(encoding="utf-8")
-CHOOSER_TEMPLATE = """<!doctype html><html lang="ru"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>Выберите филиал</title>
-<link rel="icon" href="data:,"><style nonce="{{nonce}}">body{font-family:system-ui,sans-serif;max-width:32rem;
-margin:3rem auto;padding:0 1rem}li{margin:.6rem 0;font-size:1.1rem}</style></head>
-<body><h1>Выберите филиал</h1><p>WhatsApp подключается к каждому филиалу отдельно.
-Выберите, с какого начать; к остальным можно вернуться по этой же ссылке.</p><ul>{{items}}</ul></body></html>
-"""
 _WS_ORIGIN = "{0.scheme}://{0.netloc}".format(urlparse(settings.websocket_url))
 
 app = APIGatewayHttpResolver()
@@ -46,13 +52,25 @@ app = APIGatewayHttpResolver()
 _INSTALLED_STATUSES = {"pending", "active"}
 
 
-def _owner_error(status: int, title: str, message: str) -> Response:
-    body, headers = error_page(title, message)
+def _language() -> str:
+    """The owner's language for pages made on the server: from the browser's Accept-Language
+    (Russian by default). The onboarding page lets the owner switch it on the page itself."""
+    return pick_language((app.current_event.headers or {}).get("accept-language"))
+
+
+def _owner_error(status: int, key: str, **params: object) -> Response:
+    body, headers = error_page(_language(), key, back_url=settings.yclients_app_url,
+                               extra_frame_ancestors=settings.page_local_frame_ancestors, **params)
     return Response(status_code=status, body=body, headers=headers)
 
 
+def _refused_page() -> Response:
+    # Says nothing about the salon: neither its name nor its state.
+    return _owner_error(403, "refused")
+
+
 def _salon_ids(raw_query: str) -> list[str]:
-    """Every form YClients uses: salon_id=1, salon_ids[]=1, salon_ids[0]=1."""
+    """Every form YClients uses: salon_id=1, salon_ids[]=1, salon_ids[0]=1 (in any mix)."""
     ids = []
     for key, value in parse_qsl(raw_query, keep_blank_values=True):
         if key == "salon_id" or key == "salon_ids[]" or (key.startswith("salon_ids[") and key.endswith("]")):
@@ -64,70 +82,116 @@ def _salon_ids(raw_query: str) -> list[str]:
 # The response's `Location` carries the onboarding token: X-Ray must not record it.
 @tracer.capture_method(capture_response=False)
 def redirect() -> Response:
+    """One redirect may name several locations (`salon_ids[]`): YClients activates the app only
+    when every one of them is activated, so all of them are onboarded together. The owner gets one
+    token per location (each opens that location's page state and sockets only) and one page
+    that holds the list and walks through them."""
     query = dict(parse_qsl(app.current_event.raw_query_string, keep_blank_values=True))
     ids = _salon_ids(app.current_event.raw_query_string)
     if not ids:
-        return _owner_error(400, "Не указан салон", "В ссылке из YClients нет номера салона.")
-    if any(parse_salon_id(i) is None for i in ids):
-        return _owner_error(400, "Неверный номер салона", "Ссылка из YClients повреждена.")
+        return _owner_error(400, "no_salon")
+    if len(ids) > MAX_LOCATIONS:
+        return _owner_error(400, "too_many", max=MAX_LOCATIONS)
+    salon_ids = [parse_salon_id(i) for i in ids]
+    if any(i is None for i in salon_ids):
+        return _owner_error(400, "bad_salon")
     user_data, sign = query.get("user_data"), query.get("user_data_sign")
     if not user_data or not sign:
-        return _owner_error(400, "Ссылка без подписи", "Ссылка не подписана YClients, мы не можем ей доверять.")
+        return _owner_error(400, "unsigned")
     try:
-        user = verify_user_data(user_data, sign, settings.yclients_partner_token.reveal())
+        verified = check_user_data(user_data, sign, SIGNING_KEY)
     except BadUserData as exc:
         logger.warning("redirect refused", extra={"reason": str(exc)})
         metrics.add_metric(name="RedirectRefused", unit="Count", value=1)
-        return _owner_error(400, "Ссылка недействительна", "Подпись YClients не сходится.")
-    if len(ids) > 1:
-        return _choose_salon(ids, user_data, sign)
-    salon_id = int(ids[0])
+        return _owner_error(400, "bad_sign")
+    # Which message YClients signed (the decoded bytes, as documented, or the string as sent).
+    metrics.add_metric(name=f"UserDataSigned_{verified.form.value}", unit="Count", value=1)
+    user = verified.user
+    confirmed = [i for i in salon_ids if i is not None]
     try:
-        status = yclients.app_status(salon_id)
-    except PartnerApiError as exc:
-        logger.warning("YClients app status unavailable", extra={"salon_id": salon_id, "error": str(exc)})
-        return _owner_error(503, "YClients не отвечает",
-                            "Не получилось проверить подключение в YClients. Попробуйте ещё раз через минуту.")
-    if status not in _INSTALLED_STATUSES:
-        logger.warning("salon has no pending app", extra={"salon_id": salon_id, "status": status})
-        return _owner_error(403, "Приложение не подключено",
-                            "YClients не подтверждает, что этот салон подключает AI Admin.")
+        # Bindings first: a refused user costs no call to YClients.
+        check_consent(store, confirmed, user)
+        locations = _confirm_with_yclients(confirmed, user)
+        salons = start_locations(store, locations, user, time.time())
+    except ConsentRefused:
+        return _refused_page()
+    except _NotConfirmed as exc:
+        return exc.response
     now = time.time()
-    start_onboarding(store, salon_id, user, now, marketplace_status=status or "pending")
     metrics.add_metric(name="RedirectAccepted", unit="Count", value=1)  # the funnel's first step
-    token = issue_token(salon_id, settings.jwt_secret.reveal(), settings.token_ttl_seconds, now)
-    # The token travels in the fragment: browsers never send it to a server, so no access log holds it.
+    tokens = [issue_token(s.salon_id, settings.jwt_secret.reveal(), settings.token_ttl_seconds, now) for s in salons]
+    # Tokens travel in the fragment: browsers never send it to a server, so no access log holds them.
+    fragment = "&".join(f"token={token}" for token in tokens)
     return Response(status_code=302, body="", headers={
-        "Location": f"/marketplace/onboarding#token={token}", "Cache-Control": "no-store",
+        "Location": f"/marketplace/onboarding#{fragment}", "Cache-Control": "no-store",
         "Referrer-Policy": "no-referrer",
     })
 
 
-def _choose_salon(ids: list[str], user_data: str, sign: str) -> Response:
-    """Several locations at once (`salon_ids[]`): one onboarding per salon, chosen by the owner.
-    Each link carries the same signed user data and goes through every check again."""
-    nonce = new_nonce()
-    links = [(i, urlencode({"salon_id": i, "user_data": user_data, "user_data_sign": sign})) for i in ids]
-    items = "".join(
-        f'<li><a href="/auth/yclients/redirect?{html.escape(query)}">Филиал №{html.escape(i)}</a></li>'
-        for i, query in links
-    )
-    body = CHOOSER_TEMPLATE.replace("{{nonce}}", nonce).replace("{{items}}", items)
-    return Response(status_code=200, body=body, headers=security_headers(nonce))
+class _NotConfirmed(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _confirm_with_yclients(salon_ids: list[int], user: UserData) -> list[Location]:
+    """`salon_id` is not signed: YClients must confirm our app pending or active in every location
+    before anything is written. With `YCLIENTS_CHECK_SALON_USERS`, also that the consenting user
+    is one of the salon's users (where YClients shows them to us)."""
+    locations = []
+    for salon_id in salon_ids:
+        try:
+            status = yclients.app_status(salon_id)
+        except PartnerApiError as exc:
+            logger.warning("YClients app status unavailable", extra={"salon_id": salon_id, "error": str(exc)})
+            raise _NotConfirmed(_owner_error(503, "yclients_down")) from exc
+        if status not in _INSTALLED_STATUSES:
+            logger.warning("salon has no pending app", extra={"salon_id": salon_id, "status": status})
+            raise _NotConfirmed(_owner_error(
+                403, "not_installed",
+                **({} if len(salon_ids) == 1
+                   else {"message_key": "error.not_installed.location", "salon_id": salon_id})))
+        if settings.yclients_check_salon_users:
+            _check_salon_user(salon_id, user)
+        locations.append(Location(salon_id, status or "pending"))
+    return locations
+
+
+def _check_salon_user(salon_id: int, user: UserData) -> None:
+    """The second, unverified check: refused only when YClients does list the salon's users and
+    the consenting user is not among them; when it shows us none, the binding alone decides."""
+    users = yclients.salon_user_ids(salon_id)
+    if users is None:
+        metrics.add_metric(name="SalonUsersUnavailable", unit="Count", value=1)
+        return
+    user_id = consenting_user(user)
+    if user_id is None or user_id not in users:
+        record_refusal(store, salon_id, user_id, "not a user of the salon in YClients")
+        raise ConsentRefused(salon_id, "not a user of the salon in YClients")
+
+
+_TEXT = re.compile(r"\{\{t:([a-z0-9_.]+)\}\}")
 
 
 @app.get("/marketplace/onboarding")
 def onboarding_page() -> Response:
-    nonce = new_nonce()
-    body = PAGE_TEMPLATE.replace("{{nonce}}", nonce).replace("{{ws_url}}", html.escape(settings.websocket_url))
-    return Response(status_code=200, body=body, headers=security_headers(nonce, connect_src=_WS_ORIGIN))
+    """The page in the browser's language (`{{t:key}}` filled in here, so it reads right before
+    its script runs); the page carries both languages' texts and may switch."""
+    nonce, language = new_nonce(), _language()
+    body = _TEXT.sub(lambda m: html.escape(t(language, m.group(1))), PAGE_TEMPLATE)
+    body = (body.replace("{{nonce}}", nonce).replace("{{lang}}", language)
+            .replace("{{ws_url}}", html.escape(settings.websocket_url))
+            .replace("{{yclients_url}}", html.escape(settings.yclients_app_url))
+            .replace("{{catalogue}}", catalogue_json()))
+    return Response(status_code=200, body=body, headers=security_headers(
+        nonce, connect_src=_WS_ORIGIN, extra_frame_ancestors=settings.page_local_frame_ancestors))
 
 
 @app.exception_handler(Exception)
 def unexpected(exc: Exception) -> Response:
     # The owner never sees a traceback; ops see it in the logs with the request id.
     logger.exception("unexpected error")
-    return _owner_error(503, "Временная ошибка", "Что-то пошло не так на нашей стороне. Попробуйте через минуту.")
+    return _owner_error(503, "unexpected")
 
 
 @logger.inject_lambda_context

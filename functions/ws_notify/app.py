@@ -1,5 +1,5 @@
-"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`; each counted
-against the socket's rate limit and refused once its token has expired) and the
+"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`, `relink`; each
+counted against the socket's rate limit and refused once its token has expired) and the
 DynamoDB stream consumer that pushes state changes made outside the runner (lifecycle
 webhooks, the page)."""
 
@@ -22,12 +22,22 @@ from aiadmin.config import load_settings
 from aiadmin.lazy import lazy
 from aiadmin.models import ErrorMessage, Salon
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import InvalidPhone, PairingLimited, request_new_qr, request_pairing_code, state_message
+from aiadmin.onboarding import (
+    InvalidPhone,
+    PairingLimited,
+    request_new_qr,
+    request_pairing_code,
+    request_relink,
+    state_message,
+)
 from aiadmin.push import Pusher
 from aiadmin.sockets import (
     MESSAGE_WINDOW_SECONDS,
+    RATE_LIMITED_KEY,
     RATE_LIMITED_TEXT,
+    TOKEN_EXPIRED_KEY,
     TOKEN_EXPIRED_TEXT,
+    UNKNOWN_ACTION_KEY,
     UNKNOWN_ACTION_TEXT,
     Verdict,
     admit_message,
@@ -40,7 +50,7 @@ pusher = lazy(lambda: Pusher(settings.websocket_management_url))
 
 # The runner pushes what it changes itself, straight away; the stream covers everyone else.
 RUNNER_ACTOR = "runner"
-ACTIONS = ("sync", "new_qr", "pairing_code")
+ACTIONS = ("sync", "new_qr", "pairing_code", "relink")
 
 
 def _message(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
@@ -57,11 +67,12 @@ def _reply(connection_id: str, salon_id: int, payload: str) -> None:
 
 
 def _refuse(connection_id: str, salon_id: int, action: str, code: str, text: str, status: int,
-            metric: str, retry_after: float | None = None) -> dict[str, Any]:
-    """Nothing changed: the page reads why (in Russian), ops count it."""
+            metric: str, retry_after: float | None = None, key: str = "",
+            params: dict[str, int | float | str] | None = None) -> dict[str, Any]:
+    """Nothing changed: the page reads why (by `key`, in the owner's language), ops count it."""
     metrics.add_metric(name=metric, unit="Count", value=1)
-    _reply(connection_id, salon_id, ErrorMessage(action=action, code=code, message=text,
-                                                 retry_after=retry_after).model_dump_json())
+    _reply(connection_id, salon_id, ErrorMessage(action=action, code=code, message=text, retry_after=retry_after,
+                                                 key=key, params=params or {}).model_dump_json())
     return {"statusCode": status}
 
 
@@ -86,24 +97,29 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
     if admission.verdict == Verdict.RATE_LIMITED:
         wait = MESSAGE_WINDOW_SECONDS - now % MESSAGE_WINDOW_SECONDS
         return _refuse(connection_id, salon_id, action, "rate_limited", RATE_LIMITED_TEXT, 429,
-                       "SocketRateLimited", retry_after=round(wait, 1))
+                       "SocketRateLimited", retry_after=round(wait, 1), key=RATE_LIMITED_KEY)
     if admission.verdict == Verdict.TOKEN_EXPIRED:
         return _refuse(connection_id, salon_id, action, "token_expired", TOKEN_EXPIRED_TEXT, 403,
-                       "SocketTokenExpired")
+                       "SocketTokenExpired", key=TOKEN_EXPIRED_KEY)
     if action == "new_qr":
         request_new_qr(store, salon_id)
+    elif action == "relink":
+        # An explicit owner action (confirmed on the page) on a socket opened with this salon's token.
+        request_relink(store, salon_id, now)
     elif action == "pairing_code":
         try:
             request_pairing_code(store, salon_id, message.get("phone"), now,
                                  min_interval=settings.pairing_min_interval_seconds)
         except InvalidPhone as exc:
             # Nothing changed; the owner reads why next to the number they typed.
-            return _refuse(connection_id, salon_id, action, "invalid_phone", str(exc), 400, "PairingPhoneRefused")
+            return _refuse(connection_id, salon_id, action, "invalid_phone", str(exc), 400, "PairingPhoneRefused",
+                           key=exc.key)
         except PairingLimited as exc:
             return _refuse(connection_id, salon_id, action, "pairing_limited", str(exc), 429, "PairingCodeLimited",
-                           retry_after=round(exc.retry_after, 1))
+                           retry_after=round(exc.retry_after, 1), key=exc.key, params=dict(exc.params))
     elif action != "sync":
-        return _refuse(connection_id, salon_id, action, "bad_request", UNKNOWN_ACTION_TEXT, 400, "SocketBadMessage")
+        return _refuse(connection_id, salon_id, action, "bad_request", UNKNOWN_ACTION_TEXT, 400, "SocketBadMessage",
+                       key=UNKNOWN_ACTION_KEY)
     salon = store.get_salon(salon_id)
     if salon is not None:
         _reply(connection_id, salon_id, state_message(salon, now))

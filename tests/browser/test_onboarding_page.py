@@ -5,61 +5,25 @@ draws a code that a phone could not read back as exactly the engine's pairing st
 
 from __future__ import annotations
 
-import io
 import re
-import shutil
-import subprocess
-from collections.abc import Iterator
 
 import pytest
 import requests
-from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-from pyzbar.pyzbar import ZBarSymbol, decode
+from playwright.sync_api import Browser, Page, expect
 
-from local.process import RunningStack, local_stack
-from tests.helpers import report_stack_output_on_failure
+from local.process import RunningStack
+from tests.browser.conftest import decode_qr, desktop_page, phone_page, screenshot
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Without these, Chromium keeps trying to reach Google's hosts, which this network refuses.
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
-    with local_stack(time_scale=0.5) as running:
-        yield running
-        report_stack_output_on_failure(request, running)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        assert chromium.version.split(".")[0] == _debian_chromium_major()
-        yield chromium
-        chromium.close()
-
-
-def _debian_chromium_major() -> str:
-    output = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, check=True).stdout
-    return output.split()[1].split(".")[0]
-
 
 def _new_page(browser: Browser) -> Page:
-    # A phone-sized window, as most owners open the page on a phone.
-    return browser.new_page(viewport={"width": 480, "height": 900}, locale="ru-RU")
+    # A desktop: the QR leads there (on a phone the number does, see the phone tests).
+    return desktop_page(browser)
 
 
 def _decode_qr(page: Page) -> str:
-    png = page.locator("#qr").screenshot()
-    # QR codes only: zbar otherwise now and then also "finds" a 1-D barcode in the QR's modules.
-    results = decode(Image.open(io.BytesIO(png)), symbols=[ZBarSymbol.QRCODE])
-    assert len(results) == 1, "exactly one QR code must be readable on the page"
-    return results[0].data.decode("utf-8")
+    return decode_qr(page.locator("#qr"))
 
 
 def test_owner_scans_the_qr_from_the_page_and_sees_active(stack: RunningStack, browser: Browser) -> None:
@@ -87,7 +51,7 @@ def test_owner_scans_the_qr_from_the_page_and_sees_active(stack: RunningStack, b
     expect(page.locator("#qr-box")).to_be_hidden()
     assert stack.marketplace_state()["salons"]["102"]["status"] == "active"
     assert errors == []
-    page.screenshot(path=str(_artifact("onboarding-active.png")))
+    screenshot(page, "onboarding-active")
 
 
 def test_owner_supplied_names_are_escaped(stack: RunningStack, browser: Browser) -> None:
@@ -98,13 +62,13 @@ def test_owner_supplied_names_are_escaped(stack: RunningStack, browser: Browser)
     # "<Ноготок>" is shown as text, never parsed as markup.
     expect(page.locator("#salon")).to_have_text("Салон: Студия маникюра <Ноготок>")
     assert page.locator("#salon ноготок").count() == 0
-    page.screenshot(path=str(_artifact("onboarding-qr.png")))
+    screenshot(page, "onboarding-qr")
 
 
 def test_owner_on_the_salons_phone_links_with_a_pairing_code(stack: RunningStack, browser: Browser) -> None:
     """The page is open on the very phone that runs the salon's WhatsApp: no QR to scan, so
-    the owner asks for a code for the number and types it into WhatsApp."""
-    page = _new_page(browser)
+    the page leads with the number; the owner asks for a code and types it into WhatsApp."""
+    page = phone_page(browser)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
@@ -112,8 +76,8 @@ def test_owner_on_the_salons_phone_links_with_a_pairing_code(stack: RunningStack
     page.locator("li[data-salon='101'] button").click()
     card = page.locator("#card")
     expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
-
-    page.get_by_role("button", name="Привязать по номеру телефона").click()
+    expect(page.locator("#qr-box")).to_be_hidden()                  # phone-first: the number leads
+    expect(page.get_by_role("button", name="Привязать по QR-коду")).to_be_visible()
     phone = page.get_by_label("Номер WhatsApp салона")
     phone.fill("12-34")
     page.get_by_role("button", name="Получить код").click()
@@ -129,7 +93,7 @@ def test_owner_on_the_salons_phone_links_with_a_pairing_code(stack: RunningStack
     expect(page.locator("#hint")).to_contain_text("Привязать по номеру телефона")
     code = page.locator("#pairing-code").inner_text()
     assert re.fullmatch(r"[1-9A-HJ-NP-TV-Z]{4}-[1-9A-HJ-NP-TV-Z]{4}", code), code
-    page.screenshot(path=str(_artifact("onboarding-pairing-code.png")))
+    screenshot(page, "onboarding-pairing-code")
 
     # The salon's phone enters the code in WhatsApp.
     entered = requests.post(stack.base_url + "/_local/whatsapp/enter-code",
@@ -162,7 +126,7 @@ def test_a_second_number_too_soon_is_refused_with_a_clear_message(stack: Running
     expect(page.locator("#phone-error")).to_contain_text("Новый код можно запросить через")
     expect(card).to_have_attribute("data-state", "code_ready")      # nothing changed
     assert page.locator("#pairing-code").inner_text() == first
-    page.screenshot(path=str(_artifact("onboarding-pairing-limited.png")))
+    screenshot(page, "onboarding-pairing-limited")
 
 
 def test_page_without_a_token_tells_the_owner_what_to_do(stack: RunningStack, browser: Browser) -> None:
@@ -178,9 +142,86 @@ def test_bad_redirect_shows_a_friendly_page(stack: RunningStack, browser: Browse
     expect(page.locator("h1")).to_have_text("Ссылка недействительна")
 
 
-def _artifact(name: str):  # type: ignore[no-untyped-def]
-    from pathlib import Path
+def _scan_shown_code(stack: RunningStack, page: Page, salon_id: str) -> None:
+    card = page.locator("#card")
+    expect(card).to_have_attribute("data-salon", salon_id, timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    qr = _decode_qr(page)
+    response = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+    if response.status_code != 200:  # the code turned over between the screenshot and the scan
+        expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+        qr = _decode_qr(page)
+        response = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+    assert response.status_code == 200, response.text
 
-    directory = Path(__file__).resolve().parents[2] / "test-artifacts"
-    directory.mkdir(exist_ok=True)
-    return directory / name
+
+def test_owner_links_two_locations_from_one_redirect_and_sees_both_active(stack: RunningStack,
+                                                                         browser: Browser) -> None:
+    """A network's owner connects both locations at once (`salon_ids[]`): the page lists them,
+    walks through linking each one (its own WhatsApp, QR decoded from the screen), activates each
+    as it links and ends when both are active. Then one is re-linked, only after a confirmation."""
+    page = _new_page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(stack.marketplace + "/")
+    page.locator("li[data-network='7001'] button").click()  # "Подключить все филиалы"
+    page.wait_for_url("**/marketplace/onboarding*")
+    assert "token=" not in page.url
+    locations = page.locator("#locations li")
+    expect(locations).to_have_count(2, timeout=15000)
+    expect(page.locator("#progress")).to_have_text("Подключено филиалов: 0 из 2", timeout=15000)
+    first, second = page.locator("#locations li[data-salon='201']"), page.locator("#locations li[data-salon='202']")
+    expect(first).to_have_attribute("aria-current", "true", timeout=15000)
+    expect(page.locator("#all-done")).to_be_hidden()
+
+    _scan_shown_code(stack, page, "201")
+    expect(first).to_have_attribute("data-state", "active", timeout=15000)
+    expect(first.locator(".loc-state")).to_have_text("Готово! AI Admin подключён")
+    # The page moves on to the location that still needs its WhatsApp.
+    expect(second).to_have_attribute("aria-current", "true", timeout=15000)
+    screenshot(page, "locations-second")
+    _scan_shown_code(stack, page, "202")
+    expect(second).to_have_attribute("data-state", "active", timeout=15000)
+    expect(page.locator("#all-done")).to_be_visible()
+    expect(page.locator("#progress")).to_have_text("Подключено филиалов: 2 из 2")
+    salons = stack.marketplace_state()["salons"]
+    assert salons["201"]["status"] == salons["202"]["status"] == "active"
+    screenshot(page, "locations-all-active")
+
+    # Re-linking a linked location is an explicit, confirmed owner action.
+    page.get_by_role("button", name="Перепривязать WhatsApp").click()
+    expect(page.locator("#relink-confirm")).to_be_visible()
+    page.get_by_role("button", name="Отмена").click()
+    expect(page.locator("#card")).to_have_attribute("data-state", "active")
+    page.get_by_role("button", name="Перепривязать WhatsApp").click()
+    page.get_by_role("button", name="Да, перепривязать").click()
+    _scan_shown_code(stack, page, "202")
+    expect(second).to_have_attribute("data-state", "active", timeout=15000)
+    expect(page.locator("#all-done")).to_be_visible()
+    assert errors == []
+
+
+def test_past_the_owners_hour_the_page_says_so_and_keeps_going(stack: RunningStack, browser: Browser) -> None:
+    """The hour is YClients' advice, not our limit: past it the page tells the owner to hurry,
+    and linking goes on."""
+    import time
+
+    from aiadmin.store import Store
+
+    page = _new_page(browser)
+    page.goto(stack.marketplace + "/")
+    requests.post(stack.marketplace + "/_salon/118", json={"name": "Салон 118"}, timeout=5)
+    page.goto(stack.marketplace + "/")
+    page.locator("li[data-salon='118'] button").click()
+    card = page.locator("#card")
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(page.locator("#deadline")).to_contain_text("в течение часа")
+    Store(stack.table()).update_profile(118, {"activation_deadline": time.time() - 5})
+    page.reload()  # the page asks for the current state again
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(page.locator("#deadline")).to_contain_text("Час на подключение прошёл", timeout=15000)
+    expect(page.locator("#deadline")).to_contain_text("пока YClients его ждёт")
+    scanned = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": _decode_qr(page)}, timeout=10)
+    assert scanned.status_code == 200
+    expect(card).to_have_attribute("data-state", "active", timeout=15000)

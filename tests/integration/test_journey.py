@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import html
 import json
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -208,25 +206,3 @@ def test_health_check_reports_without_secrets(stack: RunningStack) -> None:
     assert 0 <= body["runner_heartbeat_age_seconds"] < 5
     assert set(body["settings"].values()) == {True}
     assert DEFAULT_PARTNER_TOKEN not in response.text and DEFAULT_JWT_SECRET not in response.text
-
-
-@pytest.mark.parametrize("form", ["salon_ids[]", "salon_ids[{n}]"])
-def test_several_salons_get_a_chooser_that_leads_to_each_onboarding(stack: RunningStack, form: str) -> None:
-    press_connect(stack.marketplace, 104)  # both locations have the app pending in the marketplace
-    signed = _signed_query(None, {"name": "Сеть салонов"})
-    pairs = [(form.format(n=n), str(salon)) for n, salon in enumerate((104, 105))]
-    query = "&".join(f"{k}={v}" for k, v in pairs)
-    response = requests.get(f"{stack.base_url}/auth/yclients/redirect?{query}", params=signed,
-                            allow_redirects=False, timeout=10)
-    assert response.status_code == 200 and "Выберите филиал" in response.text
-    links = re.findall(r'href="(/auth/yclients/redirect\?[^"]+)"', response.text)
-    assert len(links) == 2
-    chosen = requests.get(stack.base_url + html.unescape(links[0]), allow_redirects=False, timeout=10)
-    assert chosen.status_code == 302 and "#token=" in chosen.headers["Location"]
-
-
-def test_several_salons_with_a_forged_sign_get_no_chooser(stack: RunningStack) -> None:
-    forged = _signed_query(None, {"name": "x"}, token="not-our-partner-token")
-    response = requests.get(f"{stack.base_url}/auth/yclients/redirect?salon_ids[]=104&salon_ids[]=105",
-                            params=forged, allow_redirects=False, timeout=10)
-    assert response.status_code == 400 and "Выберите филиал" not in response.text

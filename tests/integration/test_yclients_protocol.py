@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from aiadmin.yclients import YClientsClient
-from local.owner import follow_redirect, link_whatsapp, open_page, press_connect, receive_until
+from local import observe
+from local.owner import follow_redirect, link_whatsapp, open_page, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
 from local.stack import DEFAULT_PARTNER_TOKEN
 from tests.helpers import report_stack_output_on_failure
@@ -203,3 +204,62 @@ def test_health_check_reports_booleans_and_the_runner_heartbeat(stack: RunningSt
     assert set(body["settings"].values()) == {True} and "entity_queue_url" in body["settings"]
     assert body["store_reachable"] is True and 0 <= body["runner_heartbeat_age_seconds"] < 60
     assert DEFAULT_PARTNER_TOKEN not in response.text
+
+
+def test_a_new_consent_after_an_expired_activation_keeps_the_linked_device(stack: RunningStack) -> None:
+    """Bug (issue 10): after `expired_consent`, the owner's next "Подключить" logged out a working
+    linked device. YClients lets the consent lapse while the activation is refused: the salon
+    ends in `expired_consent` with its WhatsApp still linked; the next consent activates that
+    same device again, with no new pairing and no logout."""
+    _script(stack, "activate", {"status": 422, "message": "Истекло время на подключение"})
+    requests.post(f"{stack.marketplace}/_salon/307", json={"name": "Салон 307"}, timeout=5)
+
+    async def expire() -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        _, token = follow_redirect(press_connect(stack.marketplace, 307))
+        async with open_page(stack.ws_url, token) as ws:
+            qr = await receive_until(ws, {"qr_ready"}, seen=seen)
+            # YClients forgets the pending link meanwhile (its window passed).
+            requests.post(f"{stack.marketplace}/_salon/307", json={"status": None}, timeout=5)
+            assert scan(stack.base_url, qr["qr"]).status_code == 200
+            await receive_until(ws, {"expired_consent", "activation_failed"}, seen=seen)
+        return seen
+
+    assert _states(asyncio.run(expire()))[-1] == "expired_consent"
+    linked = observe.wait_until(lambda: observe.whatsapp(stack).devices.get("307"), 10, what="device 307")
+    assert linked["connected"]
+    attempts = observe.whatsapp(stack).pairing_attempts["307"]
+
+    response, token = follow_redirect(press_connect(stack.marketplace, 307))  # a new consent
+    assert response.status_code == 302
+
+    async def reconsent() -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        async with open_page(stack.ws_url, token) as ws:
+            await receive_until(ws, {"active"}, seen=seen)
+        return seen
+
+    states = _states(asyncio.run(reconsent()))
+    assert "qr_ready" not in states and "pending_whatsapp" not in states
+    after = observe.whatsapp(stack)
+    assert after.devices["307"]["device_id"] == linked["device_id"] and after.devices["307"]["connected"]
+    assert after.pairing_attempts["307"] == attempts  # no new pairing
+    assert stack.marketplace_state()["salons"]["307"]["status"] == "active"
+
+
+@pytest.mark.parametrize("form", ["string", "decoded"])
+def test_both_signature_forms_and_a_separate_signing_key_over_http(stack: RunningStack, form: str) -> None:
+    """YClients signs the decoded bytes (documented); another partner's contract signs the string
+    as received. Both are accepted; a signing key other than ours is not."""
+    salon = 308 if form == "string" else 309
+    requests.post(f"{stack.marketplace}/_salon/{salon}", json={"name": f"Салон {salon}"}, timeout=5)
+    try:
+        requests.post(f"{stack.marketplace}/_config", json={"signature_form": form}, timeout=5)
+        response, token = follow_redirect(press_connect(stack.marketplace, salon))
+        assert response.status_code == 302 and token
+        requests.post(f"{stack.marketplace}/_config", json={"signing_key": "a-key-we-were-never-given"}, timeout=5)
+        refused, _ = follow_redirect(press_connect(stack.marketplace, salon))
+        assert refused.status_code == 400 and "Подпись YClients не сходится" in refused.text
+    finally:
+        requests.post(f"{stack.marketplace}/_config", json={"signature_form": "decoded", "signing_key": None},
+                      timeout=5)

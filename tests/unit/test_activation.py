@@ -115,7 +115,8 @@ def test_permanent_refusals_fail_at_once_with_the_reason_kept(store: Store, clie
     salon = store.get_salon(SALON)
     assert salon is not None and salon.state == SalonState.ACTIVATION_FAILED
     assert salon.activation_error == f"{status} {message}"
-    assert len(fake.calls) == 1 and waits.delays == []  # never retried
+    # Never retried; YClients is asked once whether it still waits (it does: not an expired consent).
+    assert [c["operation"] for c in fake.calls] == ["activate", "app_status"] and waits.delays == []
     assert store.events_of(SALON)[-1]["to_state"] == "activation_failed"
 
 
@@ -143,28 +144,113 @@ def test_transient_answers_are_retried_with_growing_jittered_backoff(store: Stor
     assert salon is not None and salon.state == SalonState.ACTIVE
 
 
-def test_retries_stop_when_the_hour_runs_out(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
-    _connected_salon(store, deadline_in=0.6)
-    _script(fake, *[{"status": 503}] * 50)
+class FakeClock:
+    """Time that moves only when the activator waits."""
 
-    def real_wait(seconds: float) -> bool:
-        time.sleep(seconds)
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _clocked(store: Store, client: YClientsClient, clock: FakeClock, **policy: Any) -> tuple[Activator, Waits]:
+    waits = Waits()
+
+    def wait(seconds: float) -> bool:
+        waits.delays.append(seconds)
+        clock.now += seconds
         return True
 
-    end = Activator(store, client, BASE, "runner-a", ActivationPolicy(first_delay=0.1, max_delay=0.2)).run(
-        SALON, real_wait)
-    assert end == ActivationEnd.EXPIRED
+    activator = Activator(store, client, BASE, "runner-a", ActivationPolicy(**policy), clock=clock)
+    return activator, wait  # type: ignore[return-value]
+
+
+def test_retries_go_on_past_the_owners_hour_while_yclients_still_waits(
+        store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+    """YClients' help pages say one hour; the platform accepts pending links for 12: our own
+    1-hour mark is not the end. Past it, YClients is asked whether it still waits."""
+    clock = FakeClock()
+    _connected_salon(store)
+    fake.salons[SALON].consent_at = time.time()
+    # An outage of two hours (as the activator's clock runs), then YClients accepts.
+    _script(fake, *[{"status": 503}] * 130)
+    activator, wait = _clocked(store, client, clock, first_delay=60, max_delay=60, status_check_seconds=600)
+    assert activator.run(SALON, wait) == ActivationEnd.ACTIVE
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.state == SalonState.ACTIVE
+    assert clock.now - salon.consent_at > 3600  # type: ignore[operator]
+    status_checks = [c for c in fake.calls if c["operation"] == "app_status"]
+    past_the_hour = clock.now - salon.consent_at - 3600  # type: ignore[operator]
+    # Every 10 minutes past the hour, not at every retry (one a minute).
+    assert 1 <= len(status_checks) <= past_the_hour // 600 + 1
+
+
+def test_retries_stop_when_yclients_no_longer_has_the_consent_pending(
+        store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+    clock = FakeClock()
+    _connected_salon(store)
+    _script(fake, *[{"status": 503}] * 200)
+    activator, wait = _clocked(store, client, clock, first_delay=60, max_delay=60, status_check_seconds=300)
+
+    def lapse_after_90_minutes(seconds: float) -> bool:
+        result = wait(seconds)  # type: ignore[operator]
+        if clock.now - store.get_salon(SALON).consent_at > 5400:  # type: ignore[union-attr,operator]
+            fake.salons[SALON].status = None  # YClients dropped the pending link
+        return bool(result)
+
+    assert activator.run(SALON, lapse_after_90_minutes) == ActivationEnd.EXPIRED
     salon = store.get_salon(SALON)
     assert salon is not None and salon.state == SalonState.EXPIRED_CONSENT
-    assert 2 <= len(fake.calls) < 20
+    assert 5400 < clock.now - salon.consent_at < 5400 + 300 + 61  # type: ignore[operator]
+    assert store.events_of(SALON)[-1]["reason"] == "YClients no longer has the app pending"
 
 
-def test_the_fake_enforces_the_hour_too(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+def test_retries_stop_at_the_12_hour_cap_even_if_yclients_still_says_pending(
+        store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+    clock = FakeClock()
     _connected_salon(store)
-    fake.salons[SALON].consent_at = time.time() - 3601
-    assert _activate(store, client) == ActivationEnd.FAILED
+    fake.rate_limit = 10**6
+    activator, wait = _clocked(store, client, clock, first_delay=600, max_delay=600, status_check_seconds=3600)
+    # The activation keeps failing; the status keeps saying pending (the fake's own window is real time).
+    _script(fake, *[{"status": 503}] * 200)
+    assert activator.run(SALON, wait) == ActivationEnd.EXPIRED
     salon = store.get_salon(SALON)
-    assert salon is not None and salon.activation_error is not None and "422" in salon.activation_error
+    assert salon is not None and salon.state == SalonState.EXPIRED_CONSENT
+    assert clock.now - salon.consent_at == pytest.approx(12 * 3600, abs=1)  # type: ignore[operator]
+    # Every 5 to 10 minutes (the jittered backoff) for 12 hours, then no more.
+    assert 12 * 6 < len([c for c in fake.calls if c["operation"] == "activate"]) <= 12 * 12 + 1
+    assert len(fake.scripts["activate"]) > 0
+
+
+def test_a_refusal_after_the_window_lapsed_ends_in_expired_consent(store: Store, client: YClientsClient,
+                                                                  fake: FakeYClients) -> None:
+    """The fake accepts pending links for 12 hours; after that it refuses (422) and no longer
+    reports the app: YClients' own refusal decides, and it reads as an expired consent."""
+    _connected_salon(store)
+    fake.salons[SALON].consent_at = time.time() - 12 * 3600 - 1
+    assert _activate(store, client) == ActivationEnd.EXPIRED
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.state == SalonState.EXPIRED_CONSENT
+    assert salon.activation_error is not None and "422" in salon.activation_error
+
+
+def test_within_the_window_the_fake_accepts_after_the_hour(store: Store, client: YClientsClient,
+                                                           fake: FakeYClients) -> None:
+    _connected_salon(store)
+    fake.salons[SALON].consent_at = time.time() - 3 * 3600
+    assert _activate(store, client) == ActivationEnd.ACTIVE
+
+
+def test_a_repeated_activation_keeps_the_key_yclients_may_hold(store: Store, client: YClientsClient,
+                                                               fake: FakeYClients) -> None:
+    _connected_salon(store)
+    _script(fake, {"status": 400, "message": "Агрегатор не найден"})
+    assert _activate(store, client) == ActivationEnd.FAILED
+    first = store.get_salon_secrets(SALON)
+    assert _activate(store, client) == ActivationEnd.ACTIVE  # from activation_failed
+    assert store.get_salon_secrets(SALON) == first
+    assert fake.activations[-1]["api_key"] == first["api_key"]
 
 
 def _atomic_calls(store: Store) -> None:

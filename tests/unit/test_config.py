@@ -98,3 +98,16 @@ def test_the_local_stack_refuses_a_remote_host_without_the_flag() -> None:
         with pytest.raises(RemoteHostRefused, match="--allow-remote"):
             check_host(host, allow_remote=False)
         check_host(host, allow_remote=True)
+
+
+def test_local_frame_ancestors_are_refused_in_aws() -> None:
+    from aiadmin.config import SettingsError, load_settings
+
+    local = {"PAGE_LOCAL_FRAME_ANCESTORS": "http://127.0.0.1:* http://localhost:*"}
+    assert load_settings(["page_local_frame_ancestors"], local).page_local_frame_ancestors == [
+        "http://127.0.0.1:*", "http://localhost:*"]
+    assert load_settings(["page_local_frame_ancestors"], {}).page_local_frame_ancestors == []
+    with pytest.raises(SettingsError, match="PAGE_LOCAL_FRAME_ANCESTORS"):
+        load_settings(["page_local_frame_ancestors"], {**local, "AWS_LAMBDA_FUNCTION_NAME": "f"})
+    assert load_settings(["page_local_frame_ancestors"], {"AWS_LAMBDA_FUNCTION_NAME": "f"}) \
+        .page_local_frame_ancestors == []

@@ -5,7 +5,16 @@ The rules (issue 3, ../shared/yclients-protocol.md §2):
 - permanent failure: 400 ("Агрегатор не найден"), 401, 403, 404, 422 -> `activation_failed`,
   an event, the `ActivationFailed` metric ops alarm on;
 - anything else (5xx, 429, timeouts, HTML, `success: false` in a 2xx) is retried with
-  exponential backoff and jitter while the owner's hour lasts, then `expired_consent`;
+  exponential backoff and jitter for as long as YClients keeps the consent pending: YClients'
+  help pages say one hour, the platform's own notes 12 hours (7 days for some apps), so YClients
+  decides, not our clock (issue 10). Within the owner's hour we just retry; past it, YClients
+  is asked for the app's status every `status_check_seconds`, and once it no longer reports
+  the app pending or active (the consent lapsed, the app was removed) the salon ends in
+  `expired_consent`. 12 hours after the consent we stop anyway (`cap_seconds`), also
+  `expired_consent`; the first call is always made, whatever the time;
+- a refusal (the statuses above) is YClients' own answer and ends the activation at once: in
+  `expired_consent` when YClients then no longer reports the app pending or active (the consent
+  lapsed), in `activation_failed` otherwise;
 - exactly one process activates a salon at a time: the move to `activating` is a conditional
   write, and while activating the salon carries an activation lock that the activating
   process renews before every call (a crashed runner's lock expires; another resumes).
@@ -27,17 +36,21 @@ from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
 from aiadmin.states import IllegalTransition, SalonState
 from aiadmin.store import ConcurrentUpdate, Store
-from aiadmin.yclients import ActivationOutcome, YClientsClient
+from aiadmin.yclients import ActivationOutcome, PartnerApiError, YClientsClient
 
 S = SalonState
 # States from which a linked salon is (re)activated.
 ACTIVATABLE_STATES = frozenset({S.WHATSAPP_CONNECTED, S.ACTIVATION_FAILED})
+# YClients' help pages give the owner an hour; past it we ask YClients whether it still waits.
+OWNER_HOUR_SECONDS = 3600.0
+# App statuses in which YClients still accepts the activation (active: "already installed").
+_STILL_WAITING = frozenset({"pending", "active"})
 
 
 class ActivationEnd(StrEnum):
     ACTIVE = "active"
     FAILED = "failed"            # permanent refusal: activation_failed
-    EXPIRED = "expired"          # the hour ran out: expired_consent
+    EXPIRED = "expired"          # YClients no longer waits, or 12 hours passed: expired_consent
     BUSY = "busy"                # another process is activating this salon
     NOT_APPLICABLE = "not_applicable"
     INTERRUPTED = "interrupted"  # the caller stopped us, or the salon moved on (uninstall, logout)
@@ -49,6 +62,10 @@ class ActivationPolicy:
     max_delay: float = 60.0
     lock_seconds: float = 120.0
     channels: tuple[str, ...] = ("whatsapp",)
+    # The longest we keep trying after the owner's consent, whatever YClients says.
+    cap_seconds: float = 12 * 3600.0
+    # Past the owner's hour, how often YClients is asked whether the consent is still pending.
+    status_check_seconds: float = 300.0
 
 
 def webhook_url(public_base_url: str, salon_id: int, webhook_secret: str) -> str:
@@ -98,15 +115,16 @@ class Activator:
             secrets_ = _new_secrets()
             self._store.put_salon_secrets(salon_id, secrets_)
         url = webhook_url(self._public_base_url, salon_id, secrets_["webhook_secret"])
+        consent_at = salon.consent_at if salon.consent_at is not None else self._clock()
+        cap = consent_at + self._policy.cap_seconds
+        hour_ends = salon.activation_deadline or consent_at + OWNER_HOUR_SECONDS
+        status_checked_at = -float("inf")
         attempt = 0
         while True:
             attempt += 1
             now = self._clock()
-            if salon.activation_deadline is not None and now >= salon.activation_deadline:
-                if not self._finish(salon_id, S.EXPIRED_CONSENT, "the hour for activation passed"):
-                    return ActivationEnd.INTERRUPTED
-                metrics.add_metric(name="ActivationExpired", unit="Count", value=1)
-                return ActivationEnd.EXPIRED
+            if attempt > 1 and now >= cap:
+                return self._expire(salon_id, "12 hours since the consent passed")
             if not self._store.hold_activation(salon_id, self._owner, now, self._policy.lock_seconds):
                 logger.warning("activation lock lost", extra={"salon_id": salon_id})
                 return ActivationEnd.INTERRUPTED
@@ -118,21 +136,44 @@ class Activator:
                 return ActivationEnd.ACTIVE
             if result.outcome == ActivationOutcome.PERMANENT_FAILURE:
                 refusal = f"{result.status} {result.message}"[:300]
+                if self._consent_lapsed(salon_id) is True:
+                    return self._expire(salon_id, f"YClients refused ({refusal}) and no longer has the app pending",
+                                        {"activation_error": refusal})
                 if not self._finish(salon_id, S.ACTIVATION_FAILED, f"YClients refused: {refusal}",
                                     {"activation_error": refusal}):
                     return ActivationEnd.INTERRUPTED
                 metrics.add_metric(name="ActivationFailed", unit="Count", value=1)
                 logger.error("activation failed permanently", extra={"salon_id": salon_id, "refusal": refusal})
                 return ActivationEnd.FAILED
-            delay = backoff_delay(attempt, self._policy, result.retry_after)
-            if salon.activation_deadline is not None:
-                delay = min(delay, max(0.0, salon.activation_deadline - self._clock()))
+            now = self._clock()
+            if now >= hour_ends and now - status_checked_at >= self._policy.status_check_seconds:
+                status_checked_at = now
+                if self._consent_lapsed(salon_id) is True:
+                    return self._expire(salon_id, "YClients no longer has the app pending")
+            delay = min(backoff_delay(attempt, self._policy, result.retry_after), max(0.0, cap - now))
             metrics.add_metric(name="ActivationRetried", unit="Count", value=1)
             logger.warning("activation failed, will retry", extra={
                 "salon_id": salon_id, "attempt": attempt, "status": result.status,
                 "yclients_message": result.message[:200], "retry_in_seconds": round(delay, 2)})
             if not wait(delay):
                 return ActivationEnd.INTERRUPTED
+
+    def _consent_lapsed(self, salon_id: int) -> bool | None:
+        """Whether YClients no longer has our app pending (or active) in the salon; None when it
+        cannot say (down, throttled): then we go on as if it still waited."""
+        try:
+            status = self._client.app_status(salon_id)
+        except PartnerApiError as exc:
+            logger.warning("app status unavailable during activation", extra={"salon_id": salon_id, "error": str(exc)})
+            return None
+        return status not in _STILL_WAITING
+
+    def _expire(self, salon_id: int, reason: str, attrs: dict[str, object] | None = None) -> ActivationEnd:
+        if not self._finish(salon_id, S.EXPIRED_CONSENT, reason, attrs):
+            return ActivationEnd.INTERRUPTED
+        metrics.add_metric(name="ActivationExpired", unit="Count", value=1)
+        logger.error("activation expired", extra={"salon_id": salon_id, "reason": reason})
+        return ActivationEnd.EXPIRED
 
     def _begin(self, salon_id: int) -> Salon | ActivationEnd:
         """Move to `activating` (new secrets) or take over an activation whose lock expired."""
@@ -141,6 +182,10 @@ class Activator:
             return ActivationEnd.NOT_APPLICABLE
         now = self._clock()
         if salon.state in ACTIVATABLE_STATES:
+            # A salon keeps its key while it is installed: YClients may hold it already (a retried
+            # or repeated activation is answered "already installed" and does not replace it).
+            # Uninstalling removes it, so a reinstall gets a new one.
+            kept = self._store.get_salon_secrets(salon_id)
             attrs = {
                 "activation_owner": self._owner, "activation_lock_until": now + self._policy.lock_seconds,
                 "activation_error": None,
@@ -148,7 +193,9 @@ class Activator:
             try:
                 # Conditional on the state read: of two concurrent triggers, one wins, the other sees a change.
                 salon = self._store.transition(salon_id, S.ACTIVATING, self._actor, "activating in YClients",
-                                               attrs, expected=[salon.state], salon_secrets=_new_secrets())
+                                               attrs, expected=[salon.state],
+                                               salon_secrets=None if {"api_key", "webhook_secret"} <= kept.keys()
+                                               else _new_secrets())
             except (IllegalTransition, ConcurrentUpdate):
                 return ActivationEnd.BUSY
         elif salon.state == S.ACTIVATING:

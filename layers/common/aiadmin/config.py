@@ -61,6 +61,14 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _link(value: str) -> str:
+    """A web address shown to people as a link: kept exactly as written (a trailing slash too)."""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -101,6 +109,19 @@ def _optional_postgres_url(value: str) -> Secret | None:
     return Secret(value)
 
 
+def _optional_secret(value: str) -> Secret | None:
+    """Empty: not configured (the caller falls back to another value)."""
+    return Secret(value) if value.strip() else None
+
+
+def _flag(value: str) -> bool:
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _secret(min_length: int) -> Callable[[str], Secret]:
     def parse(value: str) -> Secret:
         if len(value) < min_length:
@@ -116,6 +137,7 @@ class _Field:
     parse: Callable[[str], Any]
     default: str | None = None
     secret: bool = False
+    local_only: bool = False  # any non-empty value is refused in AWS
 
 
 _FIELDS: dict[str, _Field] = {
@@ -123,6 +145,10 @@ _FIELDS: dict[str, _Field] = {
     "yclients_base_url": _Field("YCLIENTS_BASE_URL", _url, DEFAULT_YCLIENTS_BASE_URL),
     "yclients_app_id": _Field("YCLIENTS_APP_ID", _positive_int),
     "yclients_partner_token": _Field("YCLIENTS_PARTNER_TOKEN", _secret(8), secret=True),
+    # The key of `user_data_sign`, when YClients gives one apart from the partner token.
+    "yclients_signing_key": _Field("YCLIENTS_SIGNING_KEY", _optional_secret, "", secret=True),
+    # Unverified: ask YClients for the salon's users and refuse a consent from anyone else.
+    "yclients_check_salon_users": _Field("YCLIENTS_CHECK_SALON_USERS", _flag, "false"),
     "jwt_secret": _Field("JWT_SECRET", _secret(32), secret=True),
     "websocket_url": _Field("WEBSOCKET_URL", _url),
     "websocket_management_url": _Field("WEBSOCKET_MANAGEMENT_URL", _url),
@@ -150,6 +176,11 @@ _FIELDS: dict[str, _Field] = {
     "entity_queue_url": _Field("ENTITY_QUEUE_URL", _url),
     # Least time between two pairing-code requests of one salon (each makes WhatsApp notify a phone).
     "pairing_min_interval_seconds": _Field("PAIRING_MIN_INTERVAL_SECONDS", _positive_float, "30"),
+    # Where the owner's page sends them back to: YClients' web app (the local stack: its fake).
+    "yclients_app_url": _Field("YCLIENTS_APP_URL", _link, "https://yclients.com/"),
+    # Origins besides YClients' that may frame the owner's page: the local stack's test pages
+    # only (space-separated CSP sources), refused in AWS.
+    "page_local_frame_ancestors": _Field("PAGE_LOCAL_FRAME_ANCESTORS", str.split, "", local_only=True),
 }
 
 
@@ -206,6 +237,9 @@ def load_settings(
                                                                                    LOCAL_JWT_SECRET)):
             problems.append(f"{spec.env}: is the local stack's built-in test value, refused in AWS "
                             f"(set {spec.env}_PARAM to a SecureString parameter holding the real one)")
+            continue
+        if spec.local_only and _in_aws(env) and raw.strip():
+            problems.append(f"{spec.env}: is for the local stack only, refused in AWS")
             continue
         try:
             values[name] = spec.parse(raw)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiadmin.phones import mask_phone
 from aiadmin.states import OWNER_TEXT, SalonState
 
 # Salon ids are positive integers; JSON and DynamoDB keep them exact below 2**53.
@@ -26,7 +27,14 @@ class Salon(BaseModel):
     state: SalonState
     salon_name: str = ""
     user_name: str = ""
+    # The YClients user (`user_data` id) who first consented: the only one who may onboard,
+    # re-link or watch the salon until YClients reports the app uninstalled and a fresh
+    # consent arrives. None: not bound yet (a consent without a user id binds nobody).
+    owner_user_id: str | None = None
+    # When the owner last consented in YClients (or asked to re-link WhatsApp on the page):
+    # activation is tried until YClients refuses it, or for 12 hours from here at most.
     consent_at: float | None = None
+    # The hour YClients' help pages give the owner; shown on the page, not a limit we enforce.
     activation_deadline: float | None = None
     # The current WhatsApp pairing string is a credential for a few seconds: it is stored so
     # a reopened page can draw it at once, and never logged.
@@ -38,6 +46,11 @@ class Salon(BaseModel):
     # `code_expires_at` (the end of the 160 s attempt).
     pairing_code: str | None = None
     code_expires_at: float | None = None
+    # The owner's number from YClients' `user_data.phone` (digits), and the number of the WhatsApp
+    # linked to the salon (from the device's JID, set by the runner when linking succeeds): the
+    # page shows the latter masked and says whether the two differ.
+    owner_phone: str | None = None
+    linked_phone: str | None = None
     version: int = 0
     updated_at: float = 0
     updated_by: str = ""
@@ -108,6 +121,12 @@ class StateMessage(BaseModel):
     pairing_code: str | None = None
     code_expires_at: float | None = None
     activation_deadline: float | None = None
+    # The linked WhatsApp number, masked (`+7 900 ***-45-67`); whether it differs from the
+    # owner's number in YClients (None: one of them is not known).
+    linked_phone: str | None = None
+    owner_number_differs: bool | None = None
+    # When the salon entered this state (the status card's "since").
+    state_since: float | None = None
     server_time: float = Field(default=0)
 
     @classmethod
@@ -127,6 +146,10 @@ class StateMessage(BaseModel):
             pairing_code=salon.pairing_code if showing_code else None,
             code_expires_at=salon.code_expires_at if showing_code else None,
             activation_deadline=salon.activation_deadline,
+            linked_phone=mask_phone(salon.linked_phone) if salon.linked_phone else None,
+            owner_number_differs=(salon.linked_phone != salon.owner_phone
+                                  if salon.linked_phone and salon.owner_phone else None),
+            state_since=salon.updated_at or None,
             server_time=now,
         )
 
@@ -141,3 +164,7 @@ class ErrorMessage(BaseModel):
     message: str
     code: str = ""
     retry_after: float | None = None
+    # The message's key in `aiadmin.i18n` and its parameters: the page shows it in the owner's
+    # language (`message` is the Russian text).
+    key: str = ""
+    params: dict[str, int | float | str] = Field(default_factory=dict)

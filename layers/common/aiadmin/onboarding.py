@@ -1,19 +1,40 @@
 """Onboarding use cases shared by the handlers and the runner. No AWS in the signatures:
-they take a `Store` and plain values."""
+they take a `Store` and plain values.
+
+Salon binding (a non-negotiable of the design): a salon belongs to the YClients user whose
+signed `user_data` first consented for it (`id`, or `user_id` as Altegio names it). A consent
+for that salon from anyone else is refused (`ConsentRefused`: nothing written but an event
+with the refused user's id, and a metric), until YClients reports the app uninstalled (our
+`uninstalled` state, set by the lifecycle webhook or an uninstall through ops) and a fresh
+*pending* consent arrives: that consent binds its own user. A consent whose `user_data` has no
+user id may go ahead only while the salon is not bound, and binds nobody (YClients documents
+every field as optional; refusing it outright would lock out every owner should YClients ever
+leave the id out), and it is refused for a bound salon, whose owner it cannot prove to be.
+"""
 
 from __future__ import annotations
 
+import hmac
 import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from aiadmin.i18n import DEFAULT_LANGUAGE, t
 from aiadmin.models import Salon, StateMessage, UserData
-from aiadmin.phones import InvalidPhone, normalise_phone
+from aiadmin.observability import logger, metrics
+from aiadmin.phones import InvalidPhone, normalise_phone, phone_digits
 from aiadmin.qr import render_svg
 from aiadmin.states import LINKED_STATES, LINKING_STATES, PAIRING_CODE_STATES, RETRY_STATES, SalonState
 from aiadmin.store import SessionCommand, Store
 
-# YClients accepts the activation call within one hour of the owner's consent.
+# YClients' help pages ask for the activation within one hour of the owner's consent: the page
+# asks the owner to finish within it. It is not our limit: the activation goes on while YClients
+# still has the consent pending (see `aiadmin.activation`, which stops at 12 hours at most).
 ACTIVATION_WINDOW_SECONDS = 3600
+# Locations one redirect may carry: each costs a status call to YClients (5 per second) and a
+# linking attempt, and the page shows them all.
+MAX_LOCATIONS = 10
 
 # States from which a new consent (the owner pressed "Подключить" again) starts over.
 _RESTART_STATES = frozenset({
@@ -30,15 +51,99 @@ DEFAULT_PAIRING_MIN_INTERVAL_SECONDS = 30.0
 
 
 class PairingLimited(Exception):
-    """A pairing-code request over the salon's limits; the message is for the owner."""
+    """A pairing-code request over the salon's limits; the message is for the owner (Russian),
+    `key` and `params` render it in the owner's language (`aiadmin.i18n`)."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
+    def __init__(self, key: str, retry_after: float, **params: int) -> None:
+        super().__init__(t(DEFAULT_LANGUAGE, key, **params))
+        self.key = key
+        self.params = params
         self.retry_after = retry_after
 
 
+# Salons the owner may explicitly link again from the page: linked ones ("Перепривязать WhatsApp",
+# after a confirmation) and ones whose device WhatsApp unlinked or blocked ("Привязать WhatsApp
+# снова": nothing is left to lose, and the owner need not go back through YClients for it).
+RELINK_STATES = frozenset({SalonState.ACTIVE, SalonState.ACTIVATION_FAILED, SalonState.WHATSAPP_LOGGED_OUT,
+                           SalonState.BANNED})
 # A salon item with no code to show (set on every new attempt and when one ends).
 NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
+
+
+class ConsentRefused(PermissionError):
+    """The salon belongs to another YClients user (or to one this consent cannot prove to be)."""
+
+    def __init__(self, salon_id: int, reason: str) -> None:
+        super().__init__(f"salon {salon_id}: {reason}")
+        self.salon_id = salon_id
+        self.reason = reason
+
+
+def consenting_user(user: UserData) -> str | None:
+    """The YClients user id in the signed `user_data` (`id`, or Altegio's `user_id`)."""
+    value = (user.id or user.user_id or "").strip()
+    return value[:64] or None
+
+
+def binding_refusal(salon: Salon | None, user_id: str | None, marketplace_status: str = "pending") -> str | None:
+    """Why this consent may not go ahead for the salon as read; None when it may."""
+    if salon is None or not salon.owner_user_id:
+        return None
+    if salon.state == SalonState.UNINSTALLED and marketplace_status == "pending":
+        return None  # YClients reported the app uninstalled; a fresh consent binds its own user
+    if user_id is None:
+        return "consent without a user id for a bound salon"
+    if not hmac.compare_digest(user_id.encode(), salon.owner_user_id.encode()):
+        return "salon bound to another YClients user"
+    return None
+
+
+def _bound_user(salon: Salon | None, user_id: str | None, marketplace_status: str) -> str | None:
+    """Who the salon is bound to once this (allowed) consent is recorded."""
+    if salon is None or not salon.owner_user_id or (
+            salon.state == SalonState.UNINSTALLED and marketplace_status == "pending"):
+        return user_id
+    return salon.owner_user_id
+
+
+def record_refusal(store: Store, salon_id: int, user_id: str | None, reason: str, actor: str = "redirect") -> None:
+    """The refused consent on the salon's event log (the refused user's id only: no name, phone
+    or email of theirs is kept) and as a metric ops can alarm on."""
+    metrics.add_metric(name="ConsentRefused", unit="Count", value=1)
+    logger.warning("consent refused", extra={"salon_id": salon_id, "reason": reason})
+    if store.get_salon(salon_id) is not None:
+        store.record_event(salon_id, actor, f"consent refused: {reason}", {"user_id": user_id or ""})
+
+
+@dataclass(frozen=True)
+class Location:
+    """One salon of a redirect, as YClients confirmed it."""
+
+    salon_id: int
+    marketplace_status: str  # `pending` or `active`
+
+
+def check_consent(store: Store, salon_ids: Sequence[int], user: UserData,
+                  marketplace_status: Callable[[int], str] = lambda _i: "pending") -> None:
+    """Refuse (ConsentRefused, after recording it) when any of the salons is bound to someone
+    else. Reads only, but for the refusal's event: call it before anything else is written."""
+    user_id = consenting_user(user)
+    for salon_id in salon_ids:
+        reason = binding_refusal(store.get_salon(salon_id), user_id, marketplace_status(salon_id))
+        if reason is not None:
+            record_refusal(store, salon_id, user_id, reason)
+            raise ConsentRefused(salon_id, reason)
+
+
+def start_locations(store: Store, locations: Sequence[Location], user: UserData, now: float) -> list[Salon]:
+    """Several locations of one redirect (`salon_ids[]`): every binding is checked before any is
+    written, then each location is onboarded on its own (its own WhatsApp, its own activation).
+    With several locations, `user_data`'s salon name cannot tell which one it names: it is not used."""
+    check_consent(store, [loc.salon_id for loc in locations], user,
+                  {loc.salon_id: loc.marketplace_status for loc in locations}.__getitem__)
+    if len(locations) > 1:
+        user = user.model_copy(update={"salon_name": None})
+    return [start_onboarding(store, loc.salon_id, user, now, loc.marketplace_status) for loc in locations]
 
 
 def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
@@ -46,29 +151,64 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
     """Record the owner's consent and make sure a linking attempt runs.
 
     A repeat visit while linking joins the running attempt; a visit to a linked salon only
-    shows its state, except that a fresh consent retries a failed activation and lets a frozen
-    salon be activated again; a salon that is new, uninstalled, expired or unlinked starts over.
-    `marketplace_status` is the app's status in YClients (`pending` or `active`)."""
-    profile: dict[str, object] = {
-        "salon_name": (user.salon_name or "")[:200],
-        "user_name": (user.name or "")[:200],
-    }
+    shows its state (re-linking it is an explicit owner action, `request_relink`), except that
+    a fresh consent retries a failed or expired activation and lets a frozen salon be activated
+    again; a salon that is new, uninstalled, expired before it was linked, or unlinked starts
+    over. `marketplace_status` is the app's status in YClients (`pending` or `active`).
+
+    Raises ConsentRefused (recorded) when the salon is bound to another YClients user."""
+    user_id = consenting_user(user)
+    profile: dict[str, object] = {}
+    if user.salon_name:
+        profile["salon_name"] = user.salon_name[:200]
+    if user.name:
+        profile["user_name"] = user.name[:200]
+    if owner_phone := phone_digits(user.phone):
+        # Only to tell the owner, after linking, whether the linked WhatsApp is their own number.
+        profile["owner_phone"] = owner_phone
     consent = {"consent_at": now, "activation_deadline": now + ACTIVATION_WINDOW_SECONDS}
     salon = store.get_salon(salon_id)
+
+    def guard(current: Salon | None) -> None:
+        reason = binding_refusal(current, user_id, marketplace_status)
+        if reason is not None:
+            record_refusal(store, salon_id, user_id, reason)
+            raise ConsentRefused(salon_id, reason)
+
+    guard(salon)
     if salon is None or salon.state in _RESTART_STATES:
+        if salon is not None and salon.state == SalonState.EXPIRED_CONSENT and _still_linked(store, salon_id):
+            # The consent ran out while the linked session waited for YClients: a new consent
+            # activates that session again; it never logs a working device out (issue 10).
+            salon = store.transition(salon_id, SalonState.ACTIVATING, actor="redirect",
+                                     reason="owner consented again after the activation expired",
+                                     attrs={**profile, **consent, "activation_error": None,
+                                            "activation_owner": None, "activation_lock_until": None},
+                                     expected=[SalonState.EXPIRED_CONSENT], guard=guard)
+            store.request_session(salon_id, "run", renew_command=True)
+            return salon
+        bound = {"owner_user_id": _bound_user(salon, user_id, marketplace_status)}
         salon = store.transition(
             salon_id, SalonState.PENDING_WHATSAPP, actor="redirect", reason="owner consent",
-            attrs={**profile, **consent, **NO_CODES},
+            attrs={**profile, **consent, **NO_CODES, **bound}, guard=guard,
         )
         store.request_session(salon_id, "link")
         return salon
+    if user_id is not None and not salon.owner_user_id and not store.bind_owner(salon_id, user_id):
+        guard(store.get_salon(salon_id))  # bound by someone else meanwhile: refused and recorded
     if salon.state == SalonState.ACTIVATION_FAILED or (
-            salon.state == SalonState.FROZEN and marketplace_status == "pending"):
+            salon.state in (SalonState.FROZEN, SalonState.ACTIVE) and marketplace_status == "pending"):
         # A new consent opens a new hour; the runner owning the linked session activates again.
-        if salon.state == SalonState.FROZEN:
-            salon = store.transition(salon_id, SalonState.ACTIVATING, actor="redirect",
-                                     reason="owner reconnected a frozen salon", attrs={**profile, **consent},
-                                     expected=[SalonState.FROZEN])
+        # Active here but pending in YClients: the app was reinstalled without an uninstall
+        # webhook reaching us (a test stand sends none). The linked device stays; its key is
+        # sent again (were YClients' status merely stale, it answers "already installed").
+        if salon.state != SalonState.ACTIVATION_FAILED:
+            reason = "owner reconnected a frozen salon" if salon.state == SalonState.FROZEN \
+                else "YClients reports the app pending again"
+            salon = store.transition(salon_id, SalonState.ACTIVATING, actor="redirect", reason=reason,
+                                     attrs={**profile, **consent, "activation_owner": None,
+                                            "activation_lock_until": None},
+                                     expected=[salon.state], guard=guard)
         else:
             store.update_profile(salon_id, {**profile, **consent})
             salon = salon.model_copy(update={**profile, **consent})
@@ -77,16 +217,39 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
     if salon.state == SalonState.FROZEN and marketplace_status == "active":
         # Paid in YClients meanwhile (the payment webhook may come later or never).
         salon = store.transition(salon_id, SalonState.ACTIVE, actor="redirect", reason="active in YClients again",
-                                 attrs=profile, expected=[SalonState.FROZEN])
+                                 attrs=profile, expected=[SalonState.FROZEN], guard=guard)
         store.request_session(salon_id, "run", renew_command=True)
         return salon
     if salon.state in LINKING_STATES:
         # Pressing "Подключить" again is a new consent in YClients: its hour starts again.
         profile.update(consent)
-    store.update_profile(salon_id, profile)
+    if profile:
+        store.update_profile(salon_id, profile)
     if salon.state in LINKING_STATES and store.get_session(salon_id) is None:
         store.request_session(salon_id, "link")
     return salon.model_copy(update=profile)
+
+
+def _still_linked(store: Store, salon_id: int) -> bool:
+    """Whether the salon's WhatsApp session is linked (the runner keeps it running)."""
+    lease = store.get_session(salon_id)
+    return lease is not None and lease.desired == "run"
+
+
+def request_relink(store: Store, salon_id: int, now: float) -> Salon | None:
+    """The owner explicitly asked, on the page and after a confirmation, to link the salon to a
+    WhatsApp again (another phone, another number): a fresh linking attempt; the runner logs the
+    old device out when it starts. None when the salon is not linked (nothing to re-link).
+    Only the salon's own page can ask: the socket was opened with the salon's token."""
+    salon = store.get_salon(salon_id)
+    if salon is None or salon.state not in RELINK_STATES:
+        return None
+    # The activation after the new link confirms the integration YClients already has (its
+    # "already installed" answer counts as success); its 12-hour bound starts now.
+    salon = store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="owner asked to re-link",
+                             attrs={**NO_CODES, "consent_at": now, "activation_deadline": None},
+                             expected=RELINK_STATES, command=SessionCommand("link"))
+    return salon
 
 
 def request_new_qr(store: Store, salon_id: int) -> Salon | None:
@@ -122,11 +285,9 @@ def request_pairing_code(store: Store, salon_id: int, raw_phone: object, now: fl
     if not verdict.allowed:
         wait = max(1, math.ceil(verdict.retry_after))
         if verdict.reason == "interval":
-            raise PairingLimited(f"Новый код можно запросить через {wait} с.", verdict.retry_after)
-        raise PairingLimited(
-            f"За последний час коды уже запрошены для {PAIRING_PHONES_PER_HOUR} разных номеров. "
-            f"Попробуйте снова через {math.ceil(wait / 60)} мин или привяжите WhatsApp по QR-коду.",
-            verdict.retry_after)
+            raise PairingLimited("pairing.interval", verdict.retry_after, seconds=wait)
+        raise PairingLimited("pairing.hourly", verdict.retry_after, count=PAIRING_PHONES_PER_HOUR,
+                             minutes=math.ceil(wait / 60))
     # The new attempt and the runner's command in one transaction: never one without the other.
     return store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="pairing code requested",
                             attrs=NO_CODES, expected=PAIRING_CODE_STATES,
@@ -139,5 +300,7 @@ def state_message(salon: Salon, now: float) -> str:
     return StateMessage.of(salon, now, qr_svg=svg).model_dump_json()
 
 
-__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "NO_CODES", "InvalidPhone", "PairingLimited",
-           "request_new_qr", "request_pairing_code", "start_onboarding", "state_message"]
+__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "MAX_LOCATIONS", "NO_CODES", "RELINK_STATES",
+           "ConsentRefused", "InvalidPhone", "Location", "PairingLimited", "binding_refusal", "check_consent",
+           "consenting_user", "request_new_qr", "request_pairing_code", "request_relink", "start_locations",
+           "start_onboarding", "state_message"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from aiadmin.i18n import DEFAULT_LANGUAGE, t
 from aiadmin.store import Store
 from aiadmin.tokens import TokenClaims
 
@@ -20,10 +21,14 @@ MAX_SOCKETS_PER_SALON = 5
 MESSAGES_PER_WINDOW = 10
 MESSAGE_WINDOW_SECONDS = 10
 
-RATE_LIMITED_TEXT = "Слишком много запросов со страницы. Подождите несколько секунд и попробуйте снова."
-TOKEN_EXPIRED_TEXT = ("Ссылка устарела. Откройте YClients и нажмите «Подключить» у приложения AI Admin ещё раз, "  # noqa: S105
-                      "чтобы продолжить.")
-UNKNOWN_ACTION_TEXT = "Страница отправила непонятный запрос. Обновите страницу."
+# The refusals' texts (Russian, for old pages and logs); each reply also carries its key, by which
+# the page shows it in the owner's language.
+RATE_LIMITED_KEY = "socket.rate_limited"
+TOKEN_EXPIRED_KEY = "socket.token_expired"  # noqa: S105
+UNKNOWN_ACTION_KEY = "socket.bad_request"
+RATE_LIMITED_TEXT = t(DEFAULT_LANGUAGE, RATE_LIMITED_KEY)
+TOKEN_EXPIRED_TEXT = t(DEFAULT_LANGUAGE, TOKEN_EXPIRED_KEY)
+UNKNOWN_ACTION_TEXT = t(DEFAULT_LANGUAGE, UNKNOWN_ACTION_KEY)
 
 
 def open_socket(store: Store, connection_id: str, claims: TokenClaims, now: float) -> bool:

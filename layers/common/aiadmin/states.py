@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from aiadmin.i18n import DEFAULT_LANGUAGE, t
+
 
 class SalonState(StrEnum):
     PENDING_WHATSAPP = "pending_whatsapp"
@@ -61,7 +63,9 @@ ALLOWED_TRANSITIONS: dict[SalonState | None, frozenset[SalonState]] = {
     S.WHATSAPP_CONNECTED: frozenset({S.ACTIVATING, S.EXPIRED_CONSENT} | _SESSION_ENDS | _LIFECYCLE),
     S.ACTIVATING: frozenset({S.ACTIVE, S.ACTIVATION_FAILED, S.EXPIRED_CONSENT} | _SESSION_ENDS | _LIFECYCLE),
     S.ACTIVATION_FAILED: frozenset({S.ACTIVATING, S.PENDING_WHATSAPP} | _SESSION_ENDS | _LIFECYCLE),
-    S.ACTIVE: frozenset(_SESSION_ENDS | _LIFECYCLE),
+    # -> pending: the owner explicitly asked to re-link WhatsApp on the page; -> activating: YClients
+    # reports the app pending again (reinstalled while no uninstall webhook reached us).
+    S.ACTIVE: frozenset({S.PENDING_WHATSAPP, S.ACTIVATING} | _SESSION_ENDS | _LIFECYCLE),
     # Unfrozen by a payment or a new activation; a new consent starts linking again.
     S.FROZEN: frozenset({S.ACTIVE, S.ACTIVATING, S.PENDING_WHATSAPP, S.UNINSTALLED}),
     S.UNINSTALLED: frozenset({S.PENDING_WHATSAPP}),
@@ -69,7 +73,8 @@ ALLOWED_TRANSITIONS: dict[SalonState | None, frozenset[SalonState]] = {
     S.BANNED: frozenset({S.PENDING_WHATSAPP} | _LIFECYCLE),
     # After a library update the same keys connect again.
     S.CLIENT_OUTDATED: frozenset({S.PENDING_WHATSAPP, S.WHATSAPP_CONNECTED} | _LIFECYCLE),
-    S.EXPIRED_CONSENT: frozenset({S.PENDING_WHATSAPP, S.UNINSTALLED}),
+    # -> activating: a new consent for a salon whose linked session outlived the old one.
+    S.EXPIRED_CONSENT: frozenset({S.PENDING_WHATSAPP, S.ACTIVATING, S.UNINSTALLED}),
 }
 
 # States in which a linking attempt is under way: a repeat visit joins it instead of
@@ -99,59 +104,9 @@ def is_allowed(current: SalonState | None, new: SalonState) -> bool:
     return new in ALLOWED_TRANSITIONS[current]
 
 
-# What the owner reads on the onboarding page for each state: a title and what to do.
+# What the owner reads on the onboarding page for each state: a title and what to do (Russian,
+# the default; the page renders the owner's language from `aiadmin.i18n` by the state's name).
 OWNER_TEXT: dict[SalonState, tuple[str, str]] = {
-    S.PENDING_WHATSAPP: ("Готовим код", "Через несколько секунд здесь появится код для привязки WhatsApp."),
-    S.QR_READY: (
-        "Отсканируйте QR-код",
-        "Откройте WhatsApp на телефоне салона → Настройки → Связанные устройства → "
-        "Привязка устройства и наведите камеру на код.",
-    ),
-    S.QR_EXPIRED: (
-        "Код устарел",
-        "Нажмите «Получить новый код», чтобы попробовать ещё раз. Если телефон написал, что привязано "
-        "максимальное число устройств, сначала отвяжите одно из них в WhatsApp → Связанные устройства.",
-    ),
-    S.CODE_READY: (
-        "Введите код в WhatsApp",
-        "На телефоне салона откройте WhatsApp → Настройки → Связанные устройства → Привязка устройства → "
-        "«Привязать по номеру телефона» и введите этот код.",
-    ),
-    S.CODE_FAILED: (
-        "Не удалось получить код",
-        "WhatsApp не выдал код для этого номера. Проверьте, что это номер WhatsApp салона, и запросите код "
-        "ещё раз или привяжите WhatsApp по QR-коду.",
-    ),
-    S.LINK_REFUSED: (
-        "WhatsApp не дал привязать устройство",
-        "Чаще всего к номеру уже привязано максимальное число устройств. На телефоне откройте WhatsApp → "
-        "Настройки → Связанные устройства, отвяжите одно из них и нажмите «Получить новый код».",
-    ),
-    S.PASSKEY_REQUIRED: (
-        "WhatsApp попросил ключ доступа",
-        "Наш сервер не может подтвердить привязку ключом доступа (passkey). На телефоне выберите привязку "
-        "без ключа доступа, если WhatsApp это предлагает, или удалите ключ доступа в WhatsApp → Настройки → "
-        "Аккаунт → Ключи доступа. Затем нажмите «Получить новый код».",
-    ),
-    S.PAIRING: ("Связываем WhatsApp", "Телефон принял код, завершаем привязку."),
-    S.WHATSAPP_CONNECTED: ("WhatsApp подключён", "Включаем интеграцию в YClients."),
-    S.ACTIVATING: ("Включаем интеграцию", "Сообщаем YClients, что всё готово."),
-    S.ACTIVE: ("Готово! AI Admin подключён", "Можно вернуться в YClients: приложение активно."),
-    S.ACTIVATION_FAILED: (
-        "Не удалось включить интеграцию",
-        "YClients не принял подключение, мы уже разбираемся. Чтобы попробовать снова, "
-        "нажмите «Подключить» у приложения в YClients ещё раз.",
-    ),
-    S.FROZEN: ("Приложение приостановлено", "Оплатите подписку в YClients, и бот снова заработает."),
-    S.UNINSTALLED: ("Приложение отключено", "Чтобы подключить снова, нажмите «Подключить» в YClients."),
-    S.WHATSAPP_LOGGED_OUT: (
-        "WhatsApp отвязан",
-        "Устройство отвязали в телефоне. Откройте приложение из YClients, чтобы привязать снова.",
-    ),
-    S.BANNED: ("WhatsApp временно заблокировал номер", "Подождите снятия блокировки и привяжите номер снова."),
-    S.CLIENT_OUTDATED: ("Нужно обновление", "Мы обновляем подключение к WhatsApp, ничего делать не нужно."),
-    S.EXPIRED_CONSENT: (
-        "Время на подключение истекло",
-        "Прошло больше часа. Откройте YClients и нажмите «Подключить» ещё раз.",
-    ),
+    state: (t(DEFAULT_LANGUAGE, f"state.{state.value}.title"), t(DEFAULT_LANGUAGE, f"state.{state.value}.hint"))
+    for state in SalonState
 }

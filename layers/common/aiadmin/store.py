@@ -170,6 +170,7 @@ class Store:
         command: SessionCommand | None = None,
         salon_secrets: Mapping[str, str] | None = None,
         forget: Iterable[str] = (),
+        guard: Callable[[Salon | None], None] | None = None,
     ) -> Salon:
         """Move a salon to `new_state` (and set `attrs`), append an event, count a metric.
 
@@ -178,7 +179,9 @@ class Store:
         (e.g. the runner only turns a QR into `qr_expired` while it is `qr_ready`).
         `lease_owner` fences the write: it happens only while that runner holds an unexpired
         lease on the salon's session (a runner that lost it cannot push a stale QR); LeaseLost
-        otherwise. Raises IllegalTransition when the state machine refuses it.
+        otherwise. Raises IllegalTransition when the state machine refuses it. `guard` is called
+        with every read of the salon and may raise to refuse the change: the write is conditional
+        on the version it saw, so its verdict holds (e.g. who the salon is bound to).
 
         In the same transaction: `remove` deletes attributes of the state item, `command` tells
         the session's runner what to do (`request_session`), `salon_secrets` replaces the salon's
@@ -188,6 +191,8 @@ class Store:
         for _ in range(_TRANSITION_ATTEMPTS):
             current = self.get_salon(salon_id)
             current_state = current.state if current else None
+            if guard is not None:
+                guard(current)
             if expected is not None and current_state not in set(expected):
                 raise IllegalTransition(current_state, new_state)
             try:
@@ -314,6 +319,23 @@ class Store:
                     ":me": owner, ":until": _to_dynamo(now + lock_seconds), ":now": _to_dynamo(now),
                     ":activating": SalonState.ACTIVATING.value, ":null": "NULL",
                 },
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def bind_owner(self, salon_id: int, user_id: str) -> bool:
+        """Bind an existing, unbound salon to the YClients user who consented (see
+        `aiadmin.onboarding`). False when it is bound to someone else meanwhile."""
+        try:
+            self._table.update_item(
+                Key={"pk": _salon_pk(salon_id), "sk": "STATE"},
+                UpdateExpression="SET owner_user_id = :u",
+                ConditionExpression=("attribute_exists(pk) AND (attribute_not_exists(owner_user_id) OR "
+                                     "attribute_type(owner_user_id, :null) OR owner_user_id = :u)"),
+                ExpressionAttributeValues={":u": user_id, ":null": "NULL"},
             )
         except ClientError as exc:
             if _is_condition_failure(exc):

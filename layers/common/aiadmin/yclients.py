@@ -1,8 +1,10 @@
 """The YClients marketplace protocol (see ../shared/yclients-protocol.md).
 
 Signature: `user_data_sign` is the lowercase hex HMAC-SHA256 of the *base64-decoded bytes*
-of `user_data`, keyed with the partner token. Partner API: Bearer partner token, the v2
-Accept header, JSON bodies in a `{success, data, meta}` envelope.
+of `user_data` (documented), or of the `user_data` string as received (another partner's
+contract), keyed with the signing key (`YCLIENTS_SIGNING_KEY`, default: the partner token).
+Both forms are accepted; which one matched is reported. Partner API: Bearer partner token,
+the v2 Accept header, JSON bodies in a `{success, data, meta}` envelope.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class BadUserData(ValueError):
 
 
 def decode_base64_lenient(value: str) -> bytes:
-    """Standard or URL-safe alphabet, padding optional: YClients has sent URL-safe, padded."""
-    cleaned = value.strip().replace("-", "+").replace("_", "/")
+    """Standard or URL-safe alphabet, padding optional: YClients has sent URL-safe, padded. A space
+    is a `+` that a query-string decoder turned into a space (an unescaped standard-alphabet value)."""
+    cleaned = value.strip().replace(" ", "+").replace("-", "+").replace("_", "/")
     cleaned += "=" * (-len(cleaned) % 4)
     try:
         return base64.b64decode(cleaned, validate=True)
@@ -63,10 +66,36 @@ def sign_user_data(raw: bytes, partner_token: str) -> str:
     return hmac.new(partner_token.encode(), raw, hashlib.sha256).hexdigest()
 
 
-def verify_user_data(user_data: str, user_data_sign: str, partner_token: str) -> UserData:
+class SignatureForm(StrEnum):
+    """What `user_data_sign` was computed over."""
+
+    DECODED = "decoded"  # the base64-decoded bytes (YClients' documentation)
+    STRING = "string"    # the `user_data` string as received (another partner's contract)
+
+
+@dataclass(frozen=True)
+class VerifiedUserData:
+    user: UserData
+    form: SignatureForm
+
+
+def _matches(message: bytes, signature: bytes, key: str) -> bool:
+    return hmac.compare_digest(sign_user_data(message, key).encode(), signature)
+
+
+def check_user_data(user_data: str, user_data_sign: str, signing_key: str) -> VerifiedUserData:
+    """Verify `user_data_sign` over the decoded bytes first, then over the string as received
+    (also with spaces read back as `+`, in case a query decoder turned them into spaces). Every
+    comparison is constant-time and every candidate is tried, so timing tells nothing about
+    which form, if any, came close. The JSON is parsed as signed, never re-serialised."""
     raw = decode_base64_lenient(user_data)
-    expected = sign_user_data(raw, partner_token)
-    if not hmac.compare_digest(expected.encode(), user_data_sign.strip().lower().encode()):
+    signature = user_data_sign.strip().lower().encode()
+    as_received = user_data.encode("utf-8", "surrogatepass")
+    candidates = [(raw, SignatureForm.DECODED), (as_received, SignatureForm.STRING)]
+    if " " in user_data:
+        candidates.append((user_data.replace(" ", "+").encode("utf-8", "surrogatepass"), SignatureForm.STRING))
+    matched = [form for message, form in candidates if _matches(message, signature, signing_key)]
+    if not matched:
         raise BadUserData("user_data_sign does not match")
     try:
         parsed = json.loads(raw.decode("utf-8"))
@@ -75,9 +104,14 @@ def verify_user_data(user_data: str, user_data_sign: str, partner_token: str) ->
     if not isinstance(parsed, dict):
         raise BadUserData("user_data is not a JSON object")
     try:
-        return UserData.model_validate(parsed)
+        return VerifiedUserData(UserData.model_validate(parsed), matched[0])
     except ValidationError as exc:
         raise BadUserData("user_data fields have unexpected types") from exc
+
+
+def verify_user_data(user_data: str, user_data_sign: str, signing_key: str) -> UserData:
+    """`check_user_data` without the form."""
+    return check_user_data(user_data, user_data_sign, signing_key).user
 
 
 class ActivationOutcome(StrEnum):
@@ -235,6 +269,22 @@ class YClientsClient:
         status = ((response.data or {}).get("connection_status") or {}).get("status") \
             if isinstance(response.data, dict) else None
         return str(status) if status else None
+
+    def salon_user_ids(self, salon_id: int) -> set[str] | None:
+        """The ids of the salon's YClients users (`GET /api/v1/company/{id}/users`), or None when
+        YClients does not show them to the partner token (401/403/404) or answers something else.
+
+        UNVERIFIED: that the partner token alone may read a salon's users once the owner has
+        granted our app API access is a guess; the call may need a user token. That is why
+        the redirect uses it only behind `YCLIENTS_CHECK_SALON_USERS`, as a second check."""
+        try:
+            response = self._patient_call("salon users", "GET", f"/api/v1/company/{salon_id}/users")
+        except PartnerApiError:
+            return None
+        if not response.ok or not isinstance(response.data, list):
+            return None
+        return {str(user["id"]) for user in response.data[:10_000]
+                if isinstance(user, dict) and user.get("id") is not None}
 
     def activate(self, salon_id: int, api_key: str, webhook_urls: list[str],
                  channels: list[str] | None = None) -> ActivationResult:

@@ -1,0 +1,153 @@
+"""The redirect handler in-process (moto table from template.yaml, the fake marketplace over
+real HTTP): the metric that says which signature form matched, the optional separate signing
+key, and the optional (unverified) second check against the salon's YClients users."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+import uuid
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from aiadmin.observability import metrics
+from aiadmin.store import Store
+from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
+from local.gateway import LambdaContext
+from local.template import ROOT
+from tests.helpers import fake_marketplace
+
+TOKEN = "partner-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def marketplace() -> Iterator[tuple[FakeYClients, str]]:
+    with fake_marketplace(TOKEN) as served:
+        yield served
+
+
+@pytest.fixture
+def fake(marketplace: tuple[FakeYClients, str]) -> FakeYClients:
+    fake = marketplace[0]
+    fake.salons.clear()
+    fake.salons[101] = FakeSalon(101, "Лотос", "Анна", "79001234567", status="pending", consent_at=time.time())
+    fake.salons[102] = FakeSalon(102, "Борода", "Дмитрий", "79007654321", status="pending", consent_at=time.time())
+    fake.signature_form, fake.signing_key = "decoded", None
+    fake.rate_limit = 1000
+    fake.calls.clear()
+    fake.scripts.clear()
+    return fake
+
+
+def _load(table: Any, marketplace: tuple[FakeYClients, str], monkeypatch: pytest.MonkeyPatch,
+          **env: str) -> ModuleType:
+    for key, value in {
+        "TABLE_NAME": table.name, "YCLIENTS_BASE_URL": marketplace[1], "YCLIENTS_APP_ID": "4242",
+        "YCLIENTS_PARTNER_TOKEN": TOKEN, "JWT_SECRET": "j" * 40, "WEBSOCKET_URL": "wss://ws.example/prod",
+        **env,
+    }.items():
+        monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location(f"redirect_under_test_{uuid.uuid4().hex}",
+                                                  ROOT / "functions" / "redirect" / "app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _get(module: ModuleType, query: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    raw = urlencode(query)
+    event = {
+        "version": "2.0", "routeKey": "GET /auth/yclients/redirect", "rawPath": "/auth/yclients/redirect",
+        "rawQueryString": raw, "headers": headers or {},
+        "queryStringParameters": {k: str(v) for k, v in query.items()},
+        "requestContext": {"http": {"method": "GET", "path": "/auth/yclients/redirect", "sourceIp": "127.0.0.1"},
+                           "requestId": "r", "routeKey": "GET /auth/yclients/redirect", "stage": "$default"},
+        "isBase64Encoded": False,
+    }
+    metrics.clear_metrics()
+    return dict(module.app.resolve(event, LambdaContext(function_name="RedirectFunction", aws_request_id="r")))
+
+
+def _query(fake: FakeYClients, salon_id: int, form: str | None = None) -> dict[str, Any]:
+    return {"salon_id": salon_id, **fake.signed_user_data(fake.salons[salon_id], form)}
+
+
+@pytest.mark.parametrize("form", ["decoded", "string"])
+def test_both_signature_forms_are_accepted_and_the_metric_names_the_form(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients, monkeypatch: pytest.MonkeyPatch,
+        form: str) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    response = _get(module, _query(fake, 101, form))
+    assert response["statusCode"] == 302
+    assert f"UserDataSigned_{form}" in metrics.metric_set
+    assert {name for name in metrics.metric_set if name.startswith("UserDataSigned_")} == {f"UserDataSigned_{form}"}
+
+
+def test_a_separate_signing_key_replaces_the_partner_token(table: Any, marketplace: tuple[FakeYClients, str],
+                                                           fake: FakeYClients, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch, YCLIENTS_SIGNING_KEY="a-separate-signing-key")
+    assert _get(module, _query(fake, 101))["statusCode"] == 400  # signed with the partner token
+    fake.signing_key = "a-separate-signing-key"
+    assert _get(module, _query(fake, 101, "string"))["statusCode"] == 302
+
+
+def test_the_salon_users_check_is_off_by_default(table: Any, marketplace: tuple[FakeYClients, str],
+                                                 fake: FakeYClients, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    assert _get(module, _query(fake, 101))["statusCode"] == 302
+    assert not [c for c in fake.calls if c["operation"] == "salon_users"]
+
+
+def test_the_salon_users_check_refuses_a_user_yclients_does_not_list(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch, YCLIENTS_CHECK_SALON_USERS="true")
+    # The owner of 102 with 101's id: the binding alone cannot tell (101 is new), YClients' list can.
+    stranger = {**_query(fake, 102), "salon_id": 101}
+    response = _get(module, stranger)
+    assert response["statusCode"] == 403 and "ConsentRefused" in metrics.metric_set
+    assert Store(table).get_salon(101) is None  # nothing written
+    assert _get(module, _query(fake, 101))["statusCode"] == 302  # the salon's own user passes
+    # Where YClients does not show the users, the binding alone decides (the check is unverified).
+    fake.scripts["salon_users"].append(ScriptedAnswer(status=403))
+    assert _get(module, _query(fake, 102))["statusCode"] == 302
+    assert "SalonUsersUnavailable" in metrics.metric_set
+
+
+@pytest.mark.parametrize(("accept", "title", "back"), [
+    ("en-GB,en;q=0.9", "Invalid link", "Back to YClients"),
+    ("ru-RU,ru;q=0.9,en;q=0.5", "Ссылка недействительна", "Вернуться в YClients"),
+    ("", "Ссылка недействительна", "Вернуться в YClients"),
+])
+def test_refusal_pages_speak_the_browsers_language_and_lead_back_to_yclients(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients, monkeypatch: pytest.MonkeyPatch,
+        accept: str, title: str, back: str) -> None:
+    module = _load(table, marketplace, monkeypatch, YCLIENTS_APP_URL="https://yclients.com/appstore/")
+    query = {**_query(fake, 101), "user_data_sign": "00"}
+    response = _get(module, query, {"accept-language": accept} if accept else None)
+    assert response["statusCode"] == 400
+    assert f"<h1>{title}</h1>" in response["body"] and back in response["body"]
+    assert 'href="https://yclients.com/appstore/" target="_top"' in response["body"]
+
+
+def test_the_page_is_served_in_the_browsers_language_with_both_catalogues(
+        table: Any, marketplace: tuple[FakeYClients, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    event = {
+        "version": "2.0", "routeKey": "GET /marketplace/onboarding", "rawPath": "/marketplace/onboarding",
+        "rawQueryString": "", "headers": {"accept-language": "en-US"},
+        "requestContext": {"http": {"method": "GET", "path": "/marketplace/onboarding", "sourceIp": "127.0.0.1"},
+                           "requestId": "r", "routeKey": "GET /marketplace/onboarding", "stage": "$default"},
+        "isBase64Encoded": False,
+    }
+    response = module.app.resolve(event, LambdaContext(function_name="RedirectFunction", aws_request_id="r"))
+    body = response["body"]
+    assert '<html lang="en">' in body and "Back to YClients</a>" in body and "{{" not in body
+    assert "Вернуться в YClients" in body  # the Russian catalogue rides along for the switch
+    ancestors = response["headers"]["Content-Security-Policy"].split("frame-ancestors ")[1]
+    assert ancestors == "https://yclients.com https://*.yclients.com https://app.alteg.io https://*.alteg.io"
