@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="where simulated WhatsApp keys are kept")
     parser.add_argument("--restart-runners", action="store_true",
                         help="start a runner again when it exits, instead of stopping the stack")
+    parser.add_argument("--dynamodb-faults", action="store_true",
+                        help="handlers and runners reach DynamoDB through a proxy that can slow or throttle "
+                             "every call on demand (POST /_local/dynamodb/faults)")
     args = parser.parse_args()
     try:
         check_host(args.host, args.allow_remote)
@@ -31,7 +34,8 @@ def main() -> None:
         parser.exit(2, f"python -m local: {exc}\n")
     asyncio.run(run_stack(StackOptions(host=args.host, port=args.port, runners=args.runners,
                                        time_scale=args.time_scale, data_dir=args.data_dir,
-                                       restart_runners=args.restart_runners, allow_remote=args.allow_remote)))
+                                       restart_runners=args.restart_runners, allow_remote=args.allow_remote,
+                                       dynamodb_faults=args.dynamodb_faults)))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ What it knows of the real marketplace (../shared/yclients-protocol.md):
   the partner token or a separate signing key (`_config {"signing_key": ...}`);
 - duplicate `uninstall` deliveries (`POST <prefix>/send/{salon}/uninstall?times=2`, or
   `_config {"uninstall_deliveries": 2}` for an uninstall through the partner API).
-It answers 429 to a client above 5 requests/s. Tests script it (`POST <prefix>/_script`): the
+It answers 429 to a client address above 5 requests/s or 200 requests/min (YClients limits
+per IP: every process of the local stack calls from 127.0.0.1, so they share one budget, as
+tasks behind one NAT address would). Tests script it (`POST <prefix>/_script`): the
 next answers of an operation can be any status, an HTML page, a `success: false` envelope or
 a slow answer, and `<prefix>/_calls` lists what our service asked.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import hmac
 import html
 import itertools
@@ -46,6 +49,7 @@ from aiadmin.yclients import sign_user_data
 ACTIVATION_WINDOW_SECONDS = 12 * 3600
 MAX_DELIVERIES = 5
 RATE_LIMIT_PER_SECOND = 5
+RATE_LIMIT_PER_MINUTE = 200
 DEFAULT_TARIFFS = [
     {"id": 1, "title": "AI Admin: месяц", "price": 2990, "currency_iso": "RUB", "period_days": 30},
     {"id": 2, "title": "AI Admin: год", "price": 29900, "currency_iso": "RUB", "period_days": 365},
@@ -120,6 +124,7 @@ class FakeYClients:
     calls: list[dict[str, Any]] = field(default_factory=list)
     scripts: dict[str, deque[ScriptedAnswer]] = field(default_factory=lambda: defaultdict(deque))
     rate_limit: int = RATE_LIMIT_PER_SECOND
+    rate_limit_per_minute: int = RATE_LIMIT_PER_MINUTE
     signature_form: str = "decoded"     # or "string": HMAC over the user_data text as sent
     signing_key: str | None = None      # a separate signing key; None: the partner token
     uninstall_deliveries: int = 1       # lifecycle `uninstall` deliveries per uninstall through the API
@@ -308,11 +313,14 @@ class FakeYClients:
 
     async def script(self, request: web.Request) -> web.Response:
         """`{"operation": "activate", "answers": [{"status": 503}, {"html": "<html>", "status": 200}, ...]}`;
-        `"answers": []` clears the script; `"rate_limit": n` changes the per-second limit."""
+        `"answers": []` clears the script; `"rate_limit": n` changes the per-second limit,
+        `"rate_limit_per_minute": n` the per-minute one."""
         try:
             body = await request.json()
             if "rate_limit" in body:
                 self.rate_limit = int(body["rate_limit"])
+            if "rate_limit_per_minute" in body:
+                self.rate_limit_per_minute = int(body["rate_limit_per_minute"])
             operation = str(body.get("operation", ""))
             answers = [ScriptedAnswer(**answer) for answer in body.get("answers", [])]
         except (ValueError, TypeError, AttributeError) as exc:
@@ -373,10 +381,11 @@ class FakeYClients:
                     record["body"] = None
             self.calls.append(record)
             recent = self._recent[request.remote or ""]
-            while recent and now - recent[0] >= 1.0:
+            while recent and now - recent[0] >= 60.0:
                 recent.popleft()
             recent.append(now)
-            if len(recent) > self.rate_limit:
+            last_second = len(recent) - bisect.bisect_right(recent, now - 1.0)
+            if last_second > self.rate_limit or len(recent) > self.rate_limit_per_minute:
                 record["status"] = 429
                 return _envelope(429, None, "Too Many Requests")
             script = self.scripts.get(operation)

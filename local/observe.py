@@ -1,9 +1,12 @@
 """What tests and benchmarks read of a running local stack: session owners and runner
-memberships (from its DynamoDB), and the simulated WhatsApp server's view of the devices."""
+memberships (from its DynamoDB), the simulated WhatsApp server's view of the devices, and the
+runners' metrics and dropped sessions (from their output)."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -62,6 +65,41 @@ def live_heartbeats(stack: RunningStack) -> dict[str, dict[str, Any]]:
 
 def heartbeats(stack: RunningStack) -> dict[str, dict[str, Any]]:
     return {beat["runner_id"]: beat for beat in store(stack).runner_heartbeats()}
+
+
+@dataclass(frozen=True)
+class RunnerEvents:
+    metrics: Counter[str]  # EMF metric name -> sum (needs POWERTOOLS_METRICS_DISABLED=false)
+    drops: Counter[str]    # "dropping session" log lines by reason (LOG_LEVEL WARNING or lower)
+
+    @property
+    def sessions_dropped(self) -> int:
+        """One drop usually shows both as a `LeaseLost` metric and a log line: the larger count."""
+        return max(self.metrics["LeaseLost"], sum(self.drops.values()))
+
+
+def runner_events(output: Iterable[str]) -> RunnerEvents:
+    """Metrics and dropped sessions from the stack's output (the runners' JSON lines)."""
+    metrics: Counter[str] = Counter()
+    drops: Counter[str] = Counter()
+    for line in output:
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        if "_aws" in record:
+            for directive in record["_aws"].get("CloudWatchMetrics", []):
+                for metric in directive.get("Metrics", []):
+                    value = record.get(metric.get("Name"))
+                    values = value if isinstance(value, list) else [value]
+                    metrics[metric["Name"]] += int(sum(v for v in values if isinstance(v, (int, float))))
+        elif record.get("message") == "dropping session":
+            drops[str(record.get("reason"))] += 1
+    return RunnerEvents(metrics, drops)
 
 
 def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "") -> T:

@@ -41,9 +41,9 @@ def page_tokens(response: requests.Response) -> list[str]:
     return [value for key, value in parse_qsl(location.split("#", 1)[1]) if key == "token"]
 
 
-def follow_redirect(redirect_url: str) -> tuple[requests.Response, str | None]:
+def follow_redirect(redirect_url: str, timeout: float = 10) -> tuple[requests.Response, str | None]:
     """Our redirect's answer and the (first) page token in it."""
-    response = requests.get(redirect_url, allow_redirects=False, timeout=10)
+    response = requests.get(redirect_url, allow_redirects=False, timeout=timeout)
     tokens = page_tokens(response)
     return response, tokens[0] if tokens else None
 
@@ -64,16 +64,17 @@ async def receive_until(ws: websockets.ClientConnection, states: set[str], timeo
 
 
 @asynccontextmanager
-async def open_page(ws_url: str, token: str | None) -> AsyncIterator[websockets.ClientConnection]:
+async def open_page(ws_url: str, token: str | None,
+                    open_timeout: float = 10) -> AsyncIterator[websockets.ClientConnection]:
     """What the onboarding page does on load: open the socket with the token and ask for the
     salon's current state."""
-    async with websockets.connect(f"{ws_url}?token={token}") as ws:
+    async with websockets.connect(f"{ws_url}?token={token}", open_timeout=open_timeout) as ws:
         await ws.send(json.dumps({"action": "sync"}))
         yield ws
 
 
-def scan(base_url: str, qr: str) -> requests.Response:
-    return requests.post(f"{base_url}/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
+def scan(base_url: str, qr: str, timeout: float = 10) -> requests.Response:
+    return requests.post(f"{base_url}/_local/whatsapp/scan", json={"qr": qr}, timeout=timeout)
 
 
 async def link_whatsapp(base_url: str, marketplace: str, salon_id: int, until: set[str],

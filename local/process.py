@@ -53,6 +53,13 @@ class RunningStack:
     def marketplace_state(self) -> dict:
         return requests.get(self.marketplace + "/_state", timeout=5).json()
 
+    def dynamodb_fault(self, **fault: Any) -> dict[str, Any]:
+        """Slow or throttle the service's DynamoDB calls (a stack started with `dynamodb_faults`):
+        `dynamodb_fault(delay_seconds=2, for_seconds=20)`, `dynamodb_fault(throttle=True, for_seconds=10)`."""
+        response = requests.post(self.base_url + "/_local/dynamodb/faults", json=fault, timeout=5)
+        response.raise_for_status()
+        return dict(response.json())
+
     def runner_pids(self) -> list[int]:
         """The runner processes the stack started (its `python -m wa_runner` children)."""
         pids = []
@@ -69,7 +76,8 @@ class RunningStack:
 
 @contextmanager
 def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, str] | None = None,
-                data_dir: Path | None = None, restart_runners: bool = False) -> Iterator[RunningStack]:
+                data_dir: Path | None = None, restart_runners: bool = False,
+                dynamodb_faults: bool = False) -> Iterator[RunningStack]:
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "local", "--port", "0", "--time-scale", str(time_scale),
                "--runners", str(runners)]
@@ -77,6 +85,8 @@ def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, 
         command += ["--data-dir", str(data_dir)]
     if restart_runners:
         command.append("--restart-runners")
+    if dynamodb_faults:
+        command.append("--dynamodb-faults")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
     output: list[str] = []

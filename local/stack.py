@@ -25,6 +25,7 @@ from moto.server import ThreadedMotoServer
 
 from aiadmin.config import LOCAL_JWT_SECRET, LOCAL_PARTNER_TOKEN
 from aiadmin.observability import logger
+from local.dynamo_faults import CONTROL_PATH, DynamoFaults
 from local.fake_whatsapp import FakeWhatsApp
 from local.fake_yclients import FakeYClients
 from local.gateway import Gateway, LambdaHost, StreamPoller
@@ -69,6 +70,8 @@ class StackOptions:
     quiet: bool = False
     # Start a runner again when it exits (as ECS replaces a stopped task) instead of stopping the stack.
     restart_runners: bool = False
+    # Handlers and runners reach DynamoDB through local.dynamo_faults (slow or throttled on demand).
+    dynamodb_faults: bool = False
     # Listen on a non-loopback `host` (see `check_host`).
     allow_remote: bool = False
 
@@ -100,21 +103,21 @@ def free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def _aws_environment(moto_url: str) -> dict[str, str]:
+def _aws_environment(moto_url: str, dynamodb_url: str | None = None) -> dict[str, str]:
     return {
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
         "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
-        "AWS_ENDPOINT_URL_DYNAMODB": moto_url, "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": moto_url,
+        "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_url or moto_url, "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": moto_url,
         "AWS_ENDPOINT_URL_SQS": moto_url, "AWS_ENDPOINT_URL_SSM": moto_url,
         "POWERTOOLS_TRACE_DISABLED": "true",
     }
 
 
-def stack_settings(moto_url: str, base: str) -> dict[str, str]:
+def stack_settings(moto_url: str, base: str, dynamodb_url: str | None = None) -> dict[str, str]:
     """Settings every process of the stack shares: the handlers (in the stack's process) and
-    the runners."""
+    the runners. `dynamodb_url`: the fault proxy, when there is one."""
     return {
-        **_aws_environment(moto_url),
+        **_aws_environment(moto_url, dynamodb_url),
         "YCLIENTS_BASE_URL": os.environ.get("YCLIENTS_BASE_URL") or f"{base}{FakeYClients.prefix}",
         "YCLIENTS_APP_ID": os.environ.get("YCLIENTS_APP_ID", DEFAULT_APP_ID),
         "YCLIENTS_PARTNER_TOKEN": os.environ.get("YCLIENTS_PARTNER_TOKEN", DEFAULT_PARTNER_TOKEN),
@@ -133,11 +136,12 @@ def stack_settings(moto_url: str, base: str) -> dict[str, str]:
     }
 
 
-def runner_environment(moto_url: str, base: str, data_dir: Path, time_scale: float) -> dict[str, str]:
+def runner_environment(moto_url: str, base: str, data_dir: Path, time_scale: float,
+                       dynamodb_url: str | None = None) -> dict[str, str]:
     """The environment of the stack's runner processes (the benchmark starts its own runners
     against a running stack with it too)."""
     environment = {
-        **os.environ, **stack_settings(moto_url, base),
+        **os.environ, **stack_settings(moto_url, base, dynamodb_url),
         "TABLE_NAME": APP_TABLE,
         "WA_ENGINE": "simulated", "WA_SIM_SERVER_URL": base, "WA_TIME_SCALE": str(time_scale),
         "SESSIONS_DIR": str(data_dir / "sessions"),
@@ -170,6 +174,9 @@ async def run_stack(options: StackOptions) -> None:
     os.environ.update(_aws_environment(moto_url))
     table_names = create_tables(boto3.client("dynamodb"), template)
     resource_names = {**table_names, **create_queues(boto3.client("sqs"), template)}
+    faults = DynamoFaults(moto_url) if options.dynamodb_faults else None
+    dynamodb_url = faults.start(options.host) if faults else None
+    os.environ.update(_aws_environment(moto_url, dynamodb_url))  # tables are made: the service goes via the proxy
 
     host = LambdaHost(template)
     gateway = Gateway(template, host)
@@ -184,11 +191,19 @@ async def run_stack(options: StackOptions) -> None:
     app.add_routes(whatsapp.routes())
     if not external_marketplace:
         app.add_routes(marketplace.routes())
+    if faults:
+        app.add_routes(faults.control_routes())
 
     async def index(_request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(marketplace.prefix + "/")
 
     app.router.add_get("/", index)
+
+    async def describe(_request: web.Request) -> web.StreamResponse:
+        # For `python -m ops --local`: where this stack keeps its data (names only, no secret).
+        return web.json_response({"moto_url": moto_url, "table_name": table_names["AppTable"]})
+
+    app.router.add_get("/_local/stack", describe)
     app.router.add_route("*", "/{tail:.*}", gateway.http)
     site_runner = web.AppRunner(app, access_log=None)
     await site_runner.setup()
@@ -200,7 +215,7 @@ async def run_stack(options: StackOptions) -> None:
     marketplace.callback_url = f"{base}/callback/yclients"
 
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="aiadmin-local-"))
-    overrides = stack_settings(moto_url, base)
+    overrides = stack_settings(moto_url, base, dynamodb_url)
     function_env: dict[str, str] = {}
     for spec in template.functions.values():
         function_env.update(resolve_environment({**template.globals_env, **spec.environment}, overrides,
@@ -208,7 +223,7 @@ async def run_stack(options: StackOptions) -> None:
     os.environ.update(function_env)  # the handlers run in this process
     logger.setLevel(overrides["POWERTOOLS_LOG_LEVEL"])  # created at import, before the overrides
 
-    runner_env = runner_environment(moto_url, base, data_dir, options.time_scale)
+    runner_env = runner_environment(moto_url, base, data_dir, options.time_scale, dynamodb_url)
     runners = {f"local-runner-{index + 1}": start_runner(f"local-runner-{index + 1}", runner_env)
                for index in range(options.runners)}
     stop = asyncio.Event()
@@ -217,6 +232,8 @@ async def run_stack(options: StackOptions) -> None:
         loop.add_signal_handler(signum, stop.set)
     poller = asyncio.create_task(StreamPoller(template, host).run(stop))
 
+    faults_line = (f"  DynamoDB faults:        POST {base}{CONTROL_PATH} {{\"delay_seconds\": 2, \"for_seconds\": 20}}"
+                   f" (handlers and runners call DynamoDB through {dynamodb_url})\n" if faults else "")
     print(
         "\nAI Admin local stack is ready.\n"
         f"  Start here (fake YClients marketplace): {base}/_yclients/\n"
@@ -225,6 +242,7 @@ async def run_stack(options: StackOptions) -> None:
         f"  WebSocket API:          ws://{options.host}:{port}/ws\n"
         f"  Simulated phone:        POST {base}/_local/whatsapp/scan {{\"qr\": \"<decoded QR>\"}}\n"
         f"  DynamoDB (moto):        {moto_url}\n"
+        f"{faults_line}"
         f"  Marketplace in use:     {overrides['YCLIENTS_BASE_URL']}\n"
         "Press Ctrl-C to stop.\n"
         f"LOCAL_STACK_DYNAMODB {moto_url}\n"
@@ -263,5 +281,7 @@ async def run_stack(options: StackOptions) -> None:
         poller.cancel()
         await site_runner.cleanup()
         host.executor.shutdown(wait=False, cancel_futures=True)
+        if faults:
+            faults.stop()
         moto.stop()
         print("Stopped.", flush=True)

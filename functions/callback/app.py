@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aiadmin.config import load_settings
 from aiadmin.entity_queue import EntityQueue
+from aiadmin.lazy import lazy
 from aiadmin.lifecycle import apply_lifecycle_event
 from aiadmin.models import SALON_ID_LIMIT, EntityWebhook, parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
@@ -37,8 +38,8 @@ SETTINGS = ["table_name", "yclients_partner_token", "yclients_app_id", "entity_q
 # running health check can only report them present; the booleans say which ones it checked.
 settings = load_settings(SETTINGS)
 RUNNER_STALE_SECONDS = 60
-store = Store(boto3.resource("dynamodb").Table(settings.table_name))
-entity_queue = EntityQueue(boto3.client("sqs"), settings.entity_queue_url)
+store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
+entity_queue = lazy(lambda: EntityQueue(boto3.client("sqs"), settings.entity_queue_url))
 app = APIGatewayHttpResolver()
 # SQS takes 256 KiB per message; an entity webhook is a few KiB.
 MAX_ENTITY_WEBHOOK_BYTES = 128 * 1024
@@ -50,8 +51,8 @@ MAX_ENTITY_WEBHOOK_BYTES = 128 * 1024
 # freeze -> payment -> freeze) has a new key and is processed. A replay that arrives after the
 # state moved is processed too: it finds the salon in the event's state already, changes
 # nothing and gets the first delivery's answer.
-idempotency_store = DynamoDBPersistenceLayer(
-    table_name=settings.table_name, key_attr="pk", sort_key_attr="sk", expiry_attr="ttl")
+idempotency_store = lazy(lambda: DynamoDBPersistenceLayer(
+    table_name=settings.table_name, key_attr="pk", sort_key_attr="sk", expiry_attr="ttl"))
 idempotency_config = IdempotencyConfig(
     event_key_jmespath="[salon_id, application_id, event, details.period_from, details.period_to, salon_version]",
     expires_after_seconds=3600)

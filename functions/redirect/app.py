@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aiadmin.config import load_settings
 from aiadmin.i18n import catalogue_json, pick_language, t
+from aiadmin.lazy import lazy
 from aiadmin.models import UserData, parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import (
@@ -37,9 +38,9 @@ settings = load_settings([
     "yclients_check_salon_users", "jwt_secret", "websocket_url", "token_ttl_seconds", "yclients_app_url",
     "page_local_frame_ancestors",
 ])
-store = Store(boto3.resource("dynamodb").Table(settings.table_name))
-yclients = YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
-                          settings.yclients_app_id)
+store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
+yclients = lazy(lambda: YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
+                                      settings.yclients_app_id))
 # `user_data_sign`'s key: a separate signing key where YClients gives one, the partner token otherwise.
 SIGNING_KEY = (settings.yclients_signing_key or settings.yclients_partner_token).reveal()
 PAGE_TEMPLATE = (Path(__file__).parent / "onboarding.html").read_text(encoding="utf-8")
@@ -117,6 +118,7 @@ def redirect() -> Response:
     except _NotConfirmed as exc:
         return exc.response
     now = time.time()
+    metrics.add_metric(name="RedirectAccepted", unit="Count", value=1)  # the funnel's first step
     tokens = [issue_token(s.salon_id, settings.jwt_secret.reveal(), settings.token_ttl_seconds, now) for s in salons]
     # Tokens travel in the fragment: browsers never send it to a server, so no access log holds them.
     fragment = "&".join(f"token={token}" for token in tokens)

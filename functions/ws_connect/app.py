@@ -11,13 +11,14 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEven
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aiadmin.config import load_settings
+from aiadmin.lazy import lazy
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.sockets import MAX_SOCKETS_PER_SALON, open_socket
 from aiadmin.store import Store
 from aiadmin.tokens import InvalidToken, verify_token_claims
 
 settings = load_settings(["table_name", "jwt_secret"])
-store = Store(boto3.resource("dynamodb").Table(settings.table_name))
+store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
 
 
 def _connect(event: APIGatewayWebSocketEvent) -> dict[str, Any]:

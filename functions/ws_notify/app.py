@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from aiadmin.config import load_settings
+from aiadmin.lazy import lazy
 from aiadmin.models import ErrorMessage, Salon
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import (
@@ -44,8 +45,8 @@ from aiadmin.sockets import (
 from aiadmin.store import Store
 
 settings = load_settings(["table_name", "websocket_management_url", "pairing_min_interval_seconds"])
-store = Store(boto3.resource("dynamodb").Table(settings.table_name))
-pusher = Pusher(settings.websocket_management_url)
+store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
+pusher = lazy(lambda: Pusher(settings.websocket_management_url))
 
 ACTIONS = ("sync", "new_qr", "pairing_code", "relink")
 

@@ -1,5 +1,7 @@
 """The local stack routes by reading template.yaml: these are the routes it must find there."""
 
+from typing import Any
+
 from local.template import load_template
 
 
@@ -46,3 +48,94 @@ def test_every_alarm_on_our_metrics_watches_a_metric_the_code_emits() -> None:
         assert props["MetricName"] in emitted, name
         # powertools Metrics writes every metric with the service dimension.
         assert props["Dimensions"] == [{"Name": "service", "Value": "aiadmin-onboarding"}], name
+
+
+def _emitted_metrics() -> set[str]:
+    """Every metric name the code can emit: literal `add_metric(name="X")`, the CamelCase
+    literals of a file that passes the name in a variable (`add_metric(name=metric)`), and
+    `f"Prefix_{state.value}"` templates expanded over the salon states."""
+    import re
+
+    from aiadmin.states import SalonState
+    from local.template import ROOT
+
+    sources = [*(ROOT / "layers" / "common" / "aiadmin").glob("*.py"), *(ROOT / "wa_runner").glob("*.py"),
+               *(ROOT / "functions").glob("*/app.py")]
+    emitted: set[str] = set()
+    for path in sources:
+        code = path.read_text()
+        emitted |= set(re.findall(r'add_metric\(\s*name="(\w+)"', code))
+        for prefix in re.findall(r'add_metric\(\s*name=f"(\w+_)\{\w+\.value\}"', code):
+            emitted |= {prefix + state.value for state in SalonState}
+        if re.search(r"add_metric\(\s*name=[a-z_]+\b", code):
+            # The name is a variable: the CamelCase literals of that file are its candidates
+            # (`(S.BANNED, "SessionsBanned")`, `_refuse(..., "PairingPhoneRefused")`).
+            emitted |= set(re.findall(r'"((?:[A-Z][a-z0-9]+){2,})"', code))
+    return emitted
+
+
+def _dashboard() -> dict[str, Any]:
+    import json
+    import re
+
+    body = load_template().resources["OnboardingDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    # ${AWS::Region}, ${SomeFunction}, ${SomeAlarm.Arn}: any value will do to read the JSON.
+    parsed: dict[str, Any] = json.loads(re.sub(r"\$\{[\w:.]+\}", "resolved", body))
+    return parsed
+
+
+def test_every_dashboard_widget_names_metrics_the_code_emits() -> None:
+    emitted = _emitted_metrics()
+    ours: dict[str, set[str]] = {}
+    for widget in _dashboard()["widgets"]:
+        if widget["type"] != "metric":
+            continue
+        title = widget["properties"]["title"]
+        for metric in widget["properties"]["metrics"]:
+            namespace, name = metric[0], metric[1]
+            if namespace != "AIAdmin/Onboarding":
+                continue
+            assert name in emitted, (title, name)
+            # powertools Metrics writes every metric with the service dimension.
+            assert metric[2:4] == ["service", "aiadmin-onboarding"], (title, name)
+            ours.setdefault(title, set()).add(name)
+    by_title = {title.split(" (")[0]: names for title, names in ours.items()}
+    assert {"RedirectAccepted", "Transition_qr_ready", "Transition_pairing", "Transition_active"} <= by_title[
+        "Onboarding funnel"]
+    assert {"ActivationFailed", "ActivationExpired", "Linking_link_refused", "Linking_passkey_required",
+            "SessionsLoggedOut", "SessionsBanned"} <= by_title["Failures by reason"]
+    assert {"SessionsConnected", "SessionsRetrying", "PairingsInFlight"} <= by_title["Runner sessions by phase"]
+    assert "RunnerHeartbeat" in by_title["Runner heartbeats and incidents"]
+    assert {"YClientsApiError", "YClientsRateLimited"} <= by_title["YClients API"]
+    assert {"WebhookRefused", "EntityWebhookRefused"} <= by_title["Refused requests"]
+
+
+def test_the_dashboard_shows_every_alarm() -> None:
+    import re
+
+    body = load_template().resources["OnboardingDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    shown = set(re.findall(r"\$\{(\w+)\.Arn\}", body))
+    alarms = {name for name, res in load_template().resources.items() if res["Type"] == "AWS::CloudWatch::Alarm"}
+    assert alarms <= shown
+
+
+def test_every_log_group_has_a_retention() -> None:
+    resources = load_template().resources
+    groups = {name: res for name, res in resources.items() if res["Type"] == "AWS::Logs::LogGroup"}
+    for name, group in groups.items():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+    # Each function writes to its own group (never to one Lambda creates without a retention).
+    functions = {name: res for name, res in resources.items() if res["Type"] == "AWS::Serverless::Function"}
+    for name, function in functions.items():
+        target = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert target in groups, name
+    assert len({f["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for f in functions.values()}) == len(functions)
+    runner = resources["RunnerTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert runner["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "RunnerLogGroup"}
+
+
+def test_redirect_uses_snapstart_and_tracing_can_be_turned_off() -> None:
+    template = load_template()
+    redirect = template.resources["RedirectFunction"]["Properties"]
+    assert redirect["AutoPublishAlias"] == "live" and redirect["SnapStart"] == {"ApplyOn": {"Ref": "RedirectSnapStart"}}
+    assert template.globals_env["POWERTOOLS_TRACE_DISABLED"] == {"Fn::If": ["TracingActive", "false", "true"]}

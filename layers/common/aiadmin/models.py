@@ -21,7 +21,7 @@ def parse_salon_id(text: str) -> int | None:
 class Salon(BaseModel):
     """One salon's onboarding record."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     salon_id: int
     state: SalonState
@@ -75,7 +75,7 @@ class SessionLease(BaseModel):
     generation of an explicit "activate again" request (a new consent, an ops retry) not yet
     taken up by the owner: only that re-activates a salon whose activation failed."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     salon_id: int
     desired: SessionDesire
@@ -109,7 +109,7 @@ class SessionLease(BaseModel):
 class EntityWebhook(BaseModel):
     """An entity webhook from YClients (a record, a client, ... was created, updated or deleted)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     company_id: int
     resource: str = Field(min_length=1, max_length=64)
@@ -121,7 +121,7 @@ class EntityWebhook(BaseModel):
 class UserData(BaseModel):
     """The owner's data YClients passes in `user_data` (every field optional, untrusted)."""
 
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="ignore", defer_build=True, coerce_numbers_to_str=True)
 
     id: str | None = None
     user_id: str | None = None

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 
-import phonenumbers
-
 from aiadmin.i18n import DEFAULT_LANGUAGE, t
 
 DEFAULT_REGION = "RU"
@@ -33,6 +31,8 @@ def normalise_phone(raw: object, default_region: str = DEFAULT_REGION) -> str:
     number (a number without a country code is read as Russian)."""
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidPhone("phone.empty")
+    import phonenumbers  # here, not at import: only the pairing-code request needs it (cold start)
+
     text = raw.strip()
     if len(text) > MAX_INPUT_LENGTH:
         raise InvalidPhone("phone.too_long")
@@ -71,6 +71,8 @@ def phone_digits(raw: object) -> str | None:
 def mask_phone(digits: str) -> str:
     """The number as the owner recognises it, with the middle hidden: `+7 900 ***-45-67`. The
     country code, the first three digits after it and the last four stay visible."""
+    import phonenumbers  # here, not at import (cold start)
+
     try:
         number = phonenumbers.parse("+" + digits)
         text = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)

@@ -31,12 +31,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
 from aiadmin.dynamo import cancelled_by_checks
@@ -45,7 +45,7 @@ from aiadmin.dynamo import is_condition_failure as _is_condition_failure
 from aiadmin.dynamo import salon_pk as _salon_pk
 from aiadmin.dynamo import to_dynamo as _to_dynamo
 from aiadmin.models import Salon, SessionDesire, SessionLease
-from aiadmin.observability import logger, metrics
+from aiadmin.observability import log_state_change, logger, metrics
 from aiadmin.ownership import Fence, Member, Ownership
 from aiadmin.states import IllegalTransition, SalonState, check_transition
 
@@ -121,6 +121,16 @@ class Store:
             Key={"pk": _salon_pk(salon_id), "sk": "STATE"}, ConsistentRead=True
         ).get("Item")
         return Salon.model_validate(_from_dynamo(item)) if item else None
+
+    def all_salons(self) -> Iterator[Salon]:
+        """Every salon record, page by page (a Scan: for ops tools, never on a request path)."""
+        request: dict[str, Any] = {"FilterExpression": Attr("sk").eq("STATE")}
+        while True:
+            page = self._table.scan(**request)
+            yield from (Salon.model_validate(_from_dynamo(item)) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def transition(
         self,
@@ -228,11 +238,9 @@ class Store:
                 if _is_condition_failure(exc):
                     continue
                 raise
-            metrics.add_metric(name=f"Transition_{new_state.value}", unit="Count", value=1)
-            logger.info(
-                "salon state changed",
-                extra={"salon_id": salon_id, "from": current_state, "to": new_state, "actor": actor},
-            )
+            if new_state != current_state:  # counts entries into a state: a new QR code is not one
+                metrics.add_metric(name=f"Transition_{new_state.value}", unit="Count", value=1)
+            log_state_change(salon_id, current_state.value if current_state else None, new_state.value, actor, reason)
             before = {k: v for k, v in (current.model_dump() if current else {}).items() if k not in removed}
             return Salon.model_validate(_from_dynamo({**before, **fields}))
         raise ConcurrentUpdate(f"salon {salon_id} changed concurrently {_TRANSITION_ATTEMPTS} times")

@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import requests
 from pydantic import ValidationError
-from pyrate_limiter import Duration, Limiter, Rate
-from requests_ratelimiter import LimiterAdapter
 
 from aiadmin.models import UserData
-from aiadmin.observability import logger
+from aiadmin.observability import logger, metrics
+
+if TYPE_CHECKING:
+    from pyrate_limiter import Limiter
 
 ACCEPT = "application/vnd.yclients.v2+json"
 DEFAULT_TIMEOUT = (3.05, 10)
@@ -37,7 +39,12 @@ PAYMENT_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 # client instance, so no combination of handlers or sessions in a process can exceed it. The
 # window is 1.1 s rather than 1 s: requests leave at the limit's edge, and network jitter must
 # not squeeze six of them into one second on YClients' side.
-PROCESS_LIMITER = Limiter([Rate(5, 1100), Rate(200, Duration.MINUTE)])
+@cache
+def process_limiter() -> Limiter:
+    # Built (and pyrate-limiter imported) on the first client, not at import: cold start.
+    from pyrate_limiter import Duration, Limiter, Rate
+
+    return Limiter([Rate(5, 1100), Rate(200, Duration.MINUTE)])
 
 
 class BadUserData(ValueError):
@@ -183,13 +190,15 @@ class YClientsClient:
     throttled by the process-wide limiter."""
 
     def __init__(self, base_url: str, partner_token: str, application_id: int,
-                 session: requests.Session | None = None, limiter: Limiter = PROCESS_LIMITER,
+                 session: requests.Session | None = None, limiter: Limiter | None = None,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
         self._application_id = application_id
         self._session = session or requests.Session()
-        adapter = LimiterAdapter(limiter=limiter, per_host=False)
+        from requests_ratelimiter import LimiterAdapter
+
+        adapter = LimiterAdapter(limiter=limiter or process_limiter(), per_host=False)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update({
@@ -206,8 +215,17 @@ class YClientsClient:
               params: dict[str, Any] | None = None) -> PartnerResponse:
         """One request. Redirects are never followed: a redirect to YClients' UI returns an HTML
         page, which must not be mistaken for an answer. Network errors propagate."""
-        response = self._session.request(method, f"{self._base_url}{path}", json=json_body, params=params,
-                                         timeout=self._timeout, allow_redirects=False)
+        try:
+            response = self._session.request(method, f"{self._base_url}{path}", json=json_body, params=params,
+                                             timeout=self._timeout, allow_redirects=False)
+        except requests.RequestException:
+            metrics.add_metric(name="YClientsApiError", unit="Count", value=1)
+            raise
+        # For the dashboard: 429s apart (our limiter should prevent them), other refusals and 5xx.
+        if response.status_code == 429:
+            metrics.add_metric(name="YClientsRateLimited", unit="Count", value=1)
+        elif response.status_code >= 400:
+            metrics.add_metric(name="YClientsApiError", unit="Count", value=1)
         return PartnerResponse(response.status_code, _json_or_none(response), _retry_after(response))
 
     def _patient_call(self, operation: str, method: str, path: str, json_body: dict[str, Any] | None = None,

@@ -1,0 +1,144 @@
+"""Cold-start import cost of each Lambda handler, in the built layer, against the floor every
+handler pays anyway: `import boto3` plus one DynamoDB Table resource.
+
+The layer is built the way `sam build` builds it (layers/common/requirements.txt, exported from
+uv.lock, plus the aiadmin package) into .aws-sam/bench-layer, for this machine's platform so it
+can be imported here. Figures are CPU time of the importing process (this machine is shared: wall
+time moves with the other processes' load, CPU time far less), the median of N fresh
+interpreters (`-n`), each with the
+layer and the function's directory on the path as Lambda arranges them, and settings in the
+environment (no SSM call: the network is not what is measured). Figures per handler:
+
+- import: `import app` alone (clients are built on first use): the figure held to 1.3x the floor;
+- cold: `import app` plus the first use of every client the handler holds (what a first request
+  pays before its own work), for information.
+
+Tracing off (POWERTOOLS_TRACE_DISABLED=true) is the target; tracing on (as in Lambda with
+Tracing: Active) is printed for comparison: the X-Ray SDK and its patches are imported then.
+
+    python bench/cold_start.py [-n 15] [--rebuild]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYER = ROOT / ".aws-sam" / "bench-layer"
+FUNCTIONS = ["redirect", "callback", "ws_connect", "ws_notify"]
+TARGET = 1.3
+ENV = {
+    "AWS_DEFAULT_REGION": "eu-central-1", "AWS_REGION": "eu-central-1",
+    "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+    "TABLE_NAME": "bench-table", "YCLIENTS_BASE_URL": "https://api.yclients.com", "YCLIENTS_APP_ID": "4242",
+    "YCLIENTS_PARTNER_TOKEN": "bench-partner-token", "JWT_SECRET": "b" * 40,
+    "WEBSOCKET_URL": "wss://example.execute-api.eu-central-1.amazonaws.com/prod",
+    "WEBSOCKET_MANAGEMENT_URL": "https://example.execute-api.eu-central-1.amazonaws.com/prod",
+    "ENTITY_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/bench",
+    "POWERTOOLS_SERVICE_NAME": "aiadmin-onboarding", "POWERTOOLS_METRICS_NAMESPACE": "AIAdmin/Onboarding",
+    "AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+}
+
+FLOOR = """
+import time
+t0 = time.process_time()
+import boto3
+boto3.resource("dynamodb").Table("bench-table")
+print(time.process_time() - t0)
+"""
+
+# The clients a handler may hold, created on first use: touch whichever the module has.
+HANDLER = """
+import sys, time
+t0 = time.process_time()
+import app
+t1 = time.process_time()
+for name in ("store", "yclients", "pusher", "entity_queue", "idempotency_store"):
+    client = getattr(app, name, None)
+    if client is not None:
+        getattr(client, "__dict__", None)  # a lazy client builds itself on any attribute access
+        for attr in ("_table", "_client", "_session", "table"):
+            getattr(client, attr, None)
+t2 = time.process_time()
+print(t1 - t0, t2 - t0, "aws_xray_sdk" in sys.modules)
+"""
+
+
+def build_layer(rebuild: bool) -> None:
+    python = LAYER / "python"
+    if rebuild or not python.is_dir():
+        shutil.rmtree(LAYER, ignore_errors=True)
+        uv = Path(sys.executable).parent / "uv"
+        subprocess.run([str(uv), "pip", "install", "--quiet", "--no-deps", "--compile-bytecode", "--python",
+                        sys.executable, "--target", str(python), "-r", str(ROOT / "layers/common/requirements.txt")],
+                       check=True)
+    # Our package as it is now (the point of running the bench), the dependencies as locked.
+    shutil.rmtree(python / "aiadmin", ignore_errors=True)
+    shutil.copytree(ROOT / "layers/common/aiadmin", python / "aiadmin")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(python / "aiadmin")], check=True)
+
+
+def _run(code: str, cwd: Path, tracing: bool) -> list[str]:
+    env = {"PATH": os.environ.get("PATH", ""), **ENV, "PYTHONPATH": f"{cwd}:{LAYER / 'python'}"}
+    if not tracing:
+        env["POWERTOOLS_TRACE_DISABLED"] = "true"
+    # -I: nothing from the user's site-packages or the venv: the layer alone, as in Lambda.
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    done = subprocess.run([str(base), "-c", f"import sys; sys.path[:0] = {str(cwd)!r}, {str(LAYER / 'python')!r}\n"
+                           + code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    return done.stdout.split()
+
+
+def median_of(runs: int, code: str, cwd: Path, tracing: bool) -> list[float | bool]:
+    samples = [_run(code, cwd, tracing) for _ in range(runs)]
+    columns = list(zip(*samples, strict=True))
+    out: list[float | bool] = []
+    for column in columns:
+        if column[0] in ("True", "False"):
+            out.append(column[0] == "True")
+        else:
+            out.append(statistics.median(float(v) for v in column))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=15, help="fresh interpreters per figure (median)")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the layer")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+    build_layer(args.rebuild)
+    floor = float(median_of(args.n, FLOOR, ROOT, tracing=False)[0])
+    print(f"floor: import boto3 + Table resource: {floor * 1000:.0f} ms (median of {args.n})")
+    print(f"{'handler':<12} {'tracing':<8} {'import':>8} {'ratio':>6} {'cold':>8} {'ratio':>6} {'x-ray':>6}")
+    figures = {"floor_ms": round(floor * 1000, 1), "handlers": {}}
+    worst = 0.0
+    for name in FUNCTIONS:
+        for tracing in (False, True):
+            imported, cold, xray = median_of(args.n, HANDLER, ROOT / "functions" / name, tracing)
+            ratio, cold_ratio = float(imported) / floor, float(cold) / floor
+            if not tracing:
+                worst = max(worst, ratio)
+            print(f"{name:<12} {'on' if tracing else 'off':<8} {float(imported) * 1000:>6.0f}ms {ratio:>5.2f}x "
+                  f"{float(cold) * 1000:>6.0f}ms {cold_ratio:>5.2f}x {'yes' if xray else 'no':>6}")
+            figures["handlers"][f"{name}/{'on' if tracing else 'off'}"] = {  # type: ignore[index]
+                "import_ms": round(float(imported) * 1000, 1), "cold_ms": round(float(cold) * 1000, 1),
+                "import_ratio": round(ratio, 2), "cold_ratio": round(cold_ratio, 2), "xray_imported": xray}
+    verdict = "met" if worst <= TARGET else "MISSED"
+    print(f"worst import/floor with tracing off: {worst:.2f}x (target <= {TARGET}x: {verdict})")
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
