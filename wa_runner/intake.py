@@ -36,8 +36,10 @@ class CommandIntake:
         self._holds = holds
 
     async def poll(self, now: float) -> int:
-        """Carry out the pending commands; returns how many sessions had one."""
-        if not self._holds(now):
+        """Carry out the pending commands; returns how many sessions had one. A runner that owns
+        no session has none to carry out: it does not ask (the reconcile covers a session that is
+        ours without the book knowing)."""
+        if not self._holds(now) or not self._supervisor.owned:
             return 0
         fence = self._fence()
         salon_ids = await asyncio.to_thread(self._ownership.pending_commands, fence.runner_id)

@@ -143,3 +143,12 @@ def test_a_salon_write_of_the_new_owner_is_not_a_command(store: Store) -> None:
     runner = _connected_runner(store, clock, range(1, 2))
     store.transition(1, SalonState.FROZEN, actor="yclients")  # a state change alone commands nothing
     assert asyncio.run(runner.intake.poll(clock.now)) == 0
+
+
+def test_a_runner_without_sessions_does_not_poll_for_commands(store: Store) -> None:
+    clock = FakeClock()
+    runner = make_runner(store, clock)
+    runner.membership.join(clock.now)
+    calls = Calls(store.table)
+    assert asyncio.run(runner.intake.poll(clock.now)) == 0
+    assert calls.counts == {}
