@@ -65,7 +65,9 @@ def _emitted_metrics() -> set[str]:
     for path in sources:
         code = path.read_text()
         emitted |= set(re.findall(r'add_metric\(\s*name="(\w+)"', code))
-        for prefix in re.findall(r'add_metric\(\s*name=f"(\w+_)\{\w+\.value\}"', code):
+        # The runner's event table names its metrics as data (`metric="..."`, `metric=f"..."`).
+        emitted |= set(re.findall(r'\bmetric="(\w+)"', code))
+        for prefix in re.findall(r'(?:add_metric\(\s*name|\bmetric)=f"(\w+_)\{\w+\.value\}"', code):
             emitted |= {prefix + state.value for state in SalonState}
         if re.search(r"add_metric\(\s*name=[a-z_]+\b", code):
             # The name is a variable: the CamelCase literals of that file are its candidates
