@@ -13,10 +13,14 @@ engine pairs, the simulated phone scans). Figures:
   vs the engine alone's CPU per QR code.
 - resuming stored sessions: a fresh runner with N leased linked sessions until all are
   connected, vs the engine alone connecting them all at once; and the SIGTERM hand-back.
-- "start" command -> first QR on the page: from the lease write (what the redirect does)
+- "start" command -> first QR on the page: from the session write (what the redirect does)
   to the QR message on the page's socket, vs the engine alone's start() -> QR event.
+- DynamoDB upkeep while idle: a runner (in this process, so a botocore hook sees its calls)
+  with N idle linked sessions for a window; each call is the salon's when it touches one of
+  a salon's items, else the runner's own (memberships, index queries); scaled to an hour.
 
-Run: `make bench` or `python bench/runner.py --idle 200 --resume 500`.
+Run: `make bench` or `python bench/runner.py --idle 200 --resume 500` (`--figures upkeep`
+for one part).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -48,7 +53,7 @@ from local.observe import wait_until, whatsapp
 from local.owner import open_page, receive_until
 from local.process import RunningStack, local_stack
 from local.seed import pair, record_linked
-from local.stack import DEFAULT_JWT_SECRET, runner_environment, start_runner
+from local.stack import DEFAULT_JWT_SECRET, REGION, runner_environment, start_runner
 from wa_runner.simulated import SimulatedEngine
 
 # QR codes last 3 s, then 1 s each (WhatsApp's 60 s + 5 x 20 s, scaled): many pushes quickly.
@@ -101,15 +106,19 @@ class RunnerProcess:
                                       interval=0.05, what=f"{runner_id} heartbeat")
 
     def _beat(self) -> dict[str, Any] | None:
+        """The runner's last status while it is live (its membership has not ended)."""
         beats = [b for b in self.store.runner_heartbeats() if b["runner_id"] == self.runner_id]
-        return beats[0] if beats and beats[0]["at"] > time.time() - 2 else None
+        if not beats or beats[0].get("left"):
+            return None
+        live_until = beats[0].get("expires", beats[0]["at"] + 2)  # (runners before memberships: no `expires`)
+        return beats[0] if live_until > time.time() else None
 
     def connected(self) -> int:
         beat = self._beat()
         return int(beat["phases"].get("connected", 0)) if beat else 0
 
     def stop(self) -> float:
-        """SIGTERM; seconds until the process has released its leases and exited."""
+        """SIGTERM; seconds until the process has handed its sessions over and exited."""
         stopping = time.perf_counter()
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=60)
@@ -165,7 +174,7 @@ def resume_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_id
         resumed = time.perf_counter() - process.started
         ready = process.ready_after
         time.sleep(SETTLE_SECONDS)
-        # Upkeep of that many idle sessions: lease reads and renewals, heartbeats.
+        # Upkeep of that many idle sessions: CPU (its DynamoDB calls: `upkeep_figures`).
         cpu_before, since = cpu_seconds(process.pid), time.perf_counter()
         time.sleep(4 * SETTLE_SECONDS)
         idle_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.perf_counter() - since)
@@ -251,36 +260,124 @@ def svg_render_ms() -> float:
     return (time.process_time() - started) / 50 * 1000
 
 
-def report(memory: dict[str, float], resume: dict[str, float], qr: dict[str, Any], idle: int, resumed: int) -> None:
+class DynamoCalls:
+    """A botocore hook counting a client's DynamoDB calls: a call (or each item of a batch or a
+    transaction) is a salon's when it touches a salon's item, else the runner's own."""
+
+    def __init__(self) -> None:
+        self.salon: Counter[str] = Counter()
+        self.runner: Counter[str] = Counter()
+
+    def watch(self, table: Any) -> None:
+        table.meta.client.meta.events.register("before-call.dynamodb.*", self._count)
+
+    def _count(self, model: Any, params: dict[str, Any], **_kwargs: Any) -> None:
+        name = model.name
+        body = params.get("body") or b"{}"
+        request = json.loads(body.decode() if isinstance(body, bytes) else body)  # the wire format: typed values
+        if name == "TransactWriteItems":
+            keys = [next(iter(item.values())).get("Key") or next(iter(item.values())).get("Item")
+                    for item in request.get("TransactItems", [])]
+        elif name == "BatchGetItem":
+            keys = [key for wanted in request.get("RequestItems", {}).values() for key in wanted.get("Keys", [])]
+        elif name in ("Query", "Scan"):
+            keys = [request.get("ExpressionAttributeValues") or {}]
+        else:
+            keys = [request.get("Key") or request.get("Item") or {}]
+        for key in keys:
+            values = [v.get("S", "") for v in (key or {}).values() if isinstance(v, dict)]
+            target = self.salon if any(str(v).startswith("SALON#") for v in values) else self.runner
+            target[name] += 1
+
+    def totals(self) -> tuple[int, int]:
+        return sum(self.salon.values()), sum(self.runner.values())
+
+
+def upkeep_figures(stack: RunningStack, data_dir: Path, salon_ids: list[int], window: float) -> dict[str, Any]:
+    """A runner in this process with the sessions connected and idle for `window` seconds."""
+    from aiadmin.push import Pusher
+    from aiadmin.yclients import YClientsClient
+    from wa_runner.runner import Runner
+
+    # The runner's other clients (the management API for pushes) as in the stack's runners.
+    os.environ.update({"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"})
+    table = stack.table()
+    store = Store(table)
+    calls = DynamoCalls()
+    calls.watch(table)
+    request_run(store, salon_ids)
+
+    async def measure() -> dict[str, Any]:
+        runner = Runner("bench-upkeep", store, SimulatedEngine(stack.base_url, data_dir / "sessions"),
+                        Pusher(stack.base_url), YClientsClient(stack.base_url, "partner-token", 1), stack.base_url)
+        stop = asyncio.Event()
+        running = asyncio.create_task(runner.run(stop))
+        while runner.status()["phases"].get("connected", 0) < len(salon_ids):
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(SETTLE_SECONDS)
+        before = (Counter(calls.salon), Counter(calls.runner))
+        started = time.perf_counter()
+        await asyncio.sleep(window)
+        elapsed = time.perf_counter() - started
+        salon, own = calls.salon - before[0], calls.runner - before[1]
+        for salon_id in salon_ids:  # paused, not handed over: the next figures start from none running
+            store.request_session(salon_id, "pause")
+        while runner.status()["sessions"]:
+            await asyncio.sleep(0.2)
+        stop.set()
+        await running
+        per_hour = 3600 / elapsed
+        return {"per_salon_hour": sum(salon.values()) * per_hour / len(salon_ids),
+                "per_runner_hour": sum(own.values()) * per_hour,
+                "runner_by_operation": {name: round(count * per_hour) for name, count in own.items()},
+                "salon_by_operation": {name: round(count * per_hour / len(salon_ids), 1)
+                                       for name, count in salon.items()},
+                "sessions": len(salon_ids), "window": elapsed}
+
+    return asyncio.run(measure())
+
+
+def report(memory: dict[str, float] | None, resume: dict[str, float] | None, qr: dict[str, Any] | None,
+           upkeep: dict[str, Any] | None, idle: int, resumed: int) -> None:
     def ms(values: list[float]) -> str:
         return f"median {statistics.median(values) * 1000:6.1f} ms, p95 {percentile(values, 0.95) * 1000:6.1f} ms"
 
-    ours = memory["runner_kb"] - memory["engine_kb"]
-    first_qr_extra = statistics.median(qr["first_qr"]) - statistics.median(qr["engine_first_qr"])
-    slow_extra = statistics.median(qr["first_qr_slow_poll"]) - statistics.median(qr["engine_first_qr"])
-    print(f"""
-WhatsApp runner, simulated engine, on the local stack (runner = its own process)
-Memory per idle linked session (RSS, marginal from {idle // 2} to {idle} connected):
+    print("\nWhatsApp runner, simulated engine, on the local stack (runner = its own process)")
+    if memory is not None:
+        ours = memory["runner_kb"] - memory["engine_kb"]
+        print(f"""Memory per idle linked session (RSS, marginal from {idle // 2} to {idle} connected):
   engine alone                    {memory['engine_kb']:8.1f} KB
   runner (engine + our code)      {memory['runner_kb']:8.1f} KB
   our own code                    {ours:8.1f} KB   (target: under 1024 KB)
   process isolation instead       {memory['process_isolation_mb']:8.1f} MB per session
-                                  (RSS of an engine-only process holding one session)
-CPU per QR push (code -> salon state -> page socket), {qr['pushes']} pushes:
+                                  (RSS of an engine-only process holding one session)""")
+    if qr is not None:
+        print(f"""CPU per QR push (code -> salon state -> page socket), {qr['pushes']} pushes:
   runner                          {qr['cpu_per_push_ms']:8.2f} ms   (drawing the QR as SVG: {svg_render_ms():.2f} ms)
-  engine alone, per QR code       {qr['engine_cpu_per_qr_ms']:8.2f} ms
-Resume {resumed} stored linked sessions:
+  engine alone, per QR code       {qr['engine_cpu_per_qr_ms']:8.2f} ms""")
+    if resume is not None:
+        print(f"""Resume {resumed} stored linked sessions:
   runner, process start -> all connected   {resume['runner_s']:6.2f} s   (first heartbeat: {resume['ready_s']:.2f} s)
   engine alone, all at once               {resume['engine_s']:6.2f} s
-  SIGTERM -> leases handed back, exited    {resume['sigterm_s']:6.2f} s
-  runner CPU while they idle               {resume['idle_cpu_pct']:6.1f} % of a core
-"Start" command (lease write) -> first QR on the page:
+  SIGTERM -> sessions handed over, exited  {resume['sigterm_s']:6.2f} s   (target: 25 s with 500)
+  runner CPU while they idle               {resume['idle_cpu_pct']:6.1f} % of a core""")
+    if qr is not None:
+        first_qr_extra = statistics.median(qr["first_qr"]) - statistics.median(qr["engine_first_qr"])
+        slow_extra = statistics.median(qr["first_qr_slow_poll"]) - statistics.median(qr["engine_first_qr"])
+        print(f""""Start" command (session write) -> first QR on the page:
   runner, poll 0.1 s (default)    {ms(qr['first_qr'])}   (+{first_qr_extra * 1000:.0f} ms over the engine)
   runner, poll 0.25 s             {ms(qr['first_qr_slow_poll'])}   (+{slow_extra * 1000:.0f} ms over the engine)
   engine alone, start() -> QR     {ms(qr['engine_first_qr'])}
   (a state change here, one moto transaction: {qr['transition_ms']:.1f} ms; the QR's runs two reads, one
-   transaction and one push after the claim; plus the claim poll's wait, half the poll on average)
-""")
+   transaction and one push after the claim; plus the claim poll's wait, half the poll on average)""")
+    if upkeep is not None:
+        sessions, window = upkeep["sessions"], upkeep["window"]
+        print(f"""DynamoDB upkeep, {sessions} idle linked sessions on one runner ({window:.0f} s window):
+  idle linked salon: {upkeep['per_salon_hour']:.1f} DynamoDB requests per hour   (target: at most 5)
+    by operation: {upkeep['salon_by_operation'] or '-'}
+  the runner's own (memberships, index polls), whatever its sessions: {upkeep['per_runner_hour']:.0f} per hour
+    by operation: {upkeep['runner_by_operation']}""")
 
 
 @contextlib.contextmanager
@@ -299,29 +396,41 @@ def bench_stack() -> Iterator[tuple[RunningStack, Path, IO[bytes]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--idle", type=int, default=200, help="idle linked sessions for the memory figure")
+    parser.add_argument("--idle", type=int, default=200, help="idle linked sessions for the memory and upkeep figures")
     parser.add_argument("--resume", type=int, default=500, help="stored sessions to resume")
     parser.add_argument("--attempts", type=int, default=10, help="linking attempts at once for CPU per QR push")
     parser.add_argument("--starts", type=int, default=20, help="start -> first QR samples")
+    parser.add_argument("--window", type=float, default=60, help="seconds of the idle upkeep window")
+    parser.add_argument("--figures", default="qr,memory,resume,upkeep", help="which figures (comma-separated)")
     args = parser.parse_args()
+    wanted = set(args.figures.split(","))
     logger.setLevel("WARNING")  # the store logs every state change it writes
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # the seeding's state changes are no metrics
+    qr = memory = resume = upkeep = None
     # QR figures first, on a fresh stack: moto's transactions (each state change is one) get
     # slower the fuller its table is, which would show as runner latency.
-    with bench_stack() as (stack, data_dir, log):
-        print("Measuring QR pushes and first QR...", flush=True)
-        qr = qr_figures(stack, data_dir, log, 800_000, args.attempts, args.starts)
-    with bench_stack() as (stack, data_dir, log):
-        linked = list(range(900_000, 900_000 + max(args.idle, args.resume)))
-        print(f"Linking {len(linked)} salons through the simulated phone...", flush=True)
-        asyncio.run(pair(SimulatedEngine(stack.base_url, data_dir / "sessions"), stack.base_url, linked))
-        store = Store(stack.table())
-        record_linked(store, linked, run=False)
-        print("Measuring memory...", flush=True)
-        memory = memory_figures(stack, data_dir, log, linked[:args.idle])
-        print("Measuring resume...", flush=True)
-        resume = resume_figures(stack, data_dir, log, linked[:args.resume])
-    report(memory, resume, qr, args.idle, args.resume)
+    if "qr" in wanted:
+        with bench_stack() as (stack, data_dir, log):
+            print("Measuring QR pushes and first QR...", flush=True)
+            qr = qr_figures(stack, data_dir, log, 800_000, args.attempts, args.starts)
+    if wanted & {"memory", "resume", "upkeep"}:
+        with bench_stack() as (stack, data_dir, log):
+            linked = list(range(900_000, 900_000 + max(args.idle, args.resume)))
+            print(f"Linking {len(linked)} salons through the simulated phone...", flush=True)
+            asyncio.run(pair(SimulatedEngine(stack.base_url, data_dir / "sessions"), stack.base_url, linked))
+            store = Store(stack.table())
+            record_linked(store, linked, run=False)
+            # Upkeep first: afterwards earlier runners' sessions would still be handed over.
+            if "upkeep" in wanted:
+                print(f"Measuring idle DynamoDB upkeep ({args.window:.0f} s)...", flush=True)
+                upkeep = upkeep_figures(stack, data_dir, linked[:args.idle], args.window)
+            if "memory" in wanted:
+                print("Measuring memory...", flush=True)
+                memory = memory_figures(stack, data_dir, log, linked[:args.idle])
+            if "resume" in wanted:
+                print("Measuring resume...", flush=True)
+                resume = resume_figures(stack, data_dir, log, linked[:args.resume])
+    report(memory, resume, qr, upkeep, args.idle, args.resume)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""What tests and benchmarks read of a running local stack: session leases and runner
-heartbeats (from its DynamoDB), the simulated WhatsApp server's view of the devices, and the
+"""What tests and benchmarks read of a running local stack: session owners and runner
+memberships (from its DynamoDB), the simulated WhatsApp server's view of the devices, and the
 runners' metrics and dropped sessions (from their output)."""
 
 from __future__ import annotations
@@ -48,10 +48,19 @@ def leases(stack: RunningStack, salon_ids: Iterable[int]) -> dict[int, SessionLe
 
 
 def owners(stack: RunningStack, salon_ids: Iterable[int]) -> dict[int, str | None]:
-    """Who holds each salon's lease now (None: nobody, or an expired lease)."""
+    """Who owns each salon's session now: a runner whose membership (of that epoch) is live;
+    None for nobody, or a dead runner (its sessions wait to be taken over)."""
     now = time.time()
-    return {salon_id: lease.owner if lease.owner and lease.lease_expires > now else None
+    live = {(m.runner_id, m.epoch) for m in store(stack).ownership.members() if not m.left and m.expires > now}
+    return {salon_id: lease.owner if (lease.owner, lease.owner_epoch) in live else None
             for salon_id, lease in leases(stack, salon_ids).items()}
+
+
+def live_heartbeats(stack: RunningStack) -> dict[str, dict[str, Any]]:
+    """The last status of each runner whose membership is live."""
+    now = time.time()
+    return {runner_id: beat for runner_id, beat in heartbeats(stack).items()
+            if not beat["left"] and beat["expires"] > now}
 
 
 def heartbeats(stack: RunningStack) -> dict[str, dict[str, Any]]:

@@ -77,7 +77,7 @@ def _print_status(found: dict[str, Any]) -> None:
         runner = session["runner"] or "no runner (waiting to be claimed)"
         line = f"  session: desired {session['desired']} (generation {session['generation']}), owner {runner}"
         if session["runner"]:
-            line += f", lease {session['lease_left_seconds']} s left"
+            line += f", epoch {session['owner_epoch']}"
             beat = session["runner_heartbeat_age_seconds"]
             line += f", heartbeat {beat} s ago" if beat is not None else ", no heartbeat from it"
         print(line)

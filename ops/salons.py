@@ -49,7 +49,7 @@ def status(store: Store, salon_id: int, now: float, events: int = 10) -> dict[st
         heartbeat = heartbeats.get(session.owner) if session.owner else None
         owner = {
             "desired": session.desired, "generation": session.generation, "runner": session.owner,
-            "lease_left_seconds": round(session.lease_expires - now, 1) if session.owner else None,
+            "owner_epoch": session.owner_epoch,
             "runner_heartbeat_age_seconds": round(now - heartbeat, 1) if heartbeat is not None else None,
         }
     return {

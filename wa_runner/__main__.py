@@ -9,16 +9,18 @@ import socket
 import sys
 
 import boto3
+from botocore.config import Config
 
 from aiadmin.activation import ActivationPolicy
 from aiadmin.config import SettingsError, load_settings
 from aiadmin.observability import logger
+from aiadmin.ownership import Ownership
 from aiadmin.push import Pusher
 from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.keys import KeyStore, PostgresKeys, SqliteKeyFiles
-from wa_runner.runner import Runner, RunnerLimits
+from wa_runner.runner import IO_THREADS, RELEASE_THREADS, Runner, RunnerLimits
 
 
 def _engine(name: str, store: Store) -> WhatsAppEngine:
@@ -51,8 +53,19 @@ async def main() -> None:
         "websocket_management_url", "public_base_url", "wa_engine", "runner_poll_seconds",
         "runner_lease_seconds", "activation_retry_seconds", "yclients_channels",
         "runner_max_pairings", "runner_resume_concurrency", "runner_abandon_seconds",
+        "runner_command_poll_seconds", "runner_reconcile_seconds", "runner_activation_workers",
     ])
-    store = Store(boto3.resource("dynamodb").Table(settings.table_name))
+    # Enough connections for every I/O thread (and the parallel hand-back at shutdown).
+    store = Store(boto3.resource("dynamodb", config=Config(max_pool_connections=IO_THREADS + RELEASE_THREADS))
+                  .Table(settings.table_name))
+    # The membership has a client of its own (its own connections: never queued behind the
+    # others). Each call waits up to a quarter of the lease and is not retried by botocore: the
+    # membership tries again itself, a second later, with a fresh clock (a retry inside one call
+    # would renew from the time the first attempt started).
+    membership_table = boto3.session.Session().resource("dynamodb", config=Config(
+        connect_timeout=2, read_timeout=max(2.0, settings.runner_lease_seconds / 4),
+        retries={"mode": "standard", "max_attempts": 1},
+    )).Table(settings.table_name)
     engine = _engine(settings.wa_engine, store)
     runner_id = os.environ.get("RUNNER_ID") or f"{socket.gethostname()}-{os.getpid()}"
     runner = Runner(
@@ -65,6 +78,10 @@ async def main() -> None:
         public_base_url=settings.public_base_url,
         poll_seconds=settings.runner_poll_seconds,
         lease_seconds=settings.runner_lease_seconds,
+        command_poll_seconds=settings.runner_command_poll_seconds,
+        reconcile_seconds=settings.runner_reconcile_seconds,
+        activation_workers=settings.runner_activation_workers,
+        membership_store=Ownership(membership_table),
         activation_policy=ActivationPolicy(first_delay=settings.activation_retry_seconds,
                                            channels=settings.yclients_channels),
         limits=RunnerLimits(max_pairings=settings.runner_max_pairings,
@@ -79,7 +96,7 @@ async def main() -> None:
     print(f"runner {runner_id} ready (pid {os.getpid()})", flush=True)
     await runner.run(stop)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        # Leases are released; a second signal (Ctrl-C reaches the whole process group, then
+        # Sessions are handed back; a second signal (Ctrl-C reaches the whole process group, then
         # the local stack sends SIGTERM) has nothing left to do.
         loop.remove_signal_handler(signum)
         signal.signal(signum, signal.SIG_IGN)

@@ -333,5 +333,5 @@ class NeonizeEngine:
             logger.info("logout not confirmed by WhatsApp", extra={"salon_id": salon_id, "error": str(exc)[:200]})
 
     async def close(self) -> None:
-        for salon_id in list(self._sessions):
-            await self.stop(salon_id)
+        # All at once: the Go calls queue on their lock, the waits for the threads overlap.
+        await asyncio.gather(*(self.stop(salon_id) for salon_id in list(self._sessions)))

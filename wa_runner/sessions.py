@@ -1,4 +1,4 @@
-"""The runner's book of the sessions it owns: one `OwnedSession` per leased salon, with the
+"""The runner's book of the sessions it owns: one `OwnedSession` per owned salon, with the
 phase the session is in as the runner sees it (what the heartbeat counts) and the
 bookkeeping of supervision (crash backoff) and of linking attempts (page seen, scan)."""
 
@@ -39,6 +39,8 @@ class OwnedSession:
     failures: int = 0                      # consecutive crashes or drops, for the backoff
     retry_at: float = 0.0
     page_seen_at: float = 0.0              # last time the salon's page had a socket open
+    # An explicit "activate again" request (a new consent, an ops retry) not yet acted on.
+    retry_activation: bool = False
 
     @property
     def salon_id(self) -> int:
@@ -47,7 +49,7 @@ class OwnedSession:
     @property
     def command(self) -> tuple[str, int]:
         """What the rest of the system asks of this session; a change is a command."""
-        return self.lease.desired, self.lease.generation
+        return self.lease.command
 
     @property
     def pairing(self) -> bool:

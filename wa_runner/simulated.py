@@ -107,8 +107,7 @@ class SimulatedEngine:
             self._keys.remove(salon_id)
 
     async def close(self) -> None:
-        for salon_id in list(self._tasks):
-            await self.stop(salon_id)
+        await asyncio.gather(*(self.stop(salon_id) for salon_id in list(self._tasks)))  # all at once
         if self._http is not None:
             await self._http.close()
             self._http = None

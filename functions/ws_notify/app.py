@@ -30,7 +30,7 @@ from aiadmin.onboarding import (
     request_relink,
     state_message,
 )
-from aiadmin.push import Pusher
+from aiadmin.push import Pusher, pushed_by_stream
 from aiadmin.sockets import (
     MESSAGE_WINDOW_SECONDS,
     RATE_LIMITED_KEY,
@@ -48,8 +48,6 @@ settings = load_settings(["table_name", "websocket_management_url", "pairing_min
 store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
 pusher = lazy(lambda: Pusher(settings.websocket_management_url))
 
-# The runner pushes what it changes itself, straight away; the stream covers everyone else.
-RUNNER_ACTOR = "runner"
 ACTIONS = ("sync", "new_qr", "pairing_code", "relink")
 
 
@@ -132,19 +130,19 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
 def stream_handler(event: DynamoDBStreamEvent, context: LambdaContext) -> None:
     for record in event.records:
         image = record.dynamodb.new_image if record.dynamodb else None
-        if not image or image.get("sk") != "STATE" or image.get("updated_by") == RUNNER_ACTOR:
+        if not image or image.get("sk") != "STATE":
             continue
         try:
             salon: Salon | None = Store.salon_from_image(image)
         except ValidationError:
             # A partial image (some stores stream keys only): read the item itself.
             salon = store.get_salon(int(str(image["pk"]).removeprefix("SALON#")))
-        if salon is None:
+        if salon is None or not pushed_by_stream(salon):  # who pushes what: aiadmin.push
             continue
         # The stream lags: by now the runner may have moved the salon on (a QR a few ms after
-        # the consent) and pushed that itself. Pushing this older state after it would leave
-        # the page showing it, so only the latest version is pushed; each later one has its
-        # own record or was pushed by the runner.
+        # the consent) and pushed that itself. The page ignores older versions, but a page
+        # cached from before versions did not: only the latest version is pushed; each later
+        # one has its own record or was pushed by the runner.
         current = store.get_salon(salon.salon_id)
         if current is None or current.version != salon.version:
             continue

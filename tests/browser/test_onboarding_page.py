@@ -36,7 +36,7 @@ def test_owner_scans_the_qr_from_the_page_and_sees_active(stack: RunningStack, b
     page.wait_for_url("**/marketplace/onboarding*")
     assert "token=" not in page.url, "the token must leave the address bar"
     card = page.locator("#card")
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     expect(page.locator("#salon")).to_contain_text("Барбершоп «Борода & Ко»")
     expect(page.locator("#countdown")).to_contain_text("Код обновится через")
     expect(page.locator("#deadline")).to_contain_text("Осталось времени")
@@ -58,7 +58,7 @@ def test_owner_supplied_names_are_escaped(stack: RunningStack, browser: Browser)
     page = _new_page(browser)
     page.goto(stack.marketplace + "/")
     page.locator("li[data-salon='103'] button").click()
-    expect(page.locator("#card")).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(page.locator("#card")).to_have_attribute("data-state", "qr_ready", timeout=45000)
     # "<Ноготок>" is shown as text, never parsed as markup.
     expect(page.locator("#salon")).to_have_text("Салон: Студия маникюра <Ноготок>")
     assert page.locator("#salon ноготок").count() == 0
@@ -75,7 +75,7 @@ def test_owner_on_the_salons_phone_links_with_a_pairing_code(stack: RunningStack
     page.goto(stack.marketplace + "/")
     page.locator("li[data-salon='101'] button").click()
     card = page.locator("#card")
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     expect(page.locator("#qr-box")).to_be_hidden()                  # phone-first: the number leads
     expect(page.get_by_role("button", name="Привязать по QR-коду")).to_be_visible()
     phone = page.get_by_label("Номер WhatsApp салона")
@@ -112,7 +112,7 @@ def test_a_second_number_too_soon_is_refused_with_a_clear_message(stack: Running
     page = _new_page(browser)
     page.goto(press_connect(stack.marketplace, 104))
     card = page.locator("#card")
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     page.get_by_role("button", name="Привязать по номеру телефона").click()
     phone = page.get_by_label("Номер WhatsApp салона")
     phone.fill("8 (900) 123-45-67")
@@ -145,11 +145,11 @@ def test_bad_redirect_shows_a_friendly_page(stack: RunningStack, browser: Browse
 def _scan_shown_code(stack: RunningStack, page: Page, salon_id: str) -> None:
     card = page.locator("#card")
     expect(card).to_have_attribute("data-salon", salon_id, timeout=15000)
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     qr = _decode_qr(page)
     response = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
     if response.status_code != 200:  # the code turned over between the screenshot and the scan
-        expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+        expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
         qr = _decode_qr(page)
         response = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": qr}, timeout=10)
     assert response.status_code == 200, response.text
@@ -215,11 +215,11 @@ def test_past_the_owners_hour_the_page_says_so_and_keeps_going(stack: RunningSta
     page.goto(stack.marketplace + "/")
     page.locator("li[data-salon='118'] button").click()
     card = page.locator("#card")
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     expect(page.locator("#deadline")).to_contain_text("в течение часа")
     Store(stack.table()).update_profile(118, {"activation_deadline": time.time() - 5})
     page.reload()  # the page asks for the current state again
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     expect(page.locator("#deadline")).to_contain_text("Час на подключение прошёл", timeout=15000)
     expect(page.locator("#deadline")).to_contain_text("пока YClients его ждёт")
     scanned = requests.post(stack.base_url + "/_local/whatsapp/scan", json={"qr": _decode_qr(page)}, timeout=10)

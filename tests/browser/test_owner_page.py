@@ -50,7 +50,7 @@ def test_on_a_phone_the_number_leads_and_the_owner_links_by_code(stack: RunningS
     errors = watch_errors(page)
     page.goto(press_connect(stack.marketplace, 301))
     card = page.locator("#card")
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     # Phone-first: the number form leads, the QR is one tap away.
     expect(page.locator("#phone-form")).to_be_visible()
     expect(page.locator("#qr-box")).to_be_hidden()
@@ -90,7 +90,7 @@ def test_on_a_desktop_the_qr_leads_and_a_foreign_number_is_pointed_out(stack: Ru
     errors = watch_errors(page)
     page.goto(press_connect(stack.marketplace, 302))
     card = page.locator("#card")
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     expect(page.locator("#qr-box")).to_be_visible()
     expect(page.locator("#phone-form")).to_be_hidden()
     expect(page.get_by_role("button", name="Привязать по номеру телефона")).to_be_visible()
@@ -127,7 +127,7 @@ def test_an_english_browser_gets_english_throughout(stack: RunningStack, browser
     errors = watch_errors(page)
     page.goto(press_connect(stack.marketplace, 303))
     card = page.locator("#card")
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     expect(page.locator("html")).to_have_attribute("lang", "en")
 
     def no_russian() -> None:
@@ -220,7 +220,7 @@ def test_inside_a_yclients_iframe_the_owner_links(stack: RunningStack, browser: 
     page.goto(host_url)
     frame = page.frame_locator("iframe[title='AI Admin']")
     card = frame.locator("#card")
-    expect(card).to_have_attribute("data-state", "qr_ready", timeout=15000)
+    expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     scanned = requests.post(stack.base_url + "/_local/whatsapp/scan",
                             json={"qr": decode_qr(frame.locator("#qr")), "phone": OWNER_PHONE}, timeout=10)
     assert scanned.status_code == 200, scanned.text

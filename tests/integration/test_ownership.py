@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from local.observe import owners, store, wait_until, whatsapp
+from local.observe import live_heartbeats, owners, store, wait_until, whatsapp
 from local.owner import follow_redirect, link_to_active, open_page, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
 from tests.helpers import report_stack_output_on_failure
@@ -263,4 +263,4 @@ async def _bounded_and_abandoned(stack: RunningStack) -> None:
 
 
 def _heartbeats(stack: RunningStack) -> dict[str, dict]:
-    return {b["runner_id"]: b for b in store(stack).runner_heartbeats() if time.time() - b["at"] < 3}
+    return live_heartbeats(stack)

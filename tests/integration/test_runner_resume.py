@@ -1,13 +1,12 @@
 """The runner in-process against the simulated WhatsApp server and DynamoDB (moto): linked
 sessions are resumed a few at a time, as the runner's `resume_concurrency` says, and stay
-the runner's through its lease reads."""
+the runner's through its reconcile."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from aiadmin.models import SessionLease
+from aiadmin.ownership import Ownership
 from aiadmin.push import Pusher
 from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
@@ -73,25 +73,27 @@ def test_without_the_bound_they_would_all_connect_at_once(store: Store, tmp_path
     assert asyncio.run(_resume_all(store, tmp_path, concurrency=len(SALONS))) > 3
 
 
-class SlowLeaseReads(Store):
-    """The real store, whose batch read of leases takes a while (as with hundreds of them),
-    and tells when one is under way."""
+class SlowReconcile(Ownership):
+    """The real ownership store, whose read of the runner's sessions for the reconcile takes a
+    while (as with thousands of them), and tells when one is under way."""
 
     def __init__(self, table: Any) -> None:
         super().__init__(table)
         self.reading = threading.Event()
 
-    def get_sessions(self, salon_ids: Iterable[int]) -> dict[int, SessionLease]:
+    def owned_by(self, runner_id: str, limit: int | None = None) -> list[SessionLease]:
         self.reading.set()
-        time.sleep(0.8)
         try:
-            return super().get_sessions(salon_ids)
+            found = super().owned_by(runner_id, limit)
+            time.sleep(0.8)  # the answer is already old when it arrives
+            return found
         finally:
             self.reading.clear()
 
 
-def test_a_session_claimed_during_the_lease_read_is_kept(table: Any, tmp_path: Path) -> None:
-    store = SlowLeaseReads(table)
+def test_a_session_claimed_during_the_reconcile_is_kept(table: Any, tmp_path: Path) -> None:
+    store = Store(table)
+    store.ownership = slow = SlowReconcile(table)
 
     async def scenario() -> None:
         async with simulated_whatsapp() as (whatsapp, url):
@@ -99,14 +101,14 @@ def test_a_session_claimed_during_the_lease_read_is_kept(table: Any, tmp_path: P
             record_linked(store, [801], run=True)
             record_linked(store, [802], run=False)
             runner = Runner("runner-t", store, SimulatedEngine(url, tmp_path), Pusher(url),
-                            YClientsClient(url, "partner-token", 1), url, poll_seconds=0.05)
+                            YClientsClient(url, "partner-token", 1), url, poll_seconds=0.05, reconcile_seconds=1)
             stop = asyncio.Event()
             running = asyncio.create_task(runner.run(stop))
             try:
-                while not (801 in runner._owned and store.reading.is_set()):
+                while not (801 in runner.supervisor.owned and slow.reading.is_set()):
                     await asyncio.sleep(0.01)
-                store.request_session(802, "run")  # claimed while the read of 801's lease is under way
-                await asyncio.sleep(3)  # several reads and renewals later
+                store.request_session(802, "run")  # claimed while the reconcile's read is under way
+                await asyncio.sleep(3)  # several reconciles later
                 assert runner.status()["phases"] == {"connected": 2}
                 assert [d.resumes for d in whatsapp.devices.values()] == [1, 1]  # neither was dropped
             finally:

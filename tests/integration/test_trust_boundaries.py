@@ -262,7 +262,8 @@ def test_replayed_uninstalls_are_harmless_and_a_reinstall_then_uninstall_is_proc
 
     # Minutes later (here: seconds), the owner installs again and uninstalls again.
     _token(stack, salon)
-    assert _state(stack, salon) == "pending_whatsapp" and "ttl" not in _item(stack, salon, "STATE")  # type: ignore[operator]
+    # The runner may already show the new attempt's QR: either way a fresh linking attempt, no TTL.
+    assert _state(stack, salon) in ("pending_whatsapp", "qr_ready") and "ttl" not in _item(stack, salon, "STATE")  # type: ignore[operator]
     assert _lifecycle(stack, salon, "uninstall").json()["result"] == "uninstalled"
     assert _state(stack, salon) == "uninstalled" and _uninstalls(stack, salon) == 2
     assert _lifecycle(stack, salon, "uninstall").json()["result"] == "uninstalled"

@@ -54,3 +54,37 @@ def test_a_connection_still_in_its_handshake_gets_the_message_and_a_gone_one_is_
     assert Pusher(management_url).fan_out(store, 9, '{"type": "state"}') == 2
     assert sorted(ManagementApi.received) == ["c-new", "c-open"]
     assert sorted(store.connections_of(9)) == ["c-new", "c-open"]
+
+
+class SlowManagementApi(Pusher):
+    """Each delivery takes a (fake) second."""
+
+    def __init__(self) -> None:
+        super().__init__("http://127.0.0.1:9", client=object())
+        self.now = 0.0
+        self.sent: list[str] = []
+
+    def send(self, connection_id: str, payload: str) -> bool:
+        self.now += 1.0
+        self.sent.append(connection_id)
+        return True
+
+
+def test_a_fan_out_gives_up_at_its_deadline(store: Store) -> None:
+    for connection_id in ("c1", "c2", "c3", "c4"):
+        store.add_connection(connection_id, 9)
+    pusher = SlowManagementApi()
+    assert pusher.fan_out(store, 9, "{}", deadline_seconds=2.5, clock=lambda: pusher.now) == 3
+    assert len(pusher.sent) == 3  # the fourth was never tried: the deadline had passed
+
+
+def test_who_pushes_a_change_is_one_rule() -> None:
+    from aiadmin.models import Salon
+    from aiadmin.push import RUNNER_ACTOR, pushed_by_stream
+    from aiadmin.states import SalonState
+
+    def change(actor: str) -> Salon:
+        return Salon(salon_id=1, state=SalonState.QR_READY, updated_by=actor)
+
+    assert not pushed_by_stream(change(RUNNER_ACTOR))  # the runner pushes its own at once
+    assert all(pushed_by_stream(change(actor)) for actor in ("redirect", "owner", "yclients", "ops", "seed"))

@@ -11,13 +11,9 @@ from typing import Any
 import pytest
 
 from aiadmin.observability import NAMESPACE, SERVICE
-from aiadmin.push import Pusher
-from aiadmin.store import Store
-from aiadmin.yclients import YClientsClient
 from local.template import load_template
 from wa_runner import healthcheck
-from wa_runner.runner import Runner
-from wa_runner.simulated import SimulatedEngine
+from wa_runner.health import Health
 
 
 def test_heartbeat_file_keeps_the_status_and_the_check_reads_its_age(tmp_path: Path) -> None:
@@ -36,14 +32,10 @@ def _emf_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{") and '"_aws"' in line]
 
 
-def test_health_metrics_are_written_for_the_fleet_and_per_runner(store: Store, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch,
+def test_health_metrics_are_written_for_the_fleet_and_per_runner(monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
-    url = "http://127.0.0.1:9"  # never called
-    runner = Runner("runner-7", store, SimulatedEngine(url, tmp_path), Pusher(url),
-                    YClientsClient(url, "partner-token", 1), url)
-    runner._publish_health(runner.status())
+    Health("runner-7").publish({"sessions": 0, "phases": {}, "pairings": 0}, linked=0)
     [emf] = _emf_lines(capsys.readouterr().out)
     [directive] = emf["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == NAMESPACE

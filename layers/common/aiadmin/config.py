@@ -163,7 +163,15 @@ _FIELDS: dict[str, _Field] = {
     # How often a runner looks for unowned sessions: half of it is the average wait before a
     # new linking attempt starts (one small index Query each time).
     "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.1"),
-    "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "30"),
+    # A runner's membership lease: it renews every sixth of it; a runner that cannot renew
+    # stops its sessions, and the others take them over a tenth of it after it ended.
+    "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "20"),
+    # How often a runner looks for commands for its sessions (one index query each time).
+    "runner_command_poll_seconds": _Field("RUNNER_COMMAND_POLL_SECONDS", _positive_float, "0.5"),
+    # The safety net behind the command index: every owned session compared this often.
+    "runner_reconcile_seconds": _Field("RUNNER_RECONCILE_SECONDS", _positive_float, "300"),
+    # Activations (YClients calls with their retries) one runner runs at once.
+    "runner_activation_workers": _Field("RUNNER_ACTIVATION_WORKERS", _positive_int, "16"),
     # Linking attempts one runner runs at once; over it, others take the new ones.
     "runner_max_pairings": _Field("RUNNER_MAX_PAIRINGS", _positive_int, "20"),
     # Linked sessions a runner connects at the same time when resuming (start, takeover).

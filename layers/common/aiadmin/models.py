@@ -60,14 +60,20 @@ SessionDesire = Literal["link", "run", "pause", "stop"]
 
 
 class SessionLease(BaseModel):
-    """Who owns a salon's WhatsApp session and what the rest of the system wants from it.
+    """A salon's WhatsApp session item: what the rest of the system wants from the session,
+    and which runner owns it (`aiadmin.ownership` keeps these items).
 
     `desired` is the command channel from handlers to the owning runner: `link` (start a
     linking attempt; a new `generation` means a fresh attempt), `run` (keep the linked
     session connected), `pause` (frozen: keep keys, disconnect), `stop` (uninstalled: log out
     and delete keys). With `link`, `pair_phone` (international digits) asks for a pairing
     code for that number instead of a QR; `device_jid` names the linked device when the keys
-    live in a shared Postgres store instead of one SQLite file per salon."""
+    live in a shared Postgres store instead of one SQLite file per salon.
+
+    Ownership: `owner` and `owner_epoch` name the runner membership (runner id, epoch) that
+    owns the session; no owner means some runner may claim it. `activation_retry` is the
+    generation of an explicit "activate again" request (a new consent, an ops retry) not yet
+    taken up by the owner: only that re-activates a salon whose activation failed."""
 
     model_config = ConfigDict(extra="ignore", defer_build=True)
 
@@ -77,7 +83,27 @@ class SessionLease(BaseModel):
     pair_phone: str | None = None
     device_jid: str | None = None
     owner: str | None = None
-    lease_expires: float = 0
+    owner_epoch: int | None = None
+    activation_retry: int | None = None
+    # Counts commands; the owner acknowledges the one it carried out by this number.
+    command_seq: int = 0
+    # The index sort key (see aiadmin.ownership): `S#<salon id>` for an owned session with no
+    # command waiting.
+    session_sk: str | None = None
+
+    @property
+    def command(self) -> tuple[str, int]:
+        """What the rest of the system asks of this session; a change is a command."""
+        return self.desired, self.generation
+
+    @property
+    def command_waiting(self) -> bool:
+        """Owned, with a command its owner has not acknowledged yet."""
+        return self.owner is not None and self.session_sk is not None and not self.session_sk.startswith("S#")
+
+    @property
+    def wants_activation_retry(self) -> bool:
+        return self.activation_retry is not None and self.activation_retry == self.generation
 
 
 class EntityWebhook(BaseModel):
@@ -112,6 +138,9 @@ class StateMessage(BaseModel):
     type: Literal["state"] = "state"
     salon_id: int
     state: SalonState
+    # The salon's version: the page ignores a message older than the one it shows (pushes
+    # from different senders may arrive out of order).
+    version: int = 0
     title: str
     hint: str
     salon_name: str = ""
@@ -137,6 +166,7 @@ class StateMessage(BaseModel):
         return cls(
             salon_id=salon.salon_id,
             state=salon.state,
+            version=salon.version,
             title=title,
             hint=hint,
             salon_name=salon.salon_name,

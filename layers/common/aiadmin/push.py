@@ -1,4 +1,16 @@
-"""Pushes to the onboarding page's WebSocket connections via the API Gateway management API."""
+"""Pushes to the onboarding page's WebSocket connections via the API Gateway management API,
+and the one rule for who pushes a salon's change.
+
+Who pushes (the only place that decides; `pushed_by_stream` is what the stream consumer asks):
+- a change the runner writes (QR codes, pairing codes, linking, activation) is pushed by the
+  runner itself, right after its write: those are on the owner's critical path, and the
+  stream would add its lag;
+- every other change (the redirect, the page's own requests, lifecycle webhooks, ops) is
+  pushed by the DynamoDB stream consumer (`functions/ws_notify.stream_handler`);
+- a page that asks (`sync`, or on opening) gets the current state in reply: not a change push.
+Every state message carries the salon's `version`; the page ignores a message older than the
+one it shows, so a late, repeated or out-of-order push never shows an older state.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +19,24 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from aiadmin.models import Salon
 from aiadmin.observability import logger
 from aiadmin.store import Store
 
 # How long a WebSocket handshake may take after $connect recorded the connection.
 HANDSHAKE_SECONDS = 0.5
+# A fan-out gives up after this long (a slow or hanging management API never holds the
+# pusher's next message: the page asks again with `sync` when it reconnects).
+PUSH_DEADLINE_SECONDS = 5.0
+# The actor whose changes the runner pushes itself.
+RUNNER_ACTOR = "runner"
+
+
+def pushed_by_stream(salon: Salon) -> bool:
+    """Whether the stream consumer pushes this change (see the module's rule)."""
+    return salon.updated_by != RUNNER_ACTOR
 
 
 class Pusher:
@@ -21,7 +44,7 @@ class Pusher:
         self._client = client or boto3.client(
             "apigatewaymanagementapi",
             endpoint_url=endpoint_url,
-            config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
+            config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 2}, max_pool_connections=32),
         )
 
     def send(self, connection_id: str, payload: str) -> bool:
@@ -34,19 +57,25 @@ class Pusher:
             raise
         return True
 
-    def fan_out(self, store: Store, salon_id: int, payload: str) -> int:
+    def fan_out(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = PUSH_DEADLINE_SECONDS,
+                clock: Any = time.monotonic) -> int:
         """Send to every connection of the salon; delete the gone ones. Returns deliveries.
+        Connections not reached within `deadline_seconds` are skipped (and counted as not delivered).
 
         API Gateway also answers 410 for a connection whose $connect is still under way (it is
         recorded during $connect): such a connection gets the message once more after a short
         pause, and only if it still answers 410 is it forgotten. Else a page that connected
         just as its QR was pushed would never get another message."""
+        deadline = clock() + deadline_seconds
         delivered = 0
         gone: list[str] = []
         for connection_id in store.connections_of(salon_id):
+            if clock() >= deadline:
+                logger.warning("push deadline passed", extra={"salon_id": salon_id})
+                return delivered
             if self._try_send(connection_id, payload, salon_id, gone):
                 delivered += 1
-        if gone:
+        if gone and clock() + HANDSHAKE_SECONDS < deadline:
             time.sleep(HANDSHAKE_SECONDS)
             still_gone: list[str] = []
             for connection_id in gone:
@@ -61,7 +90,7 @@ class Pusher:
             if self.send(connection_id, payload):
                 return True
             gone.append(connection_id)
-        except ClientError:
-            # One broken connection must not stop the others from getting the state.
+        except (ClientError, BotoCoreError):
+            # One broken or slow connection must not stop the others from getting the state.
             logger.exception("push failed", extra={"salon_id": salon_id})
         return False

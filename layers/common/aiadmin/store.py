@@ -10,13 +10,14 @@ Key schema (single table, string keys `pk`/`sk`):
 | salon event log   | SALON#<id>        | EVENT#<ms>#<rand>      | who/what/when; TTL                      |
 | socket slot (fan-out) | SALON#<id>    | CONN#<slot 0..4>       | connection_id, held_until; TTL          |
 | connection by id  | CONN#<connection id> | CONN                | salon_id, slot, token_exp, message counter; TTL |
-| session lease     | SALON#<id>        | SESSION                | `SessionLease`; GSI LeaseIndex          |
-| runner heartbeat  | RUNNERS           | <runner id>            | at, sessions, phases, pairings; TTL     |
+| WhatsApp session  | SALON#<id>        | SESSION                | `SessionLease`: command, owner; GSI SessionIndex |
+| runner membership | RUNNERS           | <runner id>            | epoch, expires, at, status (heartbeat)  |
 | idempotency       | idempotency#...   | <hash>                 | written by powertools Idempotency       |
 
-`LeaseIndex` (pk `lease_pk`, sk `lease_expires`) holds only sessions that need an owner
-process (sparse): a runner finds claimable sessions with one Query
-`lease_pk = LEASE AND lease_expires < now`, and claims each with a conditional write.
+`SessionIndex` (pk `session_pk`, sk `session_sk`, sparse) holds claimable sessions
+(`CLAIM#<shard>`), and owned ones by owner (`OWNER#<runner id>`, with a pending command
+sorted first). How ownership works (memberships, epochs, fencing, commands, takeover)
+is in `aiadmin.ownership`, which reads and writes the session and membership items.
 TTL attribute: `ttl` (epoch seconds). An uninstalled salon's STATE and SESSION items get one
 (`UNINSTALLED_RETENTION_SECONDS`); any later transition or command removes it again.
 
@@ -38,8 +39,14 @@ from typing import Any, Literal
 from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
+from aiadmin.dynamo import cancelled_by_checks
+from aiadmin.dynamo import from_dynamo as _from_dynamo
+from aiadmin.dynamo import is_condition_failure as _is_condition_failure
+from aiadmin.dynamo import salon_pk as _salon_pk
+from aiadmin.dynamo import to_dynamo as _to_dynamo
 from aiadmin.models import Salon, SessionDesire, SessionLease
 from aiadmin.observability import log_state_change, logger, metrics
+from aiadmin.ownership import Fence, Member, Ownership
 from aiadmin.states import IllegalTransition, SalonState, check_transition
 
 # API Gateway closes a WebSocket after 2 hours at most: a slot whose $disconnect was lost is
@@ -50,41 +57,9 @@ EVENT_TTL_SECONDS = 90 * 24 * 3600
 UNINSTALLED_RETENTION_SECONDS = 30 * 24 * 3600
 SECRETS_SK = "SECRETS"
 PAIRING_SK = "PAIRING"
-LEASE_PARTITION = "LEASE"
-RUNNERS_PARTITION = "RUNNERS"
 _TRANSITION_ATTEMPTS = 5
-
-
-def _salon_pk(salon_id: int) -> str:
-    return f"SALON#{salon_id}"
-
-
-def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
-    if isinstance(value, dict):
-        return {k: _map_leaves(v, leaf) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_map_leaves(v, leaf) for v in value]
-    return leaf(value)
-
-
-def _to_dynamo(value: Any) -> Any:
-    """boto3 refuses floats: store them as Decimal (via str, so 0.1 stays 0.1)."""
-    return _map_leaves(value, lambda v: Decimal(str(v)) if isinstance(v, float) else v)
-
-
-def _from_dynamo(value: Any) -> Any:
-    """boto3 returns every number as Decimal: give back ints and floats."""
-    def number(v: Any) -> Any:
-        if isinstance(v, Decimal):
-            return int(v) if v == v.to_integral_value() else float(v)
-        return v
-
-    return _map_leaves(value, number)
-
-
-def _is_condition_failure(exc: ClientError) -> bool:
-    code = exc.response.get("Error", {}).get("Code", "")
-    return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
+# The checks a fenced transition adds after the salon update and its event (see `transition`).
+_FENCE_CHECKS = 2
 
 
 class ConcurrentUpdate(RuntimeError):
@@ -92,17 +67,12 @@ class ConcurrentUpdate(RuntimeError):
 
 
 class LeaseLost(RuntimeError):
-    """A runner's fenced write was refused: it no longer holds the salon's session lease."""
+    """A runner's fenced write was refused: the salon's session is no longer its own, or its
+    membership is no longer live."""
 
     def __init__(self, salon_id: int) -> None:
-        super().__init__(f"lease of salon {salon_id} is no longer ours")
+        super().__init__(f"session of salon {salon_id} is no longer ours")
         self.salon_id = salon_id
-
-
-def _lease_check_failed(exc: ClientError) -> bool:
-    """Whether the lease check (the transaction's last item) is what cancelled it."""
-    reasons = exc.response.get("CancellationReasons") or []
-    return bool(reasons) and reasons[-1].get("Code") == "ConditionalCheckFailed"
 
 
 @dataclass(frozen=True)
@@ -138,6 +108,11 @@ class Store:
     def __init__(self, table: Any) -> None:
         self._table = table
         self._client = table.meta.client  # the resource's client accepts plain Python types
+        self.ownership = Ownership(table)
+
+    @property
+    def table(self) -> Any:
+        return self._table
 
     # ---- salons -------------------------------------------------------------------------
 
@@ -165,7 +140,7 @@ class Store:
         reason: str = "",
         attrs: Mapping[str, Any] | None = None,
         expected: Iterable[SalonState] | None = None,
-        lease_owner: str | None = None,
+        fence: Fence | None = None,
         remove: Iterable[str] = (),
         command: SessionCommand | None = None,
         salon_secrets: Mapping[str, str] | None = None,
@@ -177,11 +152,12 @@ class Store:
         Optimistic: the write is conditional on the version read, retried on a race.
         `expected`, if given, restricts the states this caller may move the salon from
         (e.g. the runner only turns a QR into `qr_expired` while it is `qr_ready`).
-        `lease_owner` fences the write: it happens only while that runner holds an unexpired
-        lease on the salon's session (a runner that lost it cannot push a stale QR); LeaseLost
-        otherwise. Raises IllegalTransition when the state machine refuses it. `guard` is called
-        with every read of the salon and may raise to refuse the change: the write is conditional
-        on the version it saw, so its verdict holds (e.g. who the salon is bound to).
+        `fence` (a runner membership) fences the write: it happens only while the salon's
+        session is that membership's and the membership is live (a runner that lost either
+        cannot push a stale QR); LeaseLost otherwise. Raises IllegalTransition when the state
+        machine refuses it. `guard` is called with every read of the salon and may raise to
+        refuse the change: the write is conditional on the version it saw, so its verdict holds
+        (e.g. who the salon is bound to).
 
         In the same transaction: `remove` deletes attributes of the state item, `command` tells
         the session's runner what to do (`request_session`), `salon_secrets` replaces the salon's
@@ -251,13 +227,13 @@ class Store:
                     "pk": _salon_pk(salon_id), "sk": SECRETS_SK, **salon_secrets}}})
             items.extend({"Delete": {"TableName": self._table.name, "Key": {"pk": _salon_pk(salon_id), "sk": sk}}}
                          for sk in dict.fromkeys(forget))
-            if lease_owner is not None:
-                # Last on purpose: `_lease_check_failed` reads the last cancellation reason.
-                items.append({"ConditionCheck": self._lease_fence(salon_id, lease_owner, now)})
+            if fence is not None:
+                # Last on purpose: `cancelled_by_checks` reads the last cancellation reasons.
+                items += self.ownership.fence_checks(salon_id, fence, now)
             try:
                 self._client.transact_write_items(TransactItems=items)
             except ClientError as exc:
-                if lease_owner is not None and _lease_check_failed(exc):
+                if fence is not None and cancelled_by_checks(exc, _FENCE_CHECKS):
                     raise LeaseLost(salon_id) from exc
                 if _is_condition_failure(exc):
                     continue
@@ -268,15 +244,6 @@ class Store:
             before = {k: v for k, v in (current.model_dump() if current else {}).items() if k not in removed}
             return Salon.model_validate(_from_dynamo({**before, **fields}))
         raise ConcurrentUpdate(f"salon {salon_id} changed concurrently {_TRANSITION_ATTEMPTS} times")
-
-    def _lease_fence(self, salon_id: int, runner_id: str, now: float) -> dict[str, Any]:
-        return {
-            "TableName": self._table.name,
-            "Key": {"pk": _salon_pk(salon_id), "sk": "SESSION"},
-            "ConditionExpression": "#owner = :me AND lease_expires > :now",
-            "ExpressionAttributeNames": {"#owner": "owner"},
-            "ExpressionAttributeValues": {":me": runner_id, ":now": _to_dynamo(now)},
-        }
 
     def put_salon(self, salon: Salon) -> None:
         """Write a salon record as it is, with no state-machine check and no event: for
@@ -540,205 +507,46 @@ class Store:
             return PairingVerdict(False, "interval", last_at + min_interval - now)
         return PairingVerdict(False, "phones", max(0.0, started + window - now))
 
-    # ---- WhatsApp session leases (runner ownership and commands) -------------------------
+    # ---- WhatsApp sessions and runners (aiadmin.ownership) ------------------------------------
 
     def get_session(self, salon_id: int) -> SessionLease | None:
-        item = self._table.get_item(
-            Key={"pk": _salon_pk(salon_id), "sk": "SESSION"}, ConsistentRead=True
-        ).get("Item")
-        return SessionLease.model_validate(_from_dynamo(item)) if item else None
+        return self.ownership.get_session(salon_id)
+
+    def get_sessions(self, salon_ids: Iterable[int]) -> dict[int, SessionLease]:
+        return self.ownership.get_sessions(salon_ids)
 
     def request_session(self, salon_id: int, desired: SessionDesire, pair_phone: str | None = None,
                         renew_command: bool = False) -> SessionLease:
-        """Tell whichever runner owns (or will own) the salon's session what to do.
-
-        A new `link` bumps the generation so the owner starts a fresh attempt; `pair_phone`
-        (set or cleared in the same write, so the command and its number are never apart)
-        makes that attempt ask for a pairing code for the number; `renew_command` bumps the
-        generation for the other commands too, so the owner acts on a repeated `run` (e.g.
-        retry an activation). The session enters the lease index, so an unowned one is
-        claimed by some runner within a poll. `stop` (uninstalled) gives the item a TTL."""
-        update = self._session_command(salon_id, SessionCommand(desired, pair_phone, renew_command), time.time())
-        del update["TableName"]
-        response = self._table.update_item(**update, ReturnValues="ALL_NEW")
-        return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
+        """Tell whichever runner owns (or will own) the salon's session what to do (see
+        `Ownership.command_update`). `stop` (uninstalled) gives the item a TTL."""
+        return self.ownership.request_session(salon_id, desired, pair_phone, renew_command,
+                                              ttl=_command_ttl(desired, time.time()))
 
     def _session_command(self, salon_id: int, command: SessionCommand, now: float) -> dict[str, Any]:
         """The update of the session item that carries `command` (alone or in a transaction)."""
-        bump = 1 if command.desired == "link" or command.renew else 0
-        values: dict[str, Any] = {":d": command.desired, ":s": salon_id, ":lp": LEASE_PARTITION, ":zero": 0,
-                                  ":bump": bump}
-        update = (
-            "SET desired = :d, salon_id = :s, lease_pk = :lp, "
-            "generation = if_not_exists(generation, :zero) + :bump, "
-            "lease_expires = if_not_exists(lease_expires, :zero)"
-        )
-        removed = []
-        if command.pair_phone:
-            update += ", pair_phone = :phone"
-            values[":phone"] = command.pair_phone
-        else:
-            removed.append("pair_phone")
-        if command.desired == "stop":
-            update += ", #ttl = :ttl"
-            values[":ttl"] = int(now) + UNINSTALLED_RETENTION_SECONDS
-        else:
-            removed.append("#ttl")
-        update += " REMOVE " + ", ".join(removed)
-        return {
-            "TableName": self._table.name,
-            "Key": {"pk": _salon_pk(salon_id), "sk": "SESSION"},
-            "UpdateExpression": update,
-            "ExpressionAttributeNames": {"#ttl": "ttl"},
-            "ExpressionAttributeValues": values,
-        }
+        return self.ownership.command_update(salon_id, command.desired, command.pair_phone, command.renew, now,
+                                             _command_ttl(command.desired, now))
 
     def set_session_device(self, salon_id: int, device_jid: str | None) -> None:
-        """Remember (or forget) which linked device is the salon's, for keys kept in a store
-        shared by all salons (Postgres), where the device must be named to be resumed."""
-        update: dict[str, Any] = {
-            "Key": {"pk": _salon_pk(salon_id), "sk": "SESSION"},
-            # Only on an existing session item: never create a half item the lease model refuses.
-            "ConditionExpression": "attribute_exists(pk)",
-        }
-        if device_jid:
-            update.update(UpdateExpression="SET device_jid = :j", ExpressionAttributeValues={":j": device_jid})
-        else:
-            update.update(UpdateExpression="REMOVE device_jid")
-        try:
-            self._table.update_item(**update)
-        except ClientError as exc:
-            if not _is_condition_failure(exc):
-                raise
-
-    def claimable_sessions(self, now: float, limit: int = 25, linking: bool = True,
-                           linked: bool = True) -> list[SessionLease]:
-        """Sessions without a live owner, oldest lease first. `linking=False` leaves out the
-        linking attempts (a runner at its pairing bound still takes linked sessions),
-        `linked=False` everything else (a runner with enough sessions to resume still takes a
-        new linking attempt at once)."""
-        query: dict[str, Any] = {
-            "IndexName": "LeaseIndex",
-            "KeyConditionExpression": Key("lease_pk").eq(LEASE_PARTITION) & Key("lease_expires").lt(_to_dynamo(now)),
-            "Limit": limit,
-        }
-        if linking != linked:
-            query["FilterExpression"] = Attr("desired").eq("link") if linking else Attr("desired").ne("link")
-        response = self._table.query(**query)
-        return [SessionLease.model_validate(_from_dynamo(item)) for item in response["Items"]]
-
-    def claim_session(self, salon_id: int, runner_id: str, now: float, lease_seconds: float) -> SessionLease | None:
-        """Take the lease if it is free or expired; None when another runner got it first."""
-        try:
-            response = self._table.update_item(
-                Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
-                UpdateExpression="SET #owner = :me, lease_expires = :until",
-                ConditionExpression="attribute_exists(lease_pk) AND lease_expires < :now",
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={
-                    ":me": runner_id, ":until": _to_dynamo(now + lease_seconds), ":now": _to_dynamo(now),
-                },
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                return None
-            raise
-        return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
-
-    def renew_session(self, salon_id: int, runner_id: str, now: float, lease_seconds: float) -> SessionLease | None:
-        """Extend our lease; None when we no longer own it (another runner took over)."""
-        try:
-            response = self._table.update_item(
-                Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
-                UpdateExpression="SET lease_expires = :until",
-                ConditionExpression="#owner = :me AND attribute_exists(lease_pk)",
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={":me": runner_id, ":until": _to_dynamo(now + lease_seconds)},
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                return None
-            raise
-        return SessionLease.model_validate(_from_dynamo(response["Attributes"]))
-
-    def release_session(self, salon_id: int, runner_id: str, retire: bool = False,
-                        command: SessionLease | None = None) -> bool:
-        """Give the lease back (another runner may claim at once), or, with `retire`, take
-        the session out of the lease index altogether (nothing left to run). With `command`,
-        only while the session's `desired` and `generation` are still that lease's: a command
-        that arrived meanwhile is never thrown away with the lease. False when not done."""
-        update = "SET lease_expires = :zero REMOVE #owner" + (", lease_pk" if retire else "")
-        condition = "#owner = :me"
-        values: dict[str, Any] = {":me": runner_id, ":zero": 0}
-        if command is not None:
-            condition += " AND desired = :desired AND generation = :generation"
-            values.update({":desired": command.desired, ":generation": command.generation})
-        try:
-            self._table.update_item(
-                Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if not _is_condition_failure(exc):
-                raise
-            return False
-        return True
-
-    def mark_linked(self, salon_id: int, runner_id: str, generation: int) -> bool:
-        """The owner's pairing succeeded: `link` becomes `run`, unless a newer command (stop,
-        pause, another link) arrived meanwhile, which then wins."""
-        try:
-            self._table.update_item(
-                Key={"pk": _salon_pk(salon_id), "sk": "SESSION"},
-                UpdateExpression="SET desired = :run REMOVE pair_phone",
-                ConditionExpression="#owner = :me AND desired = :link AND generation = :generation",
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={":run": "run", ":link": "link", ":me": runner_id,
-                                           ":generation": generation},
-            )
-        except ClientError as exc:
-            if not _is_condition_failure(exc):
-                raise
-            return False
-        return True
-
-    def get_sessions(self, salon_ids: Iterable[int]) -> dict[int, SessionLease]:
-        ids = list(dict.fromkeys(salon_ids))
-        found: dict[int, SessionLease] = {}
-        for start in range(0, len(ids), 100):
-            keys = [{"pk": _salon_pk(i), "sk": "SESSION"} for i in ids[start:start + 100]]
-            request: dict[str, Any] = {self._table.name: {"Keys": keys, "ConsistentRead": True}}
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                for item in response["Responses"].get(self._table.name, []):
-                    lease = SessionLease.model_validate(_from_dynamo(item))
-                    found[lease.salon_id] = lease
-                request = response.get("UnprocessedKeys") or {}
-        return found
-
-    # ---- runner heartbeats ----------------------------------------------------------------
-
-    def record_heartbeat(self, runner_id: str, now: float, sessions: int,
-                         phases: Mapping[str, int] | None = None, pairings: int = 0) -> None:
-        """All runners' heartbeats share one small partition: the health check reads it whole.
-        `phases` counts the runner's sessions by phase; `pairings` are linking attempts in flight."""
-        self._table.put_item(Item={
-            "pk": RUNNERS_PARTITION, "sk": runner_id, "at": _to_dynamo(now), "sessions": sessions,
-            "phases": dict(phases or {}), "pairings": pairings, "ttl": int(now) + 24 * 3600,
-        })
-
-    def latest_heartbeat(self) -> float | None:
-        stamps = [float(item["at"]) for item in self.runner_heartbeats()]
-        return max(stamps) if stamps else None
+        self.ownership.set_session_device(salon_id, device_jid)
 
     def runner_heartbeats(self) -> list[dict[str, Any]]:
-        """Every runner's last heartbeat (`runner_id`, `at`, `sessions`, `phases`, `pairings`)."""
-        response = self._table.query(KeyConditionExpression=Key("pk").eq(RUNNERS_PARTITION))
-        hidden = ("pk", "sk", "ttl")
-        return [{"runner_id": item["sk"], **{k: _from_dynamo(v) for k, v in item.items() if k not in hidden}}
-                for item in response["Items"]]
+        """Every runner membership: `runner_id`, `at` (its last renewal), `sessions`, `phases`,
+        `pairings`, and `epoch`, `expires`, `left`."""
+        return [_heartbeat(member) for member in self.ownership.members()]
+
+    def latest_heartbeat(self) -> float | None:
+        stamps = [member.at for member in self.ownership.members()]
+        return max(stamps) if stamps else None
+
+
+def _command_ttl(desired: SessionDesire, now: float) -> int | None:
+    """An uninstalled salon's session item goes with the rest after the retention."""
+    return int(now) + UNINSTALLED_RETENTION_SECONDS if desired == "stop" else None
+
+
+def _heartbeat(member: Member) -> dict[str, Any]:
+    status = dict(member.status)
+    return {"runner_id": member.runner_id, "at": member.at, "sessions": int(status.get("sessions", 0)),
+            "phases": dict(status.get("phases") or {}), "pairings": int(status.get("pairings", 0)),
+            "epoch": member.epoch, "expires": member.expires, "left": member.left}

@@ -1,0 +1,465 @@
+"""Who runs each salon's WhatsApp session: runner memberships, session ownership and the
+commands handlers send to the owner. Data access only (items of `AppTable`; the whole key
+schema is in `aiadmin.store`).
+
+Ownership costs nothing per idle session:
+- each runner holds one **membership** (pk `RUNNERS`, sk runner id): an `epoch`, bumped each
+  time it (re)joins, and an `expires` it renews every few seconds; its status (sessions by
+  phase, pairings) rides along, so the membership is also its heartbeat;
+- a session is owned by a membership, (`owner`, `owner_epoch`), recorded once at the claim:
+  no per-session renewals. Every salon write of the owner is fenced on both the session's
+  owner and the membership being live (`fence_checks`);
+- a runner whose membership lapses stops all its sessions before its `expires` (its own
+  clock, with a margin); the others take a dead membership's sessions over only `grace`
+  seconds after it (`take_over`, a transaction that checks the membership is dead).
+
+One sparse index, `SessionIndex` (`session_pk`, `session_sk`), serves all the queries with key
+conditions only (DynamoDB applies `Limit` before a `FilterExpression`, so a filtered page may
+come back empty while matching items exist; key conditions never hide one):
+
+| session is            | session_pk        | session_sk               | read by                       |
+|-----------------------|-------------------|--------------------------|-------------------------------|
+| claimable (no owner)  | CLAIM#L, CLAIM#R<n> | <class>#<ms>           | claim polls (oldest first)    |
+| owned, command waits  | OWNER#<runner id> | <class>#<ms>             | the owner's command poll      |
+| owned, nothing to do  | OWNER#<runner id> | S#<salon id>             | reconcile, takeover           |
+| retired (nothing runs)| -                 | -                        | -                             |
+
+A command is one unconditional write (so it can ride in a handler's transaction): it sets
+`session_pk = if_not_exists(owner_pk, <claim partition>)` (an owned session carries `owner_pk`, its
+owner's partition) and `session_sk = <class>#<ms>`, and counts `command_seq`. The owner
+acknowledges a command by moving the sort key back to `S#<salon id>`, on condition that
+`command_seq` is still the one it carried out: a newer command is never lost.
+
+Claimable sessions: linking attempts (class `0`, sorted first) and stop/pause (`1`) in
+`CLAIM#L`, polled often (an owner waits for the QR); linked sessions to resume (`2`) spread
+over `RESUME_SHARDS` partitions `CLAIM#R<salon id modulo>`, so a mass release (a deploy) or a
+mass takeover never makes one hot index partition, and new owners never queue behind it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from boto3.dynamodb.conditions import ConditionBase, Key
+from botocore.exceptions import ClientError
+
+from aiadmin.dynamo import from_dynamo, is_condition_failure, salon_pk, to_dynamo
+from aiadmin.models import SessionDesire, SessionLease
+
+INDEX = "SessionIndex"
+MEMBERS_PARTITION = "RUNNERS"
+RESUME_SHARDS = 4
+LINKING_PARTITION = "CLAIM#L"
+RESUME_PARTITIONS = tuple(f"CLAIM#R{shard}" for shard in range(RESUME_SHARDS))
+CLAIM_PARTITIONS = (LINKING_PARTITION, *RESUME_PARTITIONS)
+_CLASS: dict[str, str] = {"link": "0", "stop": "1", "pause": "1", "run": "2"}
+LINKING, LIGHT, RESUME = "0", "1", "2"
+_ATTEMPTS = 5
+
+
+class ConcurrentCommand(RuntimeError):
+    """The session kept changing under a command; the caller may retry later."""
+
+
+class Fence(NamedTuple):
+    """A runner membership: (runner id, epoch). Owns sessions; fences the runner's writes."""
+
+    runner_id: str
+    epoch: int
+
+
+class Claimable(NamedTuple):
+    salon_id: int
+    klass: str  # LINKING, LIGHT or RESUME
+
+
+@dataclass(frozen=True)
+class Member:
+    runner_id: str
+    epoch: int
+    expires: float
+    at: float = 0.0
+    left: bool = False
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.runner_id, self.epoch)
+
+    def dead(self, now: float, grace: float) -> bool:
+        """Left cleanly (its sessions are stopped), or lapsed more than `grace` ago."""
+        return self.left or self.expires + grace < now
+
+
+def owner_partition(runner_id: str) -> str:
+    return f"OWNER#{runner_id}"
+
+
+def claim_partition(desired: str, salon_id: int) -> str:
+    return RESUME_PARTITIONS[salon_id % RESUME_SHARDS] if desired == "run" else LINKING_PARTITION
+
+
+def _ms(now: float) -> str:
+    return f"{int(now * 1000):013d}"
+
+
+def _idle_key(salon_id: int) -> str:
+    return f"S#{salon_id}"
+
+
+def claim_keys(desired: str, salon_id: int, now: float) -> dict[str, str]:
+    """The index keys of a claimable session, as `:cpk` and `:csk`."""
+    return {":cpk": claim_partition(desired, salon_id), ":csk": f"{_CLASS[desired]}#{_ms(now)}"}
+
+
+def _session_key(salon_id: int) -> dict[str, str]:
+    return {"pk": salon_pk(salon_id), "sk": "SESSION"}
+
+
+_OWNED_BY_ME = "#owner = :me AND owner_epoch = :epoch"
+
+
+def _me(fence: Fence) -> dict[str, Any]:
+    return {":me": fence.runner_id, ":epoch": fence.epoch}
+
+
+class Ownership:
+    """Session items and runner memberships. `table` is a boto3 Table resource."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self._client = table.meta.client
+
+    # ---- what handlers use: commands ------------------------------------------------------
+
+    def get_session(self, salon_id: int) -> SessionLease | None:
+        item = self._table.get_item(Key=_session_key(salon_id), ConsistentRead=True).get("Item")
+        return SessionLease.model_validate(from_dynamo(item)) if item else None
+
+    def get_sessions(self, salon_ids: Iterable[int]) -> dict[int, SessionLease]:
+        ids = list(dict.fromkeys(salon_ids))
+        found: dict[int, SessionLease] = {}
+        for start in range(0, len(ids), 100):
+            keys = [_session_key(i) for i in ids[start:start + 100]]
+            request: dict[str, Any] = {self._table.name: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self._client.batch_get_item(RequestItems=request)
+                for item in response["Responses"].get(self._table.name, []):
+                    lease = SessionLease.model_validate(from_dynamo(item))
+                    found[lease.salon_id] = lease
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
+    def request_session(self, salon_id: int, desired: SessionDesire, pair_phone: str | None = None,
+                        renew_command: bool = False, now: float | None = None,
+                        ttl: int | None = None) -> SessionLease:
+        """Tell whichever runner owns (or will own) the salon's session what to do (see
+        `command_update`)."""
+        update = self.command_update(salon_id, desired, pair_phone, renew_command,
+                                     time.time() if now is None else now, ttl)
+        del update["TableName"]
+        response = self._table.update_item(**update, ReturnValues="ALL_NEW")
+        return SessionLease.model_validate(from_dynamo(response["Attributes"]))
+
+    def command_update(self, salon_id: int, desired: SessionDesire, pair_phone: str | None, renew: bool,
+                       now: float, ttl: int | None = None) -> dict[str, Any]:
+        """The write of a command (alone, or as one item of a transaction): unconditional.
+
+        A new `link` bumps the generation so the owner starts a fresh attempt; `pair_phone`
+        (set or cleared in the same write, so the command and its number are never apart)
+        makes that attempt ask for a pairing code for the number; `renew` bumps the generation
+        for the other commands too, so the owner acts on a repeated command; with `run` it is
+        an explicit request to activate again (a failed activation is retried only then). An
+        owned session gets the command in its owner's partition of the index, one without an
+        owner becomes claimable. `ttl` (epoch seconds) is set on the item, or removed."""
+        bump = 1 if desired == "link" or renew else 0
+        values: dict[str, Any] = {":d": desired, ":s": salon_id, ":zero": 0, ":one": 1, ":bump": bump,
+                                  **claim_keys(desired, salon_id, now)}
+        sets = ["desired = :d", "salon_id = :s", "generation = if_not_exists(generation, :zero) + :bump",
+                "command_seq = if_not_exists(command_seq, :zero) + :one",
+                "session_pk = if_not_exists(owner_pk, :cpk)", "session_sk = :csk"]
+        removes: list[str] = []
+        if pair_phone:
+            sets.append("pair_phone = :phone")
+            values[":phone"] = pair_phone
+        else:
+            removes.append("pair_phone")
+        if renew and desired == "run":
+            sets.append("activation_retry = if_not_exists(generation, :zero) + :bump")
+        if ttl is not None:
+            sets.append("#ttl = :ttl")
+            values[":ttl"] = ttl
+        else:
+            removes.append("#ttl")
+        return {
+            "TableName": self._table.name,
+            "Key": _session_key(salon_id),
+            "UpdateExpression": "SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
+            "ExpressionAttributeNames": {"#ttl": "ttl"},
+            "ExpressionAttributeValues": values,
+        }
+
+    def set_session_device(self, salon_id: int, device_jid: str | None) -> None:
+        """Remember (or forget) which linked device is the salon's, for keys kept in a store
+        shared by all salons (Postgres), where the device must be named to be resumed."""
+        update: dict[str, Any] = {
+            "Key": _session_key(salon_id),
+            # Only on an existing session item: never create a half item the model refuses.
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+        if device_jid:
+            update.update(UpdateExpression="SET device_jid = :j", ExpressionAttributeValues={":j": device_jid})
+        else:
+            update.update(UpdateExpression="REMOVE device_jid")
+        try:
+            self._table.update_item(**update)
+        except ClientError as exc:
+            if not is_condition_failure(exc):
+                raise
+
+    # ---- claiming -------------------------------------------------------------------------
+
+    def claimable(self, partition: str, classes: set[str], limit: int = 25) -> list[Claimable]:
+        """Claimable sessions of one partition (`CLAIM_PARTITIONS`), of the given classes
+        (linking before light before resumes), oldest first. Key conditions only: never an
+        empty page while such sessions exist."""
+        if not classes:
+            return []
+        key: ConditionBase = Key("session_pk").eq(partition)
+        low, high = min(classes), max(classes)
+        if low == high:
+            key &= Key("session_sk").begins_with(low + "#")
+        elif (low, high) != (LINKING, RESUME):
+            key &= Key("session_sk").between(low + "#", high + "$")  # "$" sorts right after "#"
+        response = self._table.query(IndexName=INDEX, KeyConditionExpression=key, Limit=limit)
+        return [Claimable(int(str(item["pk"]).removeprefix("SALON#")), str(item["session_sk"])[0])
+                for item in response["Items"]]
+
+    def claim(self, salon_id: int, fence: Fence) -> SessionLease | None:
+        """Take a claimable session; None when another runner got it first (or it is retired)."""
+        try:
+            response = self._table.update_item(
+                Key=_session_key(salon_id),
+                UpdateExpression="SET #owner = :me, owner_epoch = :epoch, owner_pk = :opk, session_pk = :opk, "
+                                 "session_sk = :osk",
+                ConditionExpression="begins_with(session_pk, :claim) AND attribute_not_exists(#owner)",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={**_me(fence), ":opk": owner_partition(fence.runner_id),
+                                           ":osk": _idle_key(salon_id), ":claim": "CLAIM#"},
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return None
+            raise
+        return SessionLease.model_validate(from_dynamo(response["Attributes"]))
+
+    def owned_by(self, runner_id: str, limit: int | None = None) -> list[SessionLease]:
+        """Sessions recorded as the runner's (any epoch), from the index: eventually consistent,
+        so a caller acting on one confirms it with a consistent read or a conditional write."""
+        query: dict[str, Any] = {"IndexName": INDEX,
+                                 "KeyConditionExpression": Key("session_pk").eq(owner_partition(runner_id))}
+        found: list[SessionLease] = []
+        while True:
+            if limit is not None:
+                query["Limit"] = limit - len(found)
+            response = self._table.query(**query)
+            found += [SessionLease.model_validate(from_dynamo(item)) for item in response["Items"]]
+            if "LastEvaluatedKey" not in response or (limit is not None and len(found) >= limit):
+                return found
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def take_over(self, salon_id: int, fence: Fence, dead: Fence, cutoff: float) -> SessionLease | None:
+        """Claim a session of a dead membership: only while the session is still that
+        membership's and the membership is gone, of another epoch, or expired before `cutoff`
+        (now minus the grace). None otherwise."""
+        try:
+            self._client.transact_write_items(TransactItems=[
+                {"Update": {
+                    "TableName": self._table.name, "Key": _session_key(salon_id),
+                    "UpdateExpression": "SET #owner = :me, owner_epoch = :epoch, owner_pk = :opk, session_pk = :opk, "
+                                        "session_sk = :osk",
+                    "ConditionExpression": "#owner = :dead AND owner_epoch = :dead_epoch",
+                    "ExpressionAttributeNames": {"#owner": "owner"},
+                    "ExpressionAttributeValues": {**_me(fence), ":opk": owner_partition(fence.runner_id),
+                                                  ":osk": _idle_key(salon_id), ":dead": dead.runner_id,
+                                                  ":dead_epoch": dead.epoch},
+                }},
+                {"ConditionCheck": {
+                    "TableName": self._table.name, "Key": {"pk": MEMBERS_PARTITION, "sk": dead.runner_id},
+                    "ConditionExpression": "attribute_not_exists(sk) OR epoch <> :dead_epoch OR expires < :cutoff",
+                    "ExpressionAttributeValues": {":dead_epoch": dead.epoch, ":cutoff": to_dynamo(cutoff)},
+                }},
+            ])
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return None
+            raise
+        return self.get_session(salon_id)
+
+    # ---- the owner's side -----------------------------------------------------------------
+
+    def pending_commands(self, runner_id: str) -> list[int]:
+        """Salons of this runner with a command waiting (index: eventually consistent, so the
+        caller reads each one consistently before acting)."""
+        query: dict[str, Any] = {
+            "IndexName": INDEX,
+            "KeyConditionExpression": Key("session_pk").eq(owner_partition(runner_id))
+            & Key("session_sk").lt("3"),  # the claim classes 0-2, not the idle `S#...`
+        }
+        found: list[int] = []
+        while True:
+            response = self._table.query(**query)
+            found += [int(str(item["pk"]).removeprefix("SALON#")) for item in response["Items"]]
+            if "LastEvaluatedKey" not in response:
+                return found
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def acknowledge(self, salon_id: int, fence: Fence, command_seq: int) -> bool:
+        """The command `command_seq` was carried out: out of the command index, unless a newer
+        one came."""
+        return self._conditional(salon_id, "SET session_sk = :idle",
+                                 f"command_seq = :seq AND {_OWNED_BY_ME}",
+                                 {**_me(fence), ":idle": _idle_key(salon_id), ":seq": command_seq})
+
+    def release(self, lease: SessionLease, fence: Fence, now: float | None = None) -> bool:
+        """Hand the session back (shutdown): claimable by any runner at once. False when it is
+        no longer ours."""
+        current: SessionLease | None = lease
+        for _ in range(_ATTEMPTS):
+            if current is None or current.owner != fence.runner_id or current.owner_epoch != fence.epoch:
+                return False
+            values = {**_me(fence), **claim_keys(current.desired, lease.salon_id, time.time() if now is None else now),
+                      ":d": current.desired}
+            if self._conditional(lease.salon_id,
+                                 "SET session_pk = :cpk, session_sk = :csk REMOVE #owner, owner_epoch, owner_pk",
+                                 f"{_OWNED_BY_ME} AND desired = :d", values):
+                return True
+            current = self.get_session(lease.salon_id)  # a command changed `desired` meanwhile
+        return False
+
+    def retire(self, lease: SessionLease, fence: Fence) -> bool:
+        """Nothing left to run (stopped, paused, abandoned, logged out): out of every index and
+        owner-less, unless a newer command arrived since `lease` was read (it stays ours then)."""
+        unchanged = "command_seq = :seq" if lease.command_seq else "attribute_not_exists(command_seq)"
+        return self._conditional(
+            lease.salon_id, "REMOVE #owner, owner_epoch, owner_pk, session_pk, session_sk",
+            f"{_OWNED_BY_ME} AND {unchanged}",
+            {**_me(fence), **({":seq": lease.command_seq} if lease.command_seq else {})})
+
+    def mark_linked(self, salon_id: int, fence: Fence, generation: int) -> bool:
+        """The owner's pairing succeeded: `link` becomes `run`, unless a newer command (stop,
+        pause, another link) arrived meanwhile, which then wins."""
+        return self._conditional(
+            salon_id, "SET desired = :run REMOVE pair_phone",
+            f"{_OWNED_BY_ME} AND desired = :link AND generation = :g",
+            {**_me(fence), ":run": "run", ":link": "link", ":g": generation})
+
+    def take_activation_retry(self, salon_id: int, fence: Fence, generation: int) -> bool:
+        """Consume an explicit "activate again" request (exactly once: conditional)."""
+        return self._conditional(salon_id, "REMOVE activation_retry", f"{_OWNED_BY_ME} AND activation_retry = :g",
+                                 {**_me(fence), ":g": generation})
+
+    def fence_checks(self, salon_id: int, fence: Fence, now: float) -> list[dict[str, Any]]:
+        """Condition checks that make a salon write the owner's only: the session is this
+        membership's, and the membership is live."""
+        return [
+            {"ConditionCheck": {
+                "TableName": self._table.name, "Key": _session_key(salon_id),
+                "ConditionExpression": _OWNED_BY_ME,
+                "ExpressionAttributeNames": {"#owner": "owner"},
+                "ExpressionAttributeValues": _me(fence),
+            }},
+            {"ConditionCheck": {
+                "TableName": self._table.name, "Key": {"pk": MEMBERS_PARTITION, "sk": fence.runner_id},
+                "ConditionExpression": "epoch = :epoch AND expires > :now AND attribute_not_exists(#left)",
+                "ExpressionAttributeNames": {"#left": "left"},
+                "ExpressionAttributeValues": {":epoch": fence.epoch, ":now": to_dynamo(now)},
+            }},
+        ]
+
+    def _conditional(self, salon_id: int, update: str, condition: str, values: dict[str, Any]) -> bool:
+        try:
+            self._table.update_item(Key=_session_key(salon_id), UpdateExpression=update,
+                                    ConditionExpression=condition, ExpressionAttributeNames={"#owner": "owner"},
+                                    ExpressionAttributeValues=values)
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    # ---- memberships ----------------------------------------------------------------------
+
+    def join(self, runner_id: str, now: float, lease_seconds: float, status: Mapping[str, Any]) -> int:
+        """Become a member with a new epoch (sessions of earlier epochs are dead from now on)."""
+        response = self._table.update_item(
+            Key={"pk": MEMBERS_PARTITION, "sk": runner_id},
+            UpdateExpression="SET epoch = if_not_exists(epoch, :zero) + :one, expires = :until, #at = :now, "
+                             "#status = :status REMOVE #left",
+            ExpressionAttributeNames={"#at": "at", "#status": "status", "#left": "left"},
+            ExpressionAttributeValues={":zero": 0, ":one": 1, ":until": to_dynamo(now + lease_seconds),
+                                       ":now": to_dynamo(now), ":status": to_dynamo(dict(status))},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(response["Attributes"]["epoch"])
+
+    def renew(self, fence: Fence, now: float, lease_seconds: float, status: Mapping[str, Any]) -> bool:
+        """Extend a live membership; False when it lapsed or was replaced (never revived)."""
+        try:
+            self._table.update_item(
+                Key={"pk": MEMBERS_PARTITION, "sk": fence.runner_id},
+                UpdateExpression="SET expires = :until, #at = :now, #status = :status",
+                ConditionExpression="epoch = :epoch AND expires > :now AND attribute_not_exists(#left)",
+                ExpressionAttributeNames={"#at": "at", "#status": "status", "#left": "left"},
+                ExpressionAttributeValues={":epoch": fence.epoch, ":until": to_dynamo(now + lease_seconds),
+                                           ":now": to_dynamo(now), ":status": to_dynamo(dict(status))},
+            )
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def leave(self, fence: Fence, now: float) -> None:
+        """Left cleanly, every session stopped: the others may take over at once."""
+        try:
+            self._table.update_item(
+                Key={"pk": MEMBERS_PARTITION, "sk": fence.runner_id},
+                UpdateExpression="SET expires = :zero, #left = :yes, #at = :now",
+                ConditionExpression="epoch = :epoch",
+                ExpressionAttributeNames={"#left": "left", "#at": "at"},
+                ExpressionAttributeValues={":zero": 0, ":yes": True, ":now": to_dynamo(now), ":epoch": fence.epoch},
+            )
+        except ClientError as exc:
+            if not is_condition_failure(exc):
+                raise
+
+    def members(self) -> list[Member]:
+        """Every runner membership, live or dead (one small partition, read consistently)."""
+        response = self._table.query(KeyConditionExpression=Key("pk").eq(MEMBERS_PARTITION), ConsistentRead=True)
+        members = []
+        for raw in response["Items"]:
+            item = from_dynamo(raw)
+            members.append(Member(runner_id=str(item["sk"]), epoch=int(item.get("epoch", 0)),
+                                  expires=float(item.get("expires", 0)), at=float(item.get("at", 0)),
+                                  left=bool(item.get("left", False)), status=dict(item.get("status") or {})))
+        return members
+
+    def forget(self, member: Member, cutoff: float) -> bool:
+        """Delete a dead membership whose sessions have all been taken over."""
+        try:
+            self._table.delete_item(
+                Key={"pk": MEMBERS_PARTITION, "sk": member.runner_id},
+                ConditionExpression="epoch = :epoch AND (expires < :cutoff OR #left = :yes)",
+                ExpressionAttributeNames={"#left": "left"},
+                ExpressionAttributeValues={":epoch": member.epoch, ":cutoff": to_dynamo(cutoff), ":yes": True},
+            )
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        return True

@@ -1,0 +1,63 @@
+"""The activation worker's own bounded pool: a YClients outage holding every activation
+thread delays nothing else the runner does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiadmin.states import SalonState
+from aiadmin.store import Store
+from tests.unit.runner_fakes import (
+    FakeClock,
+    RecordingPusher,
+    ScriptedYClients,
+    claim_all,
+    engine_of,
+    handle,
+    linked_sessions,
+    live_through,
+    make_runner,
+    put_salon,
+    resume_and_connect,
+)
+from wa_runner.engine import EventKind
+
+S = SalonState
+
+
+def test_a_yclients_outage_holding_every_activation_delays_nothing_else(store: Store) -> None:
+    clock = FakeClock()
+    yclients = ScriptedYClients()
+    yclients.release.clear()  # every activation call hangs until the test lets it go
+    runner = make_runner(store, clock, yclients=yclients, activation_workers=1)
+    runner.membership.join(clock.now)
+    linked_sessions(store, [1, 2, 3], state=S.WHATSAPP_CONNECTED)
+    put_salon(store, 9, S.PENDING_WHATSAPP)
+
+    async def scenario() -> None:
+        await claim_all(runner, clock)
+        await resume_and_connect(runner, clock)  # three activations: one calling, two queued
+        assert yclients.calling.acquire(timeout=10)
+        assert runner.activations.active() == {1, 2, 3}
+        # Meanwhile: the membership is renewed, a new owner gets a QR, a freeze is carried out.
+        live_through(clock, 10, runner)
+        assert runner.membership.holds(clock.now)
+        store.request_session(9, "link")
+        await claim_all(runner, clock)
+        await handle(runner, EventKind.QR, 9, code="qr", expires_at=clock.now + 60)
+        store.request_session(3, "pause")
+        await runner.intake.poll(clock.now)
+        assert 3 not in engine_of(runner).running()
+        yclients.release.set()
+        runner.activations.join(10)
+
+    asyncio.run(scenario())
+    salon = store.get_salon(9)
+    assert salon is not None and salon.state == S.QR_READY
+    pusher = runner.writer._pusher
+    assert isinstance(pusher, RecordingPusher)
+    assert any(json.loads(payload)["state"] == "qr_ready" for salon_id, payload in pusher.pushed if salon_id == 9)
+    # The paused salon's queued activation never started; the others ran to the end.
+    assert sorted(yclients.activated) == [1, 2]
+    assert {store.get_salon(s).state for s in (1, 2)} == {S.ACTIVE}  # type: ignore[union-attr]

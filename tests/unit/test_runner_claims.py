@@ -1,0 +1,143 @@
+"""Claims, takeovers and hand-overs between runners, each runner built from its parts on one
+moto table, with an in-memory engine and a fake clock (the tests call the steps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiadmin.states import SalonState
+from aiadmin.store import Store
+from tests.unit.runner_fakes import (
+    LEASE,
+    FakeClock,
+    claim_all,
+    engine_of,
+    handle,
+    linked_sessions,
+    live_through,
+    make_runner,
+    put_salon,
+    resume_and_connect,
+)
+from wa_runner.engine import EventKind
+from wa_runner.runner import RunnerLimits
+
+
+def test_new_linking_attempts_are_claimed_first_and_each_runner_keeps_to_its_bounds(store: Store) -> None:
+    clock = FakeClock()
+    limits = RunnerLimits(max_pairings=1, resume_concurrency=1)  # resume backlog: 10
+    a, b = make_runner(store, clock, runner_id="a", limits=limits), make_runner(store, clock, runner_id="b",
+                                                                                 limits=limits)
+    a.membership.join(clock.now)
+    b.membership.join(clock.now)
+    linked_sessions(store, range(1, 41))       # a mass resume waiting
+    for salon_id in (100, 104):                # then two owners press "Подключить" (same shard)
+        put_salon(store, salon_id, SalonState.PENDING_WHATSAPP)
+        store.request_session(salon_id, "link")
+
+    async def scenario() -> None:
+        await a.claimer.claim_step(clock.now)  # shard 0: the linking attempt first, then resumes
+        assert 100 in a.supervisor.owned and a.pairings_in_flight() == 1
+        assert 104 not in a.supervisor.owned   # over a's pairing bound: left for another runner
+        await claim_all(a, clock)
+        assert len(a.supervisor.resume_queue) == limits.resume_backlog  # no more than it can start soon
+        await claim_all(b, clock)
+        assert 104 in b.supervisor.owned
+        assert len(b.supervisor.resume_queue) == limits.resume_backlog
+
+    asyncio.run(scenario())
+    assert not set(a.supervisor.owned) & set(b.supervisor.owned)
+    assert engine_of(a).sessions.keys() == {100} and engine_of(b).sessions.keys() == {104}
+
+
+def test_a_dead_runners_sessions_are_taken_over_after_its_lease_and_grace(store: Store) -> None:
+    clock = FakeClock()
+    dead, survivor = make_runner(store, clock, runner_id="dead"), make_runner(store, clock, runner_id="survivor")
+    dead.membership.join(clock.now)
+    linked_sessions(store, range(1, 6))
+
+    async def scenario() -> None:
+        await claim_all(dead, clock)
+        await resume_and_connect(dead, clock)
+        assert len(dead.supervisor.owned) == 5
+        # SIGKILL: no more renewals. The survivor keeps renewing and looks.
+        survivor.membership.join(clock.now)
+        live_through(clock, LEASE, survivor)
+        assert await survivor.claimer.takeover_step(clock.now) == 0  # within the grace: maybe only slow
+        live_through(clock, survivor.membership.times.grace + 0.1, survivor)
+        assert await survivor.claimer.takeover_step(clock.now) == 5
+        await resume_and_connect(survivor, clock)
+
+    asyncio.run(scenario())
+    assert survivor.status()["phases"] == {"connected": 5}
+    owners = store.get_sessions(range(1, 6))
+    assert {(lease.owner, lease.owner_epoch) for lease in owners.values()} == {("survivor", 1)}
+    # Nothing left of the dead runner: its membership is forgotten at the next look.
+    asyncio.run(survivor.claimer.takeover_step(clock.now))
+    assert {m.runner_id for m in store.ownership.members()} == {"survivor"}
+
+
+def test_sigterm_hands_every_session_over_at_once(store: Store) -> None:
+    clock = FakeClock()
+    leaving, staying = make_runner(store, clock, runner_id="leaving"), make_runner(store, clock, runner_id="staying")
+    leaving.membership.join(clock.now)
+    staying.membership.join(clock.now)
+    linked_sessions(store, range(1, 31))
+
+    async def scenario() -> None:
+        await claim_all(leaving, clock)
+        await resume_and_connect(leaving, clock)
+        await claim_all(leaving, clock)
+        await resume_and_connect(leaving, clock)
+        assert len(leaving.supervisor.owned) == 30
+        await leaving._shutdown()
+        assert engine_of(leaving).sessions == {}  # stopped, all of them
+        # Claimable now, without waiting for any lease: the other runner takes them at its next polls.
+        for _ in range(3):
+            await claim_all(staying, clock)
+            await resume_and_connect(staying, clock)
+
+    asyncio.run(scenario())
+    assert staying.status()["phases"] == {"connected": 30}
+    [gone] = [m for m in store.ownership.members() if m.runner_id == "leaving"]
+    assert gone.left
+
+
+def test_a_frozen_runner_wakes_up_without_acting_on_sessions_it_lost(store: Store) -> None:
+    """SIGSTOP at unit level: the frozen runner's clock jumps when it wakes; it acts on nothing
+    before it has stopped everything, and never writes over the new owner."""
+    clock = FakeClock()
+    frozen, other = make_runner(store, clock, runner_id="frozen"), make_runner(store, clock, runner_id="other")
+    frozen.membership.join(clock.now)
+    linked_sessions(store, [1, 2])
+    put_salon(store, 3, SalonState.PENDING_WHATSAPP)
+    store.request_session(3, "link")
+
+    async def scenario() -> None:
+        await claim_all(frozen, clock)
+        await resume_and_connect(frozen, clock)
+        assert engine_of(frozen).sessions.keys() == {1, 2, 3}
+        other.membership.join(clock.now)
+        live_through(clock, LEASE + other.membership.times.grace + 1, other)  # frozen all along
+        assert await other.claimer.takeover_step(clock.now) == 3
+        await resume_and_connect(other, clock)
+        # The frozen runner wakes: events and supervision first, before its membership thread runs.
+        engine_of(frozen).crash(1)
+        await handle(frozen, EventKind.QR, 3, code="stale-qr", expires_at=clock.now + 20)
+        await frozen.supervisor.supervise(clock.now)
+        await frozen.supervisor.resume_step(clock.now)
+        await frozen.claimer.claim_step(clock.now)
+        await frozen.intake.poll(clock.now)
+        assert engine_of(frozen).starts(1) == 1  # not restarted
+        frozen.membership.step(clock.now)  # the lapse is seen: everything stops
+        await frozen._lapsed()
+        assert engine_of(frozen).sessions == {}
+        frozen.membership.step(clock.now + 1)  # joins again, with a new epoch and nothing of its own
+        await frozen.intake.reconcile(clock.now + 1)
+        assert frozen.supervisor.owned == {}
+
+    asyncio.run(scenario())
+    salon = store.get_salon(3)
+    assert salon is not None and salon.qr != "stale-qr"
+    owners = store.get_sessions([1, 2, 3])
+    assert {lease.owner for lease in owners.values()} == {"other"}

@@ -1,0 +1,182 @@
+"""Engine events carried out by the runner (in-memory engine, fake clock, moto table): salon
+states with their version pushed, activation only when it should, a refused write drops the
+session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from aiadmin.models import UserData
+from aiadmin.onboarding import start_onboarding
+from aiadmin.states import SalonState
+from aiadmin.store import Store
+from aiadmin.yclients import ActivationOutcome, ActivationResult
+from tests.unit.runner_fakes import (
+    FakeClock,
+    RecordingPusher,
+    ScriptedYClients,
+    claim_all,
+    engine_of,
+    handle,
+    linked_sessions,
+    make_runner,
+    put_salon,
+    resume_and_connect,
+)
+from wa_runner.engine import EventKind
+
+S = SalonState
+
+
+def _pushed(runner_pusher: object, salon_id: int) -> list[dict[str, object]]:
+    assert isinstance(runner_pusher, RecordingPusher)
+    return [json.loads(payload) for pushed_id, payload in runner_pusher.pushed if pushed_id == salon_id]
+
+
+def test_a_linking_attempt_from_qr_to_active(store: Store) -> None:
+    clock = FakeClock()
+    yclients = ScriptedYClients()
+    runner = make_runner(store, clock, yclients=yclients)
+    runner.membership.join(clock.now)
+    start_onboarding(store, 5, UserData(name="Анна"), clock.now)
+
+    async def scenario() -> None:
+        await claim_all(runner, clock)
+        await handle(runner, EventKind.QR, 5, code="qr-1", expires_at=clock.now + 60)
+        await handle(runner, EventKind.QR, 5, code="qr-2", expires_at=clock.now + 80)
+        await handle(runner, EventKind.PAIR_SUCCESS, 5, detail="jid")
+        await handle(runner, EventKind.CONNECTED, 5)
+        runner.activations.join(10)
+
+    asyncio.run(scenario())
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.ACTIVE and yclients.activated == [5]
+    lease = store.get_session(5)
+    assert lease is not None and lease.desired == "run"
+    messages = _pushed(runner.writer._pusher, 5)
+    assert [m["state"] for m in messages] == ["qr_ready", "qr_ready", "pairing", "whatsapp_connected",
+                                              "activating", "active"]
+    versions = [m["version"] for m in messages]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)  # the page orders by these
+
+
+def test_a_failed_activation_is_not_retried_on_reconnect_only_on_an_explicit_retry(store: Store) -> None:
+    """Issue 10's bug: `activation_failed` was activated again on every CONNECTED event, calling
+    YClients and firing the ActivationFailed alarm each time."""
+    clock = FakeClock()
+    yclients = ScriptedYClients()
+    runner = make_runner(store, clock, yclients=yclients)
+    runner.membership.join(clock.now)
+    linked_sessions(store, [5], state=S.ACTIVATION_FAILED)
+
+    async def reconnects() -> None:
+        await claim_all(runner, clock)
+        await resume_and_connect(runner, clock)
+        for _ in range(3):  # the transport drops and comes back
+            await handle(runner, EventKind.DISCONNECTED, 5)
+            await handle(runner, EventKind.CONNECTED, 5)
+        runner.activations.join(10)
+
+    asyncio.run(reconnects())
+    assert yclients.activated == []
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.ACTIVATION_FAILED
+
+    # The owner presses "Подключить" again: the explicit retry activates, once.
+    start_onboarding(store, 5, UserData(name="Анна"), clock.now)
+
+    async def retry() -> None:
+        await runner.intake.poll(clock.now)
+        runner.activations.join(10)
+        await handle(runner, EventKind.CONNECTED, 5)
+        await runner.intake.reconcile(clock.now)
+        runner.activations.join(10)
+
+    asyncio.run(retry())
+    assert yclients.activated == [5]
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.ACTIVE
+
+
+def test_a_retry_asked_while_nobody_owned_the_session_is_not_lost(store: Store) -> None:
+    clock = FakeClock()
+    yclients = ScriptedYClients(ActivationResult(ActivationOutcome.PERMANENT_FAILURE, 400, "Агрегатор не найден"))
+    linked_sessions(store, [5], state=S.ACTIVATION_FAILED)
+    store.request_session(5, "run", renew_command=True)  # the retry, between two runners
+    runner = make_runner(store, clock, yclients=yclients)
+    runner.membership.join(clock.now)
+
+    async def scenario() -> None:
+        await claim_all(runner, clock)
+        await resume_and_connect(runner, clock)
+        runner.activations.join(10)
+        await handle(runner, EventKind.CONNECTED, 5)  # refused again: no third call on reconnect
+        runner.activations.join(10)
+
+    asyncio.run(scenario())
+    assert yclients.activated == [5]
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.ACTIVATION_FAILED
+
+
+def test_a_write_refused_by_the_fence_drops_the_session(store: Store) -> None:
+    clock = FakeClock()
+    runner, other = make_runner(store, clock), make_runner(store, clock, runner_id="other")
+    runner.membership.join(clock.now)
+    other.membership.join(clock.now)
+    put_salon(store, 5, S.PENDING_WHATSAPP)
+    store.request_session(5, "link")
+
+    async def scenario() -> None:
+        await claim_all(runner, clock)
+        assert engine_of(runner).running() == {5}
+        # The session moved to another runner behind this one's back.
+        assert store.ownership.take_over(5, other.membership.fence, runner.membership.fence, clock.now + 100)
+        await handle(runner, EventKind.QR, 5, code="stale", expires_at=clock.now + 60)
+
+    asyncio.run(scenario())
+    assert 5 not in runner.supervisor.owned and engine_of(runner).running() == set()
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.qr is None
+
+
+def test_a_logout_unlinks_the_device_and_retires_the_session(store: Store) -> None:
+    clock = FakeClock()
+    runner = make_runner(store, clock)
+    runner.membership.join(clock.now)
+    linked_sessions(store, [5])
+    engine_of(runner).keys.add(5)
+
+    async def scenario() -> None:
+        await claim_all(runner, clock)
+        await resume_and_connect(runner, clock)
+        await handle(runner, EventKind.LOGGED_OUT, 5)
+
+    asyncio.run(scenario())
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.WHATSAPP_LOGGED_OUT
+    assert not engine_of(runner).has_credentials(5) and 5 not in runner.supervisor.owned
+    lease = store.get_session(5)
+    assert lease is not None and lease.owner is None
+
+
+def test_the_activations_writes_are_fenced_too(store: Store) -> None:
+    from aiadmin.store import LeaseLost
+    from wa_runner.salons import FencedStore
+
+    clock = FakeClock()
+    runner, other = make_runner(store, clock), make_runner(store, clock, runner_id="other")
+    runner.membership.join(clock.now)
+    other.membership.join(clock.now)
+    linked_sessions(store, [5], state=S.WHATSAPP_CONNECTED)
+    asyncio.run(claim_all(runner, clock))
+    fenced = FencedStore(store, lambda: runner.membership.fence)
+    assert fenced.transition(5, S.ACTIVATING, "runner", "activating").state == S.ACTIVATING
+    assert store.ownership.take_over(5, other.membership.fence, runner.membership.fence, clock.now + 100)
+    with pytest.raises(LeaseLost):  # a runner that lost the session never writes over the new owner
+        fenced.transition(5, S.ACTIVE, "runner", "YClients answered 201")
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.ACTIVATING

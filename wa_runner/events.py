@@ -1,0 +1,128 @@
+"""Engine events -> salon states: each event is handed to its salon's own worker (events of
+one salon stay in order; one salon's slow write or failure never holds up another's), which
+carries out what `wa_runner.mapping` says for it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+from aiadmin.observability import logger, metrics
+from aiadmin.ownership import Fence, Ownership
+from aiadmin.states import IllegalTransition, SalonState
+from aiadmin.store import LeaseLost
+from wa_runner.activations import ActivationWorker
+from wa_runner.engine import EngineEvent, WhatsAppEngine
+from wa_runner.mapping import CONNECTING, FollowUp, react
+from wa_runner.salons import SalonWriter
+from wa_runner.sessions import LIVE_PHASES, OwnedSession
+from wa_runner.supervisor import Supervisor
+
+
+class EventHandler:
+    def __init__(self, engine: WhatsAppEngine, supervisor: Supervisor, writer: SalonWriter, ownership: Ownership,
+                 activations: ActivationWorker, fence: Callable[[], Fence], holds: Callable[[float], bool],
+                 stale_owner_seconds: float, clock: Callable[[], float] = time.time) -> None:
+        self._engine = engine
+        self._supervisor = supervisor
+        self._writer = writer
+        self._ownership = ownership
+        self._activations = activations
+        self._fence = fence
+        self._holds = holds
+        # How long another runner that still connects with a salon's keys may take to stop itself.
+        self._stale_owner_seconds = stale_owner_seconds
+        self._clock = clock
+        self._inboxes: dict[int, deque[EngineEvent]] = {}
+        self.workers: dict[int, asyncio.Task[None]] = {}
+
+    def quiet(self, salon_id: int) -> bool:
+        """No event of the salon waits to be handled (supervision asks before calling a crash)."""
+        return self._engine.events.empty() and salon_id not in self._inboxes
+
+    async def consume(self) -> None:
+        while True:
+            self.dispatch(await self._engine.events.get())
+
+    def dispatch(self, event: EngineEvent) -> None:
+        self._inboxes.setdefault(event.salon_id, deque()).append(event)
+        if event.salon_id not in self.workers:
+            self.workers[event.salon_id] = asyncio.create_task(self._drain(event.salon_id))
+
+    async def _drain(self, salon_id: int) -> None:
+        inbox = self._inboxes[salon_id]
+        try:
+            while inbox:
+                event = inbox.popleft()
+                try:
+                    await self.handle(event)
+                except IllegalTransition as exc:
+                    logger.info("engine event ignored", extra={"salon_id": salon_id, "kind": event.kind,
+                                                                "reason": str(exc)})
+                except LeaseLost:
+                    await self._supervisor.drop(salon_id, "a write was refused: the session is no longer ours")
+                except Exception:
+                    logger.exception("engine event failed", extra={"salon_id": salon_id, "kind": event.kind})
+                finally:
+                    self._supervisor.resume_wakeup.set()
+        finally:
+            self._inboxes.pop(salon_id, None)
+            self.workers.pop(salon_id, None)
+
+    async def handle(self, event: EngineEvent) -> None:
+        owned = self._supervisor.owned.get(event.salon_id)
+        if owned is None or event.generation != owned.started_generation:
+            return  # not ours (any more), or left over from an earlier attempt
+        now = self._clock()
+        if not self._holds(now):
+            return  # the membership lapsed: every session is being stopped
+        reaction = react(event, linking_by_code=bool(owned.lease.pair_phone))
+        if reaction.only_if_live and owned.phase not in LIVE_PHASES:
+            return
+        salon_id = event.salon_id
+        if reaction.metric:
+            metrics.add_metric(name=reaction.metric, unit="Count", value=1)
+        if reaction.stop:
+            await self._engine.stop(salon_id, logout=reaction.logout)
+        if reaction.phase is not None:
+            owned.enter(reaction.phase, now)
+        if reaction.state is not None:
+            await self._writer.transition(salon_id, reaction.state, reaction.reason, reaction.attrs,
+                                          reaction.expected)
+        await self._follow_up(reaction.follow_up, owned, event, now)
+
+    async def _follow_up(self, follow_up: FollowUp, owned: OwnedSession, event: EngineEvent, now: float) -> None:
+        salon_id = owned.salon_id
+        if follow_up == FollowUp.MARK_LINKED:
+            # link -> run, unless a newer command (uninstall, a new attempt) came meanwhile.
+            if await asyncio.to_thread(self._ownership.mark_linked, salon_id, self._fence(), owned.lease.generation):
+                owned.lease = owned.lease.model_copy(update={"desired": "run", "pair_phone": None})
+        elif follow_up == FollowUp.CONNECTED:
+            salon = await self._writer.get_salon(salon_id)
+            if salon is not None and salon.state in CONNECTING:
+                await self._writer.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "session connected")
+            await self._activations.consider(owned)
+        elif follow_up == FollowUp.RETIRE:
+            await self._supervisor.retire(owned)
+        elif follow_up == FollowUp.END_LINKING:
+            await self._supervisor.end_linking(owned, now, event.detail or "no scan within 160 s")
+        elif follow_up == FollowUp.STREAM_REPLACED:
+            await self._stream_replaced(owned, now)
+        elif follow_up == FollowUp.RECONNECT:
+            delay = owned.schedule_retry(now)
+            logger.warning("session disconnected, reconnecting",
+                           extra={"salon_id": salon_id, "detail": event.detail, "retry_in": round(delay, 1)})
+
+    async def _stream_replaced(self, owned: OwnedSession, now: float) -> None:
+        """Another client connected with this salon's keys: two owners. If the session is no
+        longer ours, the other is the rightful owner; if it is, the other is a stale runner
+        that stops itself within its membership margin, so reconnect only after that."""
+        lease = await asyncio.to_thread(self._ownership.get_session, owned.salon_id)
+        if lease is None or (lease.owner, lease.owner_epoch) != tuple(self._fence()):
+            await self._supervisor.drop(owned.salon_id, "stream replaced by the session's new owner")
+            return
+        delay = owned.schedule_retry(now, at_least=self._stale_owner_seconds)
+        logger.error("stream replaced while the session is ours", extra={"salon_id": owned.salon_id,
+                                                                          "retry_in": round(delay, 1)})
