@@ -132,8 +132,5 @@ def test_slow_dynamodb_drops_no_session_and_loses_no_command(stack: RunningStack
     asyncio.run(_fault_scenario(stack, SLOW))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: under a 10 s DynamoDB throttle the lifecycle webhook's DynamoDB "
-                   "calls give up after botocore's default (standard mode) retries and it answers 500: the "
-                   "uninstall is lost")
 def test_throttled_dynamodb_drops_no_session_and_loses_no_command(stack: RunningStack) -> None:
     asyncio.run(_fault_scenario(stack, THROTTLED))
