@@ -23,7 +23,11 @@ request units and $0.1525 per million read request units (us-east-1: $0.625 and 
 before the cut twice that). Check https://aws.amazon.com/dynamodb/pricing/on-demand/ and
 pass `--write-price`/`--read-price` for others. A month is 730 hours.
 
-Run: `python bench/cost.py` (2 runners, 5 onboardings, 10 idle salons, 90 s idle window).
+A Query or Scan keyed by something fixed (say a runner's partition of an index) that returns
+salons' items is shared among those salons, so a periodic full reconcile counts as theirs.
+
+Run: `python bench/cost.py` (2 runners, 5 onboardings, 10 idle salons, a 330 s idle window:
+longer than the runners' 300 s reconcile).
 """
 
 from __future__ import annotations
@@ -56,24 +60,34 @@ class Tally:
     """Requests, API calls and request units of a set of calls, for the items a filter keeps."""
 
     def __init__(self, calls: Iterable[dict[str, Any]], keep: Any) -> None:
-        self.requests = 0
+        self.requests = 0.0
         self.api_calls = 0
         self.rru = 0.0
         self.wru = 0.0
-        self.by_operation: Counter[str] = Counter()
+        self.by_operation: dict[str, float] = defaultdict(float)  # requests (shares summed) by operation
         for call in calls:
             items = [item for item in call["items"] if keep(item[0])]
             if not items:
                 continue
+            weight = sum(_weight(item) for item in items)
             self.api_calls += 1
-            self.requests += len(items)
+            self.requests += weight
             self.rru += sum(item[1] for item in items)
             self.wru += sum(item[2] for item in items)
             index = f" on {call['index']}" if call.get("index") else ""
-            self.by_operation[f"{call['op']}{index}"] += len(items)
+            self.by_operation[f"{call['op']}{index}"] += weight
 
     def scaled(self, factor: float) -> tuple[float, float, float, float]:
         return self.requests * factor, self.api_calls * factor, self.rru * factor, self.wru * factor
+
+
+def _top(counts: dict[str, float], n: int) -> list[tuple[str, float]]:
+    return sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+
+
+def _weight(item: list[Any]) -> float:
+    """A request's share (1, or a fraction of a Query shared among the salons it read)."""
+    return float(item[3]) if len(item) > 3 else 1.0
 
 
 def dollars(rru: float, wru: float, read_price: float, write_price: float) -> float:
@@ -96,7 +110,9 @@ def main() -> None:
     parser.add_argument("--runners", type=int, default=2)
     parser.add_argument("--onboardings", type=int, default=5, help="onboardings measured one by one (M)")
     parser.add_argument("--salons", type=int, default=10, help="idle linked salons (K, at least M)")
-    parser.add_argument("--idle-seconds", type=float, default=90.0, help="idle window (W)")
+    # Longer than the runners' slowest periodic work (a full reconcile every 300 s by default):
+    # a window shorter than a period can miss it and read too low.
+    parser.add_argument("--idle-seconds", type=float, default=330.0, help="idle window (W), seconds")
     parser.add_argument("--baseline-seconds", type=float, default=45.0, help="window with no salon")
     parser.add_argument("--settle-seconds", type=float, default=15.0, help="wait after linking before measuring")
     parser.add_argument("--read-price", type=float, default=0.1525, help="$ per million read request units")
@@ -147,7 +163,7 @@ def main() -> None:
     print(f"\nper runner, no salons ({base_seconds:.0f} s window): {requests:,.0f} requests per hour "
           f"({api:,.0f} API calls), {rru:,.0f} RRU + {wru:,.0f} WRU per hour, "
           f"${dollars(rru, wru, args.read_price, args.write_price) * HOURS_PER_MONTH:.2f} per runner-month")
-    for operation, count in fixed.by_operation.most_common(6):
+    for operation, count in _top(fixed.by_operation, 6):
         print(f"    {count * per_hour:10,.0f}/h  {operation}")
 
     # 2. Per onboarding.
@@ -160,13 +176,14 @@ def main() -> None:
         mean_rru = sum(t.rru for t in per_onboarding) / count
         mean_wru = sum(t.wru for t in per_onboarding) / count
         print(f"\nper onboarding (redirect -> active, mean of {count}): {mean_requests:.0f} requests "
-              f"({mean_api:.0f} API calls; min {min(t.requests for t in per_onboarding)}, "
-              f"max {max(t.requests for t in per_onboarding)}), {mean_rru:.1f} RRU + {mean_wru:.1f} WRU, "
+              f"({mean_api:.0f} API calls; min {min(t.requests for t in per_onboarding):.0f}, "
+              f"max {max(t.requests for t in per_onboarding):.0f}), {mean_rru:.1f} RRU + {mean_wru:.1f} WRU, "
               f"${dollars(mean_rru, mean_wru, args.read_price, args.write_price):.6f}")
-        merged: Counter[str] = Counter()
+        merged: dict[str, float] = defaultdict(float)
         for tally in per_onboarding:
-            merged.update(tally.by_operation)
-        for operation, total in merged.most_common(8):
+            for operation, total in tally.by_operation.items():
+                merged[operation] += total
+        for operation, total in _top(merged, 8):
             print(f"    {total / count:8.1f}  {operation}")
 
     # 3. Idle linked salons.
@@ -178,20 +195,22 @@ def main() -> None:
     salon_month = dollars(rru, wru, args.read_price, args.write_price) * HOURS_PER_MONTH
     idle_fixed = Tally(idle_calls, lambda owner: not _salon_owner(owner))
     fixed_requests, _, fixed_rru, fixed_wru = idle_fixed.scaled(3600 / idle_seconds / args.runners)
-    print(f"\nidle window: {idle_seconds:.0f} s, {salons} linked salons, pages closed")
+    print(f"\nidle window: {idle_seconds:.0f} s, {salons} linked salons, pages closed (work that recurs less "
+          "often than the window is missed or over-counted: keep it longer than the slowest period)")
     print(f"idle linked salon: {requests:,.0f} DynamoDB requests per hour")
     print(f"    ({api:,.0f} API calls; {rru:,.1f} RRU + {wru:,.1f} WRU per hour; "
           f"${salon_month:.3f} per salon-month at on-demand prices)")
-    for operation, total in idle.by_operation.most_common(6):
+    for operation, total in _top(idle.by_operation, 6):
         print(f"    {total * per_salon_hour:10,.0f}/h  {operation}")
     print(f"runners' fixed upkeep meanwhile: {fixed_requests:,.0f} requests per runner-hour, "
           f"${dollars(fixed_rru, fixed_wru, args.read_price, args.write_price) * HOURS_PER_MONTH:.2f} "
           "per runner-month (not counted per salon)")
-    by_owner: dict[str, int] = defaultdict(int)
+    by_owner: dict[str, float] = defaultdict(float)
     for call in idle_calls:
-        for owner, _r, _w in call["items"]:
-            by_owner[owner if not owner.startswith("salon:") else "salon:*"] += 1
-    print("idle window by whose items: " + ", ".join(f"{k} {v}" for k, v in sorted(by_owner.items())))
+        for item in call["items"]:
+            by_owner[item[0] if not item[0].startswith("salon:") else "salon:*"] += _weight(item)
+    print("idle window, requests by whose items: "
+          + ", ".join(f"{k} {v:,.1f}" for k, v in sorted(by_owner.items())))
 
 
 if __name__ == "__main__":

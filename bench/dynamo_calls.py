@@ -42,6 +42,7 @@ CONTROL_PLANE = {"CreateTable", "DescribeTable", "ListTables", "UpdateTable", "D
                  "UpdateTimeToLive", "DescribeContinuousBackups", "ListTagsOfResource", "TagResource",
                  "DescribeEndpoints", "DescribeLimits"}
 _TYPE_KEYS = {"S", "N", "B", "BOOL", "NULL", "L", "M", "SS", "NS", "BS"}
+Op = tuple[str, float, float, float]  # owner, read request units, write request units, share of a request
 _SCANNED_ITEM_GUESS = 512  # bytes per item a Query/Scan read but filtered out (its size is not returned)
 
 
@@ -146,15 +147,18 @@ class SizeCache:
 
 
 def item_operations(operation: str, request: dict[str, Any], response: dict[str, Any], billed: bool,
-                    cache: SizeCache) -> list[tuple[str, float, float]]:
-    """(owner, read units, write units) for each item operation of one call, as DynamoDB bills it."""
+                    cache: SizeCache) -> list[Op]:
+    """(owner, read units, write units, weight) for each item operation of one call, as DynamoDB
+    bills it. The weight is the share of a request: 1, except that a Query or Scan keyed by
+    something fixed (a runner's own index partition) that returns salons' items is shared
+    among those salons (a reconcile that reads every session of a runner is their cost)."""
     table = str(request.get("TableName", ""))
     factor_read = 1.0 if request.get("ConsistentRead") else 0.5
-    ops: list[tuple[str, float, float]] = []
+    ops: list[Op] = []
     if operation == "GetItem":
         item = response.get("Item")
         cache.see(table, item)
-        ops.append((owner_of(_pk(request.get("Key"))), _units(item_size(item), READ_UNIT_BYTES, factor_read), 0))
+        ops.append((owner_of(_pk(request.get("Key"))), _units(item_size(item), READ_UNIT_BYTES, factor_read), 0, 1.0))
     elif operation == "BatchGetItem":
         for name, wanted in (request.get("RequestItems") or {}).items():
             factor = 1.0 if wanted.get("ConsistentRead") else 0.5
@@ -163,7 +167,7 @@ def item_operations(operation: str, request: dict[str, Any], response: dict[str,
             for key in wanted.get("Keys", []):
                 item = found.get(_key_id(name, key))
                 cache.see(name, item)
-                ops.append((owner_of(_pk(key)), _units(item_size(item), READ_UNIT_BYTES, factor), 0))
+                ops.append((owner_of(_pk(key)), _units(item_size(item), READ_UNIT_BYTES, factor), 0, 1.0))
     elif operation in ("Query", "Scan"):
         items = response.get("Items") or []
         for item in items:
@@ -175,28 +179,37 @@ def item_operations(operation: str, request: dict[str, Any], response: dict[str,
         salon = next((v for v in values if v and v.startswith(("SALON#", "CONN#", "idempotency"))), None)
         owner = owner_of(salon) if salon else "fixed:" + str(request.get("IndexName") or next(
             (v for v in values if v), "?"))
-        ops.append((owner, _units(size, READ_UNIT_BYTES, factor), 0))
+        units = _units(size, READ_UNIT_BYTES, factor)
+        salons = [owner_of(_pk(item)) for item in items]
+        shared = [o for o in salons if o.startswith("salon:")]
+        if owner.startswith("fixed:") and shared:
+            ops.extend((o, units / len(items), 0, 1 / len(items)) for o in shared)
+            rest = (len(items) - len(shared)) / len(items)
+            if rest:
+                ops.append((owner, units * rest, 0, rest))
+        else:
+            ops.append((owner, units, 0, 1.0))
     elif operation == "PutItem":
         item = request.get("Item")
         # A put that replaces an item is billed for the larger of the two.
         size = max(item_size(item), cache.size(table, {k: v for k, v in (item or {}).items() if k in ("pk", "sk")}))
         cache.see(table, item)
-        ops.append((owner_of(_pk(item)), 0, _units(size, WRITE_UNIT_BYTES, 1.0)))
+        ops.append((owner_of(_pk(item)), 0, _units(size, WRITE_UNIT_BYTES, 1.0), 1.0))
     elif operation in ("UpdateItem", "DeleteItem"):
         key = request.get("Key")
         returned = response.get("Attributes")
         size = max(cache.size(table, key), item_size(returned) if returned else 0)
-        ops.append((owner_of(_pk(key)), 0, _units(size, WRITE_UNIT_BYTES, 1.0)))
+        ops.append((owner_of(_pk(key)), 0, _units(size, WRITE_UNIT_BYTES, 1.0), 1.0))
     elif operation == "BatchWriteItem":
         for name, writes in (request.get("RequestItems") or {}).items():
             for write in writes:
                 if "PutRequest" in write:
                     item = write["PutRequest"].get("Item")
                     cache.see(name, item)
-                    ops.append((owner_of(_pk(item)), 0, _units(item_size(item), WRITE_UNIT_BYTES, 1.0)))
+                    ops.append((owner_of(_pk(item)), 0, _units(item_size(item), WRITE_UNIT_BYTES, 1.0), 1.0))
                 else:
                     key = write.get("DeleteRequest", {}).get("Key")
-                    ops.append((owner_of(_pk(key)), 0, _units(cache.size(name, key), WRITE_UNIT_BYTES, 1.0)))
+                    ops.append((owner_of(_pk(key)), 0, _units(cache.size(name, key), WRITE_UNIT_BYTES, 1.0), 1.0))
     elif operation == "TransactWriteItems":
         for action in request.get("TransactItems", []):
             kind, body = next(iter(action.items()))
@@ -207,17 +220,17 @@ def item_operations(operation: str, request: dict[str, Any], response: dict[str,
             else:
                 key = body.get("Key")
                 size = cache.size(name, key)
-            ops.append((owner_of(_pk(key)), 0, _units(size, WRITE_UNIT_BYTES, 2.0)))
+            ops.append((owner_of(_pk(key)), 0, _units(size, WRITE_UNIT_BYTES, 2.0), 1.0))
     elif operation == "TransactGetItems":
         answers = response.get("Responses") or []
         for index, action in enumerate(request.get("TransactItems", [])):
             body = action.get("Get", {})
             item = answers[index].get("Item") if index < len(answers) else None
-            ops.append((owner_of(_pk(body.get("Key"))), _units(item_size(item), READ_UNIT_BYTES, 2.0), 0))
+            ops.append((owner_of(_pk(body.get("Key"))), _units(item_size(item), READ_UNIT_BYTES, 2.0), 0, 1.0))
     else:
-        ops.append(("fixed:" + operation, 0, 0))
+        ops.append(("fixed:" + operation, 0, 0, 1.0))
     if not billed:
-        return [(owner, 0.0, 0.0) for owner, _r, _w in ops]
+        return [(owner, 0.0, 0.0, weight) for owner, _r, _w, weight in ops]
     return ops
 
 
@@ -251,7 +264,8 @@ class _Recorder:
             ops = item_operations(operation, request, parsed if status < 300 else {}, billed, self._cache)
             line = json.dumps({"t": time.time(), "pid": os.getpid(), "op": operation,
                                "index": request.get("IndexName"), "status": status, "error": error,
-                               "items": [[owner, round(r, 3), round(w, 3)] for owner, r, w in ops]})
+                               "items": [[owner, round(r, 4), round(w, 4), round(weight, 4)]
+                                         for owner, r, w, weight in ops]})
             with self._lock, self._path.open("a") as out:
                 out.write(line + "\n")
         except Exception:  # noqa: S110 - counting must never break the process it counts

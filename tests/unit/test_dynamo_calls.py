@@ -34,26 +34,32 @@ def test_request_units_by_operation() -> None:
     key = {"pk": {"S": "SALON#1"}, "sk": {"S": "STATE"}}
     strong = item_operations("GetItem", {"TableName": "T", "Key": key, "ConsistentRead": True}, {"Item": big}, True,
                              cache)
-    assert strong == [("salon:1", 2.0, 0)]  # 5 KB: two 4 KB units
+    assert strong == [("salon:1", 2.0, 0, 1.0)]  # 5 KB: two 4 KB units
     eventual = item_operations("GetItem", {"TableName": "T", "Key": key}, {}, True, cache)
-    assert eventual == [("salon:1", 0.5, 0)]  # nothing found still costs the minimum
+    assert eventual == [("salon:1", 0.5, 0, 1.0)]  # nothing found still costs the minimum
     # An update is sized by the item as last seen (5 KB: five 1 KB units).
-    assert item_operations("UpdateItem", {"TableName": "T", "Key": key}, {}, True, cache) == [("salon:1", 0, 5.0)]
+    assert item_operations("UpdateItem", {"TableName": "T", "Key": key}, {}, True, cache) == [("salon:1", 0, 5.0, 1.0)]
     batch = {"RequestItems": {"T": {"ConsistentRead": True, "Keys": [key, {"pk": {"S": "SALON#2"},
                                                                            "sk": {"S": "SESSION"}}]}}}
     assert item_operations("BatchGetItem", batch, {"Responses": {"T": [big]}}, True, cache) == [
-        ("salon:1", 2.0, 0), ("salon:2", 1.0, 0)]
+        ("salon:1", 2.0, 0, 1.0), ("salon:2", 1.0, 0, 1.0)]
     transaction = {"TransactItems": [
         {"Put": {"TableName": "T", "Item": {"pk": {"S": "SALON#3"}, "sk": {"S": "EVENT#1"}}}},
         {"Update": {"TableName": "T", "Key": {"pk": {"S": "SALON#3"}, "sk": {"S": "STATE"}}}},
         {"ConditionCheck": {"TableName": "T", "Key": {"pk": {"S": "SALON#3"}, "sk": {"S": "SESSION"}}}}]}
-    assert item_operations("TransactWriteItems", transaction, {}, True, cache) == [("salon:3", 0, 2.0)] * 3
+    assert item_operations("TransactWriteItems", transaction, {}, True, cache) == [("salon:3", 0, 2.0, 1.0)] * 3
     query = {"TableName": "T", "IndexName": "LeaseIndex", "ExpressionAttributeValues": {":p": {"S": "LEASE"},
                                                                                        ":now": {"N": "5"}}}
     assert item_operations("Query", query, {"Items": [], "ScannedCount": 0}, True, cache) == [
-        ("fixed:LeaseIndex", 0.5, 0)]
+        ("fixed:LeaseIndex", 0.5, 0, 1.0)]
+    # A runner's own query that reads salons' sessions: their cost, shared.
+    sessions = [{"pk": {"S": f"SALON#{n}"}, "sk": {"S": "SESSION"}} for n in (4, 5)]
+    reconcile = {"TableName": "T", "IndexName": "SessionIndex",
+                 "ExpressionAttributeValues": {":owner": {"S": "runner-1"}}}
+    assert item_operations("Query", reconcile, {"Items": sessions, "ScannedCount": 2}, True, cache) == [
+        ("salon:4", 0.25, 0, 0.5), ("salon:5", 0.25, 0, 0.5)]
     # Throttled: counted as a request, billed nothing.
-    assert item_operations("PutItem", {"TableName": "T", "Item": big}, {}, False, cache) == [("salon:1", 0.0, 0.0)]
+    assert item_operations("PutItem", {"TableName": "T", "Item": big}, {}, False, cache) == [("salon:1", 0.0, 0.0, 1.0)]
 
 
 def test_the_hook_records_every_call_of_the_process(aws: None, tmp_path: Path) -> None:
@@ -69,5 +75,5 @@ def test_the_hook_records_every_call_of_the_process(aws: None, tmp_path: Path) -
         uninstall()
     calls = list(read_calls(tmp_path))
     assert [call["op"] for call in calls] == ["PutItem", "GetItem", "PutItem"]  # CreateTable is not counted
-    assert [call["items"] for call in calls] == [[["salon:7", 0, 1.0]], [["salon:7", 1.0, 0]],
-                                                 [["fixed:RUNNERS", 0, 1.0]]]
+    assert [call["items"] for call in calls] == [[["salon:7", 0, 1.0, 1.0]], [["salon:7", 1.0, 0, 1.0]],
+                                                 [["fixed:RUNNERS", 0, 1.0, 1.0]]]
