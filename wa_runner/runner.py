@@ -58,6 +58,7 @@ TAKEOVER_LOOK_SECONDS = 2.0
 STOP_SECONDS = 12.0
 RELEASE_SECONDS = 8.0
 RELEASE_THREADS = 32
+DRAIN_SECONDS = 2.0
 
 
 class Runner:
@@ -86,7 +87,7 @@ class Runner:
         self.activations = ActivationWorker(
             store, ownership, fence, workers=activation_workers,
             make_activator=lambda: Activator(fenced, yclients, public_base_url, runner_id, policy,
-                                             notify=self.writer.push_sync, actor=RUNNER_ACTOR))
+                                             notify=self.writer.notify, actor=RUNNER_ACTOR))
         self.supervisor = Supervisor(store, ownership, engine, self.writer, self.activations, fence, holds,
                                      limits)
         times = self.membership.times
@@ -214,6 +215,8 @@ class Runner:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._engine.close(), max(1.0, STOP_SECONDS - (time.monotonic() - started)))
         released = await self._release(leases) if holding else 0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.writer.drain(), DRAIN_SECONDS)  # the last states reach their pages
         try:
             await asyncio.to_thread(self.membership.leave, self._clock())
         except Exception:

@@ -87,11 +87,11 @@ class RecordingPusher(Pusher):
         self.pushed: list[tuple[int, str]] = []
         self._lock = threading.Lock()
 
-    def fan_out(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = 5.0,
-                clock: Any = None) -> int:
+    def deliver(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = 5.0,
+                clock: Any = None) -> tuple[int, bool]:
         with self._lock:
             self.pushed.append((salon_id, payload))
-        return 1
+        return 1, True
 
 
 class ScriptedYClients(YClientsClient):

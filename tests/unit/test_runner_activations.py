@@ -51,6 +51,7 @@ def test_a_yclients_outage_holding_every_activation_delays_nothing_else(store: S
         assert 3 not in engine_of(runner).running()
         yclients.release.set()
         runner.activations.join(10)
+        await runner.writer.drain()
 
     asyncio.run(scenario())
     salon = store.get_salon(9)

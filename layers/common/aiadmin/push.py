@@ -59,8 +59,15 @@ class Pusher:
 
     def fan_out(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = PUSH_DEADLINE_SECONDS,
                 clock: Any = time.monotonic) -> int:
-        """Send to every connection of the salon; delete the gone ones. Returns deliveries.
-        Connections not reached within `deadline_seconds` are skipped (and counted as not delivered).
+        """Send to every connection of the salon; delete the gone ones. Returns deliveries
+        (see `deliver`)."""
+        return self.deliver(store, salon_id, payload, deadline_seconds, clock)[0]
+
+    def deliver(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = PUSH_DEADLINE_SECONDS,
+                clock: Any = time.monotonic) -> tuple[int, bool]:
+        """Send to every connection of the salon; delete the gone ones. Returns (deliveries,
+        whether every connection was tried): connections not reached within `deadline_seconds`
+        are skipped, and the caller may push the salon's state again later.
 
         API Gateway also answers 410 for a connection whose $connect is still under way (it is
         recorded during $connect): such a connection gets the message once more after a short
@@ -72,7 +79,7 @@ class Pusher:
         for connection_id in store.connections_of(salon_id):
             if clock() >= deadline:
                 logger.warning("push deadline passed", extra={"salon_id": salon_id})
-                return delivered
+                return delivered, False
             if self._try_send(connection_id, payload, salon_id, gone):
                 delivered += 1
         if gone and clock() + HANDSHAKE_SECONDS < deadline:
@@ -83,7 +90,7 @@ class Pusher:
                     delivered += 1
             for connection_id in still_gone:
                 store.remove_connection(connection_id, salon_id)
-        return delivered
+        return delivered, True
 
     def _try_send(self, connection_id: str, payload: str, salon_id: int, gone: list[str]) -> bool:
         try:
