@@ -59,11 +59,12 @@ async def main() -> None:
     store = Store(boto3.resource("dynamodb", config=Config(max_pool_connections=IO_THREADS + RELEASE_THREADS))
                   .Table(settings.table_name))
     # The membership has a client of its own (its own connections: never queued behind the
-    # others). Each call waits up to a quarter of the lease and is not retried by botocore: the
-    # membership tries again itself, a second later, with a fresh clock (a retry inside one call
-    # would renew from the time the first attempt started).
+    # others). A call may take up to half the lease (a renewal counts from when it was sent, so
+    # a slow answer still renews: only no answer at all for most of the lease lapses it), and
+    # is not retried by botocore: the membership tries again itself, a second later, with a
+    # fresh clock (a retry inside one call would renew from the time the first attempt started).
     membership_table = boto3.session.Session().resource("dynamodb", config=Config(
-        connect_timeout=2, read_timeout=max(2.0, settings.runner_lease_seconds / 4),
+        connect_timeout=3, read_timeout=max(2.0, settings.runner_lease_seconds / 2),
         retries={"mode": "standard", "max_attempts": 1},
     )).Table(settings.table_name)
     engine = _engine(settings.wa_engine, store)
