@@ -7,8 +7,8 @@ Ownership costs nothing per idle session:
   time it (re)joins, and an `expires` it renews every few seconds; its status (sessions by
   phase, pairings) rides along, so the membership is also its heartbeat;
 - a session is owned by a membership, (`owner`, `owner_epoch`), recorded once at the claim:
-  no per-session renewals. Every salon write of the owner is fenced on both the session's
-  owner and the membership being live (`fence_checks`);
+  no per-session renewals. Every salon write of the owner is fenced on the session being that
+  membership's (`fence_checks`);
 - a runner whose membership lapses stops all its sessions before its `expires` (its own
   clock, with a margin); the others take a dead membership's sessions over only `grace`
   seconds after it (`take_over`, a transaction that checks the membership is dead).
@@ -363,21 +363,19 @@ class Ownership:
         return self._conditional(salon_id, "REMOVE activation_retry", f"{_OWNED_BY_ME} AND activation_retry = :g",
                                  {**_me(fence), ":g": generation})
 
-    def fence_checks(self, salon_id: int, fence: Fence, now: float) -> list[dict[str, Any]]:
-        """Condition checks that make a salon write the owner's only: the session is this
-        membership's, and the membership is live."""
+    def fence_checks(self, salon_id: int, fence: Fence) -> list[dict[str, Any]]:
+        """The condition check that makes a salon write the owner's only: the session is this
+        membership's (runner id and epoch). A takeover changes both, so a runner that lost the
+        session (it lapsed, was frozen, or joined again) writes nothing from then on. Between a
+        lapse and the takeover nobody else owns the session; the lapsed runner itself stops
+        acting a margin before its lease ends (`wa_runner.membership`). (A check of the
+        membership item too would cost a transaction item on every write and guard nothing more.)"""
         return [
             {"ConditionCheck": {
                 "TableName": self._table.name, "Key": _session_key(salon_id),
                 "ConditionExpression": _OWNED_BY_ME,
                 "ExpressionAttributeNames": {"#owner": "owner"},
                 "ExpressionAttributeValues": _me(fence),
-            }},
-            {"ConditionCheck": {
-                "TableName": self._table.name, "Key": {"pk": MEMBERS_PARTITION, "sk": fence.runner_id},
-                "ConditionExpression": "epoch = :epoch AND expires > :now AND attribute_not_exists(#left)",
-                "ExpressionAttributeNames": {"#left": "left"},
-                "ExpressionAttributeValues": {":epoch": fence.epoch, ":now": to_dynamo(now)},
             }},
         ]
 

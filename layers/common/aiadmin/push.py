@@ -28,8 +28,8 @@ from aiadmin.store import Store
 # How long a WebSocket handshake may take after $connect recorded the connection.
 HANDSHAKE_SECONDS = 0.5
 # A fan-out gives up after this long (a slow or hanging management API never holds the
-# pusher's next message: the page asks again with `sync` when it reconnects).
-PUSH_DEADLINE_SECONDS = 5.0
+# pusher's next message for long; the runner pushes the latest state again later).
+PUSH_DEADLINE_SECONDS = 10.0
 # The actor whose changes the runner pushes itself.
 RUNNER_ACTOR = "runner"
 
@@ -44,7 +44,8 @@ class Pusher:
         self._client = client or boto3.client(
             "apigatewaymanagementapi",
             endpoint_url=endpoint_url,
-            config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 2}, max_pool_connections=32),
+            # A timeout shorter than a loaded API's answer would only send the message twice.
+            config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}, max_pool_connections=32),
         )
 
     def send(self, connection_id: str, payload: str) -> bool:

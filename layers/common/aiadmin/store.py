@@ -59,7 +59,7 @@ SECRETS_SK = "SECRETS"
 PAIRING_SK = "PAIRING"
 _TRANSITION_ATTEMPTS = 5
 # The checks a fenced transition adds after the salon update and its event (see `transition`).
-_FENCE_CHECKS = 2
+_FENCE_CHECKS = 1
 
 
 class ConcurrentUpdate(RuntimeError):
@@ -67,8 +67,8 @@ class ConcurrentUpdate(RuntimeError):
 
 
 class LeaseLost(RuntimeError):
-    """A runner's fenced write was refused: the salon's session is no longer its own, or its
-    membership is no longer live."""
+    """A runner's fenced write was refused: the salon's session is no longer its own (that
+    runner membership's)."""
 
     def __init__(self, salon_id: int) -> None:
         super().__init__(f"session of salon {salon_id} is no longer ours")
@@ -153,8 +153,8 @@ class Store:
         `expected`, if given, restricts the states this caller may move the salon from
         (e.g. the runner only turns a QR into `qr_expired` while it is `qr_ready`).
         `fence` (a runner membership) fences the write: it happens only while the salon's
-        session is that membership's and the membership is live (a runner that lost either
-        cannot push a stale QR); LeaseLost otherwise. Raises IllegalTransition when the state
+        session is that membership's (a runner that lost it cannot push a stale QR); LeaseLost
+        otherwise. Raises IllegalTransition when the state
         machine refuses it. `guard` is called with every read of the salon and may raise to
         refuse the change: the write is conditional on the version it saw, so its verdict holds
         (e.g. who the salon is bound to).
@@ -229,7 +229,7 @@ class Store:
                          for sk in dict.fromkeys(forget))
             if fence is not None:
                 # Last on purpose: `cancelled_by_checks` reads the last cancellation reasons.
-                items += self.ownership.fence_checks(salon_id, fence, now)
+                items += self.ownership.fence_checks(salon_id, fence)
             try:
                 self._client.transact_write_items(TransactItems=items)
             except ClientError as exc:
