@@ -387,6 +387,7 @@ class FakeYClients:
             last_second = len(recent) - bisect.bisect_right(recent, now - 1.0)
             if last_second > self.rate_limit or len(recent) > self.rate_limit_per_minute:
                 record["status"] = 429
+                record["throttled"] = True      # the fake's own rate limit, not a scripted answer
                 return _envelope(429, None, "Too Many Requests")
             script = self.scripts.get(operation)
             if script:
