@@ -25,6 +25,7 @@ from moto.server import ThreadedMotoServer
 
 from aiadmin.config import LOCAL_JWT_SECRET, LOCAL_PARTNER_TOKEN
 from aiadmin.observability import logger
+from local import moto_transactions
 from local.dynamo_faults import CONTROL_PATH, DynamoFaults
 from local.fake_whatsapp import FakeWhatsApp
 from local.fake_yclients import FakeYClients
@@ -80,8 +81,11 @@ def serialise_dynamodb() -> None:
     """Make moto's DynamoDB calls atomic, as DynamoDB's are: moto checks a condition and writes
     without a lock, so two concurrent conditional writes (or transactions) could both pass, and
     a transaction copying a table while another thread writes it crashes. One lock for every
-    table call of the server's threads; idempotent."""
+    table call of the server's threads; idempotent. Transactions first become two-phase
+    (`local.moto_transactions`: moto's own copies the whole table per item, seconds under load)."""
     from moto.dynamodb.models import DynamoDBBackend
+
+    moto_transactions.install()
 
     lock = threading.RLock()
     for name in ("get_item", "put_item", "update_item", "delete_item", "query", "scan", "transact_write_items"):
