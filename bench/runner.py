@@ -164,11 +164,14 @@ def memory_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_id
     }
 
 
-def resume_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_ids: list[int]) -> dict[str, float]:
+def resume_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_ids: list[int],
+                   concurrency: int | None = None) -> dict[str, float]:
     alone = engine_alone(stack, data_dir / "sessions", "resume", salon_ids)
-    request_run(Store(stack.table()), salon_ids)
+    store = Store(stack.table())
+    request_run(store, salon_ids)
     wanted = {str(s) for s in salon_ids}
-    with runner(stack, data_dir, "bench-resume", log) as process:
+    env = {"RUNNER_RESUME_CONCURRENCY": str(concurrency)} if concurrency else {}
+    with runner(stack, data_dir, "bench-resume", log, **env) as process:
         wait_until(lambda: sum(1 for s, d in whatsapp(stack).devices.items() if s in wanted and d["connected"])
                    == len(salon_ids), 600, interval=0.05, what="all sessions resumed")
         resumed = time.perf_counter() - process.started
@@ -179,8 +182,10 @@ def resume_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_id
         time.sleep(4 * SETTLE_SECONDS)
         idle_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.perf_counter() - since)
         handed_back = process.stop()
+    # Handed over: owner-less and claimable at once (not left to a takeover after the lease).
+    released = sum(1 for lease in store.get_sessions(salon_ids).values() if lease.owner is None)
     return {"engine_s": alone["seconds"], "runner_s": resumed, "ready_s": ready, "sigterm_s": handed_back,
-            "idle_cpu_pct": idle_cpu * 100}
+            "released": released, "idle_cpu_pct": idle_cpu * 100}
 
 
 async def _qr_pushes(stack: RunningStack, store: Store, salon_ids: list[int],
@@ -360,7 +365,8 @@ def report(memory: dict[str, float] | None, resume: dict[str, float] | None, qr:
         print(f"""Resume {resumed} stored linked sessions:
   runner, process start -> all connected   {resume['runner_s']:6.2f} s   (first heartbeat: {resume['ready_s']:.2f} s)
   engine alone, all at once               {resume['engine_s']:6.2f} s
-  SIGTERM -> sessions handed over, exited  {resume['sigterm_s']:6.2f} s   (target: 25 s with 500)
+  SIGTERM -> sessions handed over, exited  {resume['sigterm_s']:6.2f} s   (target: 25 s with 500; \
+{resume['released']:.0f} of {resumed} handed back)
   runner CPU while they idle               {resume['idle_cpu_pct']:6.1f} % of a core""")
     if qr is not None:
         first_qr_extra = statistics.median(qr["first_qr"]) - statistics.median(qr["engine_first_qr"])
@@ -402,6 +408,8 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=20, help="start -> first QR samples")
     parser.add_argument("--window", type=float, default=60, help="seconds of the idle upkeep window")
     parser.add_argument("--figures", default="qr,memory,resume,upkeep", help="which figures (comma-separated)")
+    parser.add_argument("--resume-concurrency", type=int, default=None,
+                        help="RUNNER_RESUME_CONCURRENCY for the resume figure (default: the runner's own)")
     args = parser.parse_args()
     wanted = set(args.figures.split(","))
     logger.setLevel("WARNING")  # the store logs every state change it writes
@@ -429,7 +437,7 @@ def main() -> None:
                 memory = memory_figures(stack, data_dir, log, linked[:args.idle])
             if "resume" in wanted:
                 print("Measuring resume...", flush=True)
-                resume = resume_figures(stack, data_dir, log, linked[:args.resume])
+                resume = resume_figures(stack, data_dir, log, linked[:args.resume], args.resume_concurrency)
     report(memory, resume, qr, upkeep, args.idle, args.resume)
 
 

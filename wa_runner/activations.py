@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from aiadmin.activation import Activator
+from aiadmin.models import Salon
 from aiadmin.observability import logger
 from aiadmin.ownership import Fence, Ownership
 from aiadmin.store import LeaseLost, Store
@@ -40,9 +41,11 @@ class ActivationWorker:
         with self._lock:
             return set(self._jobs)
 
-    async def consider(self, owned: OwnedSession) -> bool:
-        """Activate the connected session's salon if it should be; True when one was started."""
-        salon = await asyncio.to_thread(self._store.get_salon, owned.salon_id)
+    async def consider(self, owned: OwnedSession, salon: Salon | None = None) -> bool:
+        """Activate the connected session's salon if it should be; True when one was started.
+        `salon`: the salon as the caller just read or wrote it (else it is read here)."""
+        if salon is None:
+            salon = await asyncio.to_thread(self._store.get_salon, owned.salon_id)
         if salon is None:
             return False
         retry = False

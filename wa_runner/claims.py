@@ -1,6 +1,6 @@
-"""Taking new work: claimable sessions (mostly the linking attempts; every fourth poll one
-resume shard in turn), and the sessions of dead runners (taken over once their
-membership is `grace` seconds past its end).
+"""Taking new work: claimable sessions (the linking attempts at every poll; a resume shard in
+turn at every fourth poll, or at every poll while resumes are waiting), and the sessions of
+dead runners (taken over once their membership is `grace` seconds past its end).
 
 Claims stay within the runner's bounds: linking attempts up to `max_pairings`, linked
 sessions up to a resume backlog the runner can start soon (the other runners take the rest).
@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from aiadmin.models import SessionLease
 from aiadmin.observability import logger, metrics
 from aiadmin.ownership import LIGHT, LINKING, LINKING_PARTITION, RESUME, RESUME_PARTITIONS, Fence, Ownership
 from wa_runner.supervisor import Supervisor
 
 CLAIM_BATCH = 25
-CLAIM_CONCURRENCY = 8
-RESUME_EVERY = 4  # one claim poll in this many looks at a resume shard
+CLAIM_CONCURRENCY = 16
+RESUME_EVERY = 4  # while no resume is waiting, one claim poll in this many also looks at a resume shard
 
 
 class Claimer:
@@ -33,25 +32,42 @@ class Claimer:
         self._grace = grace
         self._batch = batch
         self._polls = 0
+        self._shard = 0
+        self._resumes_waiting = False  # the last resume shard looked at had claimable sessions
 
-    def _next_partition(self) -> tuple[str, set[str]]:
-        """Linking attempts (and stop/pause) three polls in four; the fourth, one resume shard in
-        turn, while the resume backlog has room (a resume is not waited for by anyone on a page)."""
-        self._polls += 1
-        if self._polls % RESUME_EVERY == 0 and self._supervisor.backlog_room() > 0:
-            return RESUME_PARTITIONS[(self._polls // RESUME_EVERY) % len(RESUME_PARTITIONS)], {RESUME}
-        return LINKING_PARTITION, {LIGHT} | ({LINKING} if self._supervisor.pairing_room() > 0 else set())
+    def _resume_shard(self) -> str | None:
+        """The resume shard this poll also looks at, if any: every poll while resumes are
+        waiting (a mass resume is not paced by the idle rhythm), else one poll in RESUME_EVERY;
+        never while the resume backlog is full (a resume is not waited for by anyone on a page)."""
+        if self._supervisor.backlog_room() <= 0 or not (self._resumes_waiting or self._polls % RESUME_EVERY == 0):
+            return None
+        shard = RESUME_PARTITIONS[self._shard]
+        self._shard = (self._shard + 1) % len(RESUME_PARTITIONS)
+        return shard
 
     async def claim_step(self, now: float) -> int:
-        """One poll of the next partition; returns how many sessions it claimed. The claims of
-        a page go out together (a mass resume is bound by them otherwise)."""
+        """One poll; returns how many sessions it claimed. While no resume waits, one query: the
+        linking partition (linking attempts, stop/pause), or in its turn a resume shard; while
+        resumes wait, both, together. The claims of a poll go out together (linking attempts
+        sort first), and each session is taken on as soon as its own claim is answered."""
         if not self._holds(now):
             return 0
-        partition, classes = self._next_partition()
-        candidates = await asyncio.to_thread(self._ownership.claimable, partition, classes, self._batch)
+        self._polls += 1
+        linking_classes = {LIGHT} | ({LINKING} if self._supervisor.pairing_room() > 0 else set())
+        waiting = self._resumes_waiting
+        shard = self._resume_shard()
+        queries = []
+        if shard is None or waiting:  # idle: the resume shard's turn replaces a linking poll (one query a poll)
+            queries.append(asyncio.to_thread(self._ownership.claimable, LINKING_PARTITION, linking_classes,
+                                             self._batch))
+        if shard is not None:
+            queries.append(asyncio.to_thread(self._ownership.claimable, shard, {RESUME}, self._batch))
+        pages = await asyncio.gather(*queries)
+        if shard is not None:
+            self._resumes_waiting = bool(pages[-1])
         room = {LINKING: self._supervisor.pairing_room(), RESUME: self._supervisor.backlog_room()}
         chosen = []
-        for candidate in candidates:
+        for candidate in [c for page in pages for c in page]:
             if candidate.klass in room:
                 if room[candidate.klass] <= 0:
                     continue  # over our bound: left for another runner
@@ -60,23 +76,22 @@ class Claimer:
         gate = asyncio.Semaphore(CLAIM_CONCURRENCY)
         fence = self._fence()
 
-        async def claim(salon_id: int) -> SessionLease | None:
+        async def claim(salon_id: int) -> bool:
             async with gate:
                 try:
-                    return await asyncio.to_thread(self._ownership.claim, salon_id, fence)
+                    lease = await asyncio.to_thread(self._ownership.claim, salon_id, fence)
                 except Exception:
                     # The write may have been done with its answer lost: look.
                     logger.exception("claim failed", extra={"salon_id": salon_id})
                     lease = await asyncio.to_thread(self._ownership.get_session, salon_id)
-                    return lease if lease is not None and (lease.owner, lease.owner_epoch) == fence else None
-
-        claimed = 0
-        for lease in await asyncio.gather(*(claim(salon_id) for salon_id in chosen)):
+                    if lease is None or (lease.owner, lease.owner_epoch) != fence:
+                        return False
             if lease is None:
-                continue  # another runner was faster
-            claimed += 1
+                return False  # another runner was faster
             await self._supervisor.adopt(lease, now)
-        return claimed
+            return True
+
+        return sum(await asyncio.gather(*(claim(salon_id) for salon_id in chosen)))
 
     async def takeover_step(self, now: float) -> int:
         """Take over sessions of dead memberships, as many as the resume backlog has room for;

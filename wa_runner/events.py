@@ -88,6 +88,9 @@ class EventHandler:
             await self._engine.stop(salon_id, logout=reaction.logout)
         if reaction.phase is not None:
             owned.enter(reaction.phase, now)
+            # A session that left `starting` frees its resume slot now, not after this
+            # event's writes (a mass resume is paced by how soon slots free up).
+            self._supervisor.resume_wakeup.set()
         if reaction.state is not None:
             await self._writer.transition(salon_id, reaction.state, reaction.reason, reaction.attrs,
                                           reaction.expected)
@@ -102,8 +105,8 @@ class EventHandler:
         elif follow_up == FollowUp.CONNECTED:
             salon = await self._writer.get_salon(salon_id)
             if salon is not None and salon.state in CONNECTING:
-                await self._writer.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "session connected")
-            await self._activations.consider(owned)
+                salon = await self._writer.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "session connected")
+            await self._activations.consider(owned, salon)  # one read of the salon for both (a mass resume)
         elif follow_up == FollowUp.RETIRE:
             await self._supervisor.retire(owned)
         elif follow_up == FollowUp.END_LINKING:

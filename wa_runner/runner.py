@@ -222,8 +222,9 @@ class Runner:
         except Exception:
             logger.exception("leaving the membership failed: the others take over once it ends")
         self._push_pool.shutdown(wait=False, cancel_futures=True)
-        logger.info("runner stopped", extra={"sessions": len(leases), "released": released,
-                                             "seconds": round(time.monotonic() - started, 2)})
+        logger.info("sessions handed over", extra={"runner_id": self.runner_id, "sessions": len(leases),
+                                                   "released": released,
+                                                   "seconds": round(time.monotonic() - started, 2)})
 
     async def _release(self, leases: list[SessionLease]) -> int:
         fence = self._fence()

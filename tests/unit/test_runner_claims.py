@@ -50,6 +50,28 @@ def test_new_linking_attempts_are_claimed_first_and_each_runner_keeps_to_its_bou
     assert engine_of(a).sessions.keys() == {100} and engine_of(b).sessions.keys() == {104}
 
 
+def test_a_mass_resume_is_claimed_at_every_poll_and_a_linking_attempt_still_goes_first(store: Store) -> None:
+    """While resumes wait, every claim poll also takes a resume shard (not one poll in four), and
+    a linking attempt that arrives meanwhile is claimed at the very next poll."""
+    clock = FakeClock()
+    runner = make_runner(store, clock, limits=RunnerLimits(resume_concurrency=10))  # resume backlog: 100
+    runner.membership.join(clock.now)
+    linked_sessions(store, range(1, 81))  # 20 in each of the 4 resume shards
+
+    async def scenario() -> None:
+        claimed = [await runner.claimer.claim_step(clock.now) for _ in range(4)]
+        assert claimed == [0, 0, 0, 20]  # idle rhythm until the first resume shard's turn
+        put_salon(store, 200, SalonState.PENDING_WHATSAPP)
+        store.request_session(200, "link")
+        assert await runner.claimer.claim_step(clock.now) == 21  # the linking attempt and the next shard
+        assert 200 in runner.supervisor.owned and runner.pairings_in_flight() == 1
+        assert [await runner.claimer.claim_step(clock.now) for _ in range(2)] == [20, 20]
+        assert len(runner.supervisor.resume_queue) == 80
+        assert await runner.claimer.claim_step(clock.now) == 0  # seen empty: back to the idle rhythm
+
+    asyncio.run(scenario())
+
+
 def test_a_dead_runners_sessions_are_taken_over_after_its_lease_and_grace(store: Store) -> None:
     clock = FakeClock()
     dead, survivor = make_runner(store, clock, runner_id="dead"), make_runner(store, clock, runner_id="survivor")

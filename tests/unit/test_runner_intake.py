@@ -34,6 +34,7 @@ def _connected_runner(store: Store, clock: FakeClock, salon_ids: range) -> Runne
         while len(runner.supervisor.owned) < len(salon_ids):
             await claim_all(runner, clock)
             await resume_and_connect(runner, clock)
+        await claim_all(runner, clock)  # polls until the resume shards are seen empty: idle from here
 
     asyncio.run(connect())
     return runner
