@@ -76,6 +76,8 @@ class Claimer:
         gate = asyncio.Semaphore(CLAIM_CONCURRENCY)
         fence = self._fence()
 
+        resumed: list[int] = []
+
         async def claim(salon_id: int) -> bool:
             async with gate:
                 try:
@@ -89,9 +91,13 @@ class Claimer:
             if lease is None:
                 return False  # another runner was faster
             await self._supervisor.adopt(lease, now)
+            if lease.desired == "run":
+                resumed.append(lease.salon_id)
             return True
 
-        return sum(await asyncio.gather(*(claim(salon_id) for salon_id in chosen)))
+        claimed = sum(await asyncio.gather(*(claim(salon_id) for salon_id in chosen)))
+        await self._supervisor.read_salons(resumed, now)
+        return claimed
 
     async def takeover_step(self, now: float) -> int:
         """Take over sessions of dead memberships, as many as the resume backlog has room for;

@@ -103,7 +103,7 @@ class EventHandler:
             if await asyncio.to_thread(self._ownership.mark_linked, salon_id, self._fence(), owned.lease.generation):
                 owned.lease = owned.lease.model_copy(update={"desired": "run", "pair_phone": None})
         elif follow_up == FollowUp.CONNECTED:
-            salon = await self._writer.get_salon(salon_id)
+            salon = owned.take_known_salon(now) or await self._writer.get_salon(salon_id)
             if salon is not None and salon.state in CONNECTING:
                 salon = await self._writer.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "session connected")
             await self._activations.consider(owned, salon)  # one read of the salon for both (a mass resume)

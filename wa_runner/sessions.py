@@ -8,11 +8,13 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from aiadmin.models import SessionLease
+from aiadmin.models import Salon, SessionLease
 
 MAX_BACKOFF_SECONDS = 60.0
 # A session connected this long is healthy again: its next failure starts the backoff over.
 STABLE_SECONDS = 60.0
+# How long a salon record read in a batch at the claim stands in for a read at the connect.
+KNOWN_SALON_SECONDS = 30.0
 
 
 class Phase(StrEnum):
@@ -41,6 +43,9 @@ class OwnedSession:
     page_seen_at: float = 0.0              # last time the salon's page had a socket open
     # An explicit "activate again" request (a new consent, an ops retry) not yet acted on.
     retry_activation: bool = False
+    # The salon's record as read with others of its claim page, and when (used once, if fresh).
+    known_salon: Salon | None = None
+    known_at: float = 0.0
 
     @property
     def salon_id(self) -> int:
@@ -55,6 +60,11 @@ class OwnedSession:
     def pairing(self) -> bool:
         """A linking attempt that holds (or is about to hold) an engine session."""
         return self.lease.desired == "link" and self.phase in (Phase.STARTING, Phase.LINKING, Phase.RETRYING)
+
+    def take_known_salon(self, now: float) -> Salon | None:
+        """The salon read at the claim, once, while it is recent; else None (read it)."""
+        salon, self.known_salon = self.known_salon, None
+        return salon if salon is not None and now - self.known_at <= KNOWN_SALON_SECONDS else None
 
     def enter(self, phase: Phase, now: float) -> None:
         self.phase, self.since = phase, now

@@ -96,6 +96,17 @@ class Supervisor:
         self.owned[lease.salon_id] = owned
         await self.apply(owned, now)
 
+    async def read_salons(self, salon_ids: list[int], now: float) -> None:
+        """Read the salons of sessions just claimed in one call: their connect then needs no
+        read of its own (a mass resume costs one read per claim page, not one per session)."""
+        if not salon_ids:
+            return
+        salons = await asyncio.to_thread(self._store.get_salons, salon_ids)
+        for salon_id, salon in salons.items():
+            owned = self.owned.get(salon_id)
+            if owned is not None:
+                owned.known_salon, owned.known_at = salon, now
+
     async def command(self, lease: SessionLease, now: float) -> None:
         """The session item as read now (consistently): act on a changed command. Raises when
         acting failed; the book then still holds the previous command, so it is seen as a

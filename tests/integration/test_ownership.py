@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -26,6 +28,11 @@ LEASE_SECONDS = 6
 # Claim poll, resume and a loaded machine: how much later than the lease a takeover may end.
 SLACK_SECONDS = 4
 ABANDON_SECONDS = 3
+# The issue's target: a killed runner's sessions resume elsewhere within 30 s, without a scan.
+# (With this test's short lease they usually do within 8-10 s; the deadline is the target, so a
+# loaded machine does not fail the test while a takeover that waits for nothing but its own
+# bound still would.)
+TAKEOVER_TARGET_SECONDS = 30
 
 
 @pytest.fixture
@@ -100,14 +107,14 @@ def test_killed_and_stopped_runners_sessions_move_to_the_survivors(three_runners
 
             killed_at = time.monotonic()
             os.kill(stack.runners[victim], signal.SIGKILL)
-            wait_until(lambda: _taken_over(stack, theirs, victim, resumes), LEASE_SECONDS + SLACK_SECONDS,
+            wait_until(lambda: _taken_over(stack, theirs, victim, resumes), TAKEOVER_TARGET_SECONDS,
                        what="the killed runner's linked salons are resumed by the others")
             takeover = time.monotonic() - killed_at
             # The linking salon's new owner starts a fresh attempt (a new client, so new keys in
             # the code) and pushes its code to the open page.
             fresh = first_qr
             while _client_keys(fresh["qr"]) == _client_keys(first_qr["qr"]):
-                fresh = await receive_until(page, {"qr_ready"}, LEASE_SECONDS + SLACK_SECONDS)
+                fresh = await receive_until(page, {"qr_ready"}, TAKEOVER_TARGET_SECONDS)
             assert _owned_by(stack, [300])[300] != victim
             assert scan(stack.base_url, fresh["qr"]).status_code == 200
             await receive_until(page, {"active"})
@@ -122,7 +129,7 @@ def test_killed_and_stopped_runners_sessions_move_to_the_survivors(three_runners
             return victim, owned, takeover
 
     victim, owned, takeover = asyncio.run(kill_during_linking())
-    assert takeover <= LEASE_SECONDS + SLACK_SECONDS
+    assert takeover <= TAKEOVER_TARGET_SECONDS
 
     # SIGTERM (Fargate stopping a task): the leases are handed back, the last runner takes over at once.
     linked = sorted(owned)
@@ -134,9 +141,14 @@ def test_killed_and_stopped_runners_sessions_move_to_the_survivors(three_runners
     resumes = {s: whatsapp(stack).resumes(s) for s in linked}
     stopped_at = time.monotonic()
     os.kill(stack.runners[stopping], signal.SIGTERM)
-    wait_until(lambda: _taken_over(stack, theirs, stopping, resumes), LEASE_SECONDS + SLACK_SECONDS,
+    wait_until(lambda: _taken_over(stack, theirs, stopping, resumes), TAKEOVER_TARGET_SECONDS,
                what="the stopped runner's salons are resumed by the last runner")
-    assert time.monotonic() - stopped_at < LEASE_SECONDS / 2, "SIGTERM takeover should not wait for the lease"
+    # Handed over, not taken over: the stopping runner released every session before it left
+    # (so the last runner claimed them at once, without waiting for the lease).
+    handed = wait_until(lambda: _handed_over(stack, stopping), 10, what="the stopped runner's hand-over line")
+    assert handed is not None and handed["released"] == handed["sessions"] >= len(theirs)  # (and maybe salon 300)
+    assert not any(line.get("from") == stopping for line in _log_lines(stack, "took over a dead runner's session"))
+    assert time.monotonic() - stopped_at < TAKEOVER_TARGET_SECONDS
     last = _owned_by(stack, linked)
     assert set(last.values()) == survivors - {stopping}
 
@@ -168,16 +180,20 @@ def test_a_frozen_runner_wakes_without_fighting_the_new_owner(make_stack: Callab
     frozen = owned[linked[-1]]
     theirs = [s for s, o in owned.items() if o == frozen]
     resumes = {s: whatsapp(stack).resumes(s) for s in linked}
+    frozen_epoch = _heartbeats(stack)[frozen]["epoch"]
     os.kill(stack.runners[frozen], signal.SIGSTOP)
     try:
-        wait_until(lambda: _taken_over(stack, theirs, frozen, resumes), 4 + SLACK_SECONDS,
+        wait_until(lambda: _taken_over(stack, theirs, frozen, resumes), TAKEOVER_TARGET_SECONDS,
                    what="the frozen runner's salons are resumed by the other")
     finally:
         os.kill(stack.runners[frozen], signal.SIGCONT)
     # WhatsApp replaced the frozen runner's streams (it was not there to close them).
     taken = whatsapp(stack)
     assert taken.streams_replaced == len(theirs)
-    time.sleep(3)  # the woken runner's loop has run several times by now
+    # The woken runner saw its membership had lapsed, stopped everything and joined again with
+    # a new epoch and nothing to run (its loops have run many times by then).
+    wait_until(lambda: (b := _heartbeats(stack).get(frozen)) and b["epoch"] > frozen_epoch and b["sessions"] == 0,
+               TAKEOVER_TARGET_SECONDS, what="the woken runner joined again with no session")
     after = whatsapp(stack)
     assert after.streams_replaced == taken.streams_replaced
     for salon_id in theirs:
@@ -231,7 +247,7 @@ async def _bounded_and_abandoned(stack: RunningStack) -> None:
         for salon_id in busy:
             await receive_until(pages[salon_id], {"qr_ready"})
         beats = wait_until(lambda: (b := _heartbeats(stack)) and all(x["pairings"] == 1 for x in b.values()) and b,
-                           3, what="each runner reports one pairing in flight")
+                           10, what="each runner reports one pairing in flight")
         assert len(beats) == 2 and {x["phases"].get("linking") for x in beats.values()} == {1}
         salon = store(stack).get_salon(waiting)
         assert salon is not None and salon.state == "pending_whatsapp"
@@ -247,9 +263,10 @@ async def _bounded_and_abandoned(stack: RunningStack) -> None:
         assert salon is not None and salon.state == "qr_ready"
     abandoned = busy[1]
     # All pages closed: after ABANDON_SECONDS without a page and a scan each attempt stops and leaves the lease index.
+    # (Bounded below WhatsApp's own expiry of the code, 16 s at this time scale; the reason is checked too.)
     wait_until(lambda: all((s := store(stack).get_salon(i)) and s.state == "qr_expired" for i in (abandoned, waiting)),
-               ABANDON_SECONDS + SLACK_SECONDS, what="abandoned attempts expire")
-    wait_until(lambda: all(b["pairings"] == 0 for b in _heartbeats(stack).values()), 3,
+               ABANDON_SECONDS + 2 * SLACK_SECONDS, what="abandoned attempts expire")
+    wait_until(lambda: all(b["pairings"] == 0 for b in _heartbeats(stack).values()), 10,
                what="no pairing left in flight")
     assert owners(stack, [abandoned, waiting]) == {abandoned: None, waiting: None}
     for salon_id in (abandoned, waiting):  # stopped for want of a page, not by WhatsApp's own 160 s
@@ -264,3 +281,20 @@ async def _bounded_and_abandoned(stack: RunningStack) -> None:
 
 def _heartbeats(stack: RunningStack) -> dict[str, dict]:
     return live_heartbeats(stack)
+
+
+def _log_lines(stack: RunningStack, message: str) -> list[dict[str, Any]]:
+    """The runners' JSON log lines with this message."""
+    found = []
+    for line in list(stack.output):
+        if line.startswith("{") and message in line:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("message") == message:
+                    found.append(record)
+    return found
+
+
+def _handed_over(stack: RunningStack, runner_id: str) -> dict[str, Any] | None:
+    lines = [r for r in _log_lines(stack, "sessions handed over") if r.get("runner_id") == runner_id]
+    return lines[-1] if lines else None

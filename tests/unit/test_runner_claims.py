@@ -4,6 +4,7 @@ moto table, with an in-memory engine and a fake clock (the tests call the steps)
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from aiadmin.states import SalonState
 from aiadmin.store import Store
@@ -70,6 +71,32 @@ def test_a_mass_resume_is_claimed_at_every_poll_and_a_linking_attempt_still_goes
         assert await runner.claimer.claim_step(clock.now) == 0  # seen empty: back to the idle rhythm
 
     asyncio.run(scenario())
+
+
+def test_a_mass_resume_reads_the_salons_once_per_claim_page(store: Store) -> None:
+    """Each claimed linked session is one conditional write; its salon is read with the others
+    of its claim page, so connecting it costs no read of its own."""
+    clock = FakeClock()
+    runner = make_runner(store, clock, limits=RunnerLimits(resume_concurrency=10))
+    runner.membership.join(clock.now)
+    linked_sessions(store, range(1, 41))
+    linked_sessions(store, [41], state=SalonState.WHATSAPP_CONNECTED)  # its activation was cut short
+    calls: Counter[str] = Counter()
+    store.table.meta.client.meta.events.register("before-call.dynamodb.*",
+                                                 lambda model, **_: calls.update([model.name]))
+
+    async def scenario() -> None:
+        await claim_all(runner, clock)
+        await resume_and_connect(runner, clock)
+        runner.activations.join(5)
+
+    asyncio.run(scenario())
+    assert runner.status()["phases"] == {"connected": 41}
+    assert calls["BatchGetItem"] == 4  # one per claim page (the 4 resume shards)
+    # No per-session read: the only single reads are the activation's of salon 41.
+    assert calls["GetItem"] <= 10
+    salon = store.get_salon(41)
+    assert salon is not None and salon.state == SalonState.ACTIVE
 
 
 def test_a_dead_runners_sessions_are_taken_over_after_its_lease_and_grace(store: Store) -> None:

@@ -122,6 +122,22 @@ class Store:
         ).get("Item")
         return Salon.model_validate(_from_dynamo(item)) if item else None
 
+    def get_salons(self, salon_ids: Iterable[int]) -> dict[int, Salon]:
+        """Several salons' records, read consistently, 100 per request (a mass resume reads the
+        salons of a claim page in one call instead of one each)."""
+        ids = list(dict.fromkeys(salon_ids))
+        found: dict[int, Salon] = {}
+        for start in range(0, len(ids), 100):
+            keys = [{"pk": _salon_pk(i), "sk": "STATE"} for i in ids[start:start + 100]]
+            request: dict[str, Any] = {self._table.name: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self._client.batch_get_item(RequestItems=request)
+                for item in response["Responses"].get(self._table.name, []):
+                    salon = Salon.model_validate(_from_dynamo(item))
+                    found[salon.salon_id] = salon
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
     def all_salons(self) -> Iterator[Salon]:
         """Every salon record, page by page (a Scan: for ops tools, never on a request path)."""
         request: dict[str, Any] = {"FilterExpression": Attr("sk").eq("STATE")}
