@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
 from aiadmin.ownership import LIGHT, LINKING, LINKING_PARTITION, RESUME, RESUME_PARTITIONS, Fence, Ownership
 from wa_runner.supervisor import Supervisor
@@ -66,17 +67,26 @@ class Claimer:
         if shard is not None:
             self._resumes_waiting = bool(pages[-1])
         room = {LINKING: self._supervisor.pairing_room(), RESUME: self._supervisor.backlog_room()}
-        chosen = []
+        chosen: list[int] = []
+        resumes: list[int] = []
         for candidate in [c for page in pages for c in page]:
             if candidate.klass in room:
                 if room[candidate.klass] <= 0:
                     continue  # over our bound: left for another runner
                 room[candidate.klass] -= 1
             chosen.append(candidate.salon_id)
+            if candidate.klass == RESUME:
+                resumes.append(candidate.salon_id)
         gate = asyncio.Semaphore(CLAIM_CONCURRENCY)
         fence = self._fence()
+        # Read alongside the claims (a resume's connect may come before the last claim is answered).
+        salons = asyncio.ensure_future(self._supervisor.read_salons(resumes))
 
-        resumed: list[int] = []
+        async def known(salon_id: int) -> Salon | None:
+            try:
+                return (await asyncio.shield(salons)).get(salon_id)
+            except Exception:
+                return None  # read at the connect instead
 
         async def claim(salon_id: int) -> bool:
             async with gate:
@@ -90,14 +100,16 @@ class Claimer:
                         return False
             if lease is None:
                 return False  # another runner was faster
-            await self._supervisor.adopt(lease, now)
-            if lease.desired == "run":
-                resumed.append(lease.salon_id)
+            await self._supervisor.adopt(lease, now, await known(salon_id) if lease.desired == "run" else None)
             return True
 
-        claimed = sum(await asyncio.gather(*(claim(salon_id) for salon_id in chosen)))
-        await self._supervisor.read_salons(resumed, now)
-        return claimed
+        try:
+            return sum(await asyncio.gather(*(claim(salon_id) for salon_id in chosen)))
+        finally:
+            if not salons.done():
+                salons.cancel()
+            elif not salons.cancelled():
+                salons.exception()  # retrieved: a failed read is no unhandled error
 
     async def takeover_step(self, now: float) -> int:
         """Take over sessions of dead memberships, as many as the resume backlog has room for;

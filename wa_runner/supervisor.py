@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiadmin.models import SessionLease
+from aiadmin.models import Salon, SessionLease
 from aiadmin.observability import logger, metrics
 from aiadmin.onboarding import NO_CODES
 from aiadmin.ownership import Fence, Ownership
@@ -89,23 +89,19 @@ class Supervisor:
 
     # ---- commands -------------------------------------------------------------------------
 
-    async def adopt(self, lease: SessionLease, now: float) -> None:
-        """A session just claimed or taken over: run what its command asks."""
+    async def adopt(self, lease: SessionLease, now: float, salon: Salon | None = None) -> None:
+        """A session just claimed or taken over: run what its command asks. `salon`: its record
+        as read just now, if it was (see `read_salons`)."""
         logger.info("session is ours", extra={"salon_id": lease.salon_id, "desired": lease.desired})
-        owned = OwnedSession(lease, since=now, page_seen_at=now, retry_activation=lease.wants_activation_retry)
+        owned = OwnedSession(lease, since=now, page_seen_at=now, retry_activation=lease.wants_activation_retry,
+                             known_salon=salon, known_at=now)
         self.owned[lease.salon_id] = owned
         await self.apply(owned, now)
 
-    async def read_salons(self, salon_ids: list[int], now: float) -> None:
-        """Read the salons of sessions just claimed in one call: their connect then needs no
-        read of its own (a mass resume costs one read per claim page, not one per session)."""
-        if not salon_ids:
-            return
-        salons = await asyncio.to_thread(self._store.get_salons, salon_ids)
-        for salon_id, salon in salons.items():
-            owned = self.owned.get(salon_id)
-            if owned is not None:
-                owned.known_salon, owned.known_at = salon, now
+    async def read_salons(self, salon_ids: list[int]) -> dict[int, Salon]:
+        """The salons of sessions about to be claimed, in one call: their connects then need no
+        read of their own (a mass resume costs one read per claim page, not one per session)."""
+        return await asyncio.to_thread(self._store.get_salons, salon_ids) if salon_ids else {}
 
     async def command(self, lease: SessionLease, now: float) -> None:
         """The session item as read now (consistently): act on a changed command. Raises when
