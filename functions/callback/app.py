@@ -37,6 +37,8 @@ SETTINGS = ["table_name", "yclients_partner_token", "yclients_app_id", "entity_q
 # Settings are loaded at start-up and the function refuses to start without them, so a
 # running health check can only report them present; the booleans say which ones it checked.
 settings = load_settings(SETTINGS)
+# Every route imports all it needs with this module; only pydantic's validators wait for first use.
+FIRST_USE_IMPORTS: tuple[str, ...] = ()
 RUNNER_STALE_SECONDS = 60
 store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
 entity_queue = lazy(lambda: EntityQueue(boto3.client("sqs"), settings.entity_queue_url))
@@ -68,7 +70,8 @@ def process_lifecycle(webhook: dict[str, Any]) -> dict[str, Any]:
 
 
 class LifecycleWebhook(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Validator built on the first lifecycle webhook, not at import (cold start).
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     salon_id: int = Field(gt=0, lt=SALON_ID_LIMIT)
     application_id: int

@@ -7,7 +7,7 @@ import html
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlparse
 
 import boto3
@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aiadmin.config import load_settings
 from aiadmin.i18n import catalogue_json, pick_language, t
-from aiadmin.lazy import lazy
+from aiadmin.lazy import lazy, preload_before_snapshot
 from aiadmin.models import UserData, parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import (
@@ -31,7 +31,16 @@ from aiadmin.onboarding import (
 from aiadmin.pages import error_page, new_nonce, security_headers
 from aiadmin.store import Store
 from aiadmin.tokens import issue_token
-from aiadmin.yclients import BadUserData, PartnerApiError, YClientsClient, check_user_data
+
+if TYPE_CHECKING:
+    from aiadmin.yclients import YClientsClient
+
+# Cold start: of this function's two routes, only the redirect talks to YClients, issues tokens
+# and reads the owner's phone. It imports those modules (`requests` under the YClients client,
+# pyjwt, phonenumbers) on its first call, not here: the page route never pays for them. With
+# SnapStart they are imported, and the models' validators built, before the snapshot.
+FIRST_USE_IMPORTS = ("aiadmin.yclients", "jwt", "phonenumbers")
+preload_before_snapshot(FIRST_USE_IMPORTS)
 
 settings = load_settings([
     "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token", "yclients_signing_key",
@@ -39,8 +48,16 @@ settings = load_settings([
     "page_local_frame_ancestors",
 ])
 store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
-yclients = lazy(lambda: YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
-                                      settings.yclients_app_id))
+
+
+def _yclients_client() -> YClientsClient:
+    from aiadmin.yclients import YClientsClient
+
+    return YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
+                          settings.yclients_app_id)
+
+
+yclients = lazy(_yclients_client)
 # `user_data_sign`'s key: a separate signing key where YClients gives one, the partner token otherwise.
 SIGNING_KEY = (settings.yclients_signing_key or settings.yclients_partner_token).reveal()
 PAGE_TEMPLATE = (Path(__file__).parent / "onboarding.html").read_text(encoding="utf-8")
@@ -98,6 +115,8 @@ def redirect() -> Response:
     user_data, sign = query.get("user_data"), query.get("user_data_sign")
     if not user_data or not sign:
         return _owner_error(400, "unsigned")
+    from aiadmin.yclients import BadUserData, check_user_data  # the redirect route's own (FIRST_USE_IMPORTS)
+
     try:
         verified = check_user_data(user_data, sign, SIGNING_KEY)
     except BadUserData as exc:
@@ -138,6 +157,8 @@ def _confirm_with_yclients(salon_ids: list[int], user: UserData) -> list[Locatio
     """`salon_id` is not signed: YClients must confirm our app pending or active in every location
     before anything is written. With `YCLIENTS_CHECK_SALON_USERS`, also that the consenting user
     is one of the salon's users (where YClients shows them to us)."""
+    from aiadmin.yclients import PartnerApiError
+
     locations = []
     for salon_id in salon_ids:
         try:

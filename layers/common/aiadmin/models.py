@@ -135,6 +135,10 @@ class UserData(BaseModel):
 class StateMessage(BaseModel):
     """What the onboarding page receives over the WebSocket."""
 
+    # Every model here defers its validator to first use: a handler importing this module does
+    # not pay for the schemas of models its request never touches (cold start).
+    model_config = ConfigDict(defer_build=True)
+
     type: Literal["state"] = "state"
     salon_id: int
     state: SalonState
@@ -188,6 +192,8 @@ class ErrorMessage(BaseModel):
     """A request from the page that was refused (e.g. a bad phone number): nothing changed.
     `code` says why for the page's logic (`invalid_phone`, `pairing_limited`, `rate_limited`,
     `token_expired`, `bad_request`); `retry_after` (seconds) when waiting helps."""
+
+    model_config = ConfigDict(defer_build=True)
 
     type: Literal["error"] = "error"
     action: str
