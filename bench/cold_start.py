@@ -5,7 +5,7 @@ The layer is built the way `sam build` builds it (layers/common/requirements.txt
 uv.lock, plus the aiadmin package) into .aws-sam/bench-layer, for this machine's platform so it
 can be imported here. Figures are CPU time of the importing process (this machine is shared: wall
 time moves with the other processes' load, CPU time far less), the median of N fresh
-interpreters (`-n`), each with the
+interpreters (`-n`, taken round-robin with the floor), each with the
 layer and the function's directory on the path as Lambda arranges them, and settings in the
 environment (no SSM call: the network is not what is measured). Figures per handler:
 
@@ -114,8 +114,7 @@ def _run(code: str, cwd: Path, tracing: bool) -> list[str]:
     return done.stdout.split()
 
 
-def median_of(runs: int, code: str, cwd: Path, tracing: bool) -> list[float | bool]:
-    samples = [_run(code, cwd, tracing) for _ in range(runs)]
+def medians(samples: list[list[str]]) -> list[float | bool]:
     columns = list(zip(*samples, strict=True))
     out: list[float | bool] = []
     for column in columns:
@@ -133,7 +132,18 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     build_layer(args.rebuild)
-    floor = float(median_of(args.n, FLOOR, ROOT, tracing=False)[0])
+    # Round-robin: each round runs the floor once and every handler once, so the floor's N samples
+    # and each handler's N samples are spread over the same minutes. (Taken in one block first,
+    # the floor met a different load on this shared machine than the handlers did after it: the
+    # floor moved from 199 to 290 ms between two runs of the same code.)
+    configs = [(name, tracing) for name in FUNCTIONS for tracing in (False, True)]
+    floor_samples: list[list[str]] = []
+    samples: dict[tuple[str, bool], list[list[str]]] = {config: [] for config in configs}
+    for _ in range(args.n):
+        floor_samples.append(_run(FLOOR, ROOT, tracing=False))
+        for name, tracing in configs:
+            samples[name, tracing].append(_run(HANDLER, ROOT / "functions" / name, tracing))
+    floor = float(medians(floor_samples)[0])
     print(f"floor: import boto3 + Table resource: {floor * 1000:.0f} ms (median of {args.n})")
     print(f"{'handler':<12} {'tracing':<8} {'import':>8} {'ratio':>6} {'cold':>8} {'ratio':>6} "
           f"{'first':>8} {'ratio':>6} {'x-ray':>6}")
@@ -141,7 +151,7 @@ def main() -> int:
     worst = 0.0
     for name in FUNCTIONS:
         for tracing in (False, True):
-            imported, cold, first, xray = median_of(args.n, HANDLER, ROOT / "functions" / name, tracing)
+            imported, cold, first, xray = medians(samples[name, tracing])
             ratio, cold_ratio, first_ratio = float(imported) / floor, float(cold) / floor, float(first) / floor
             if not tracing:
                 worst = max(worst, ratio)
