@@ -1,7 +1,7 @@
 """A local stand-in for API Gateway: the HTTP API, the WebSocket API and its `@connections`
 management endpoint, routing to the Lambda handlers exactly as template.yaml declares.
 
-Handlers run in worker threads (like concurrent Lambda invocations) and receive the same
+Handlers run in worker processes, one invocation each at a time (like Lambda containers), and receive the same
 event shapes API Gateway sends: HTTP API payload 2.0, WebSocket CONNECT / MESSAGE /
 DISCONNECT events, and DynamoDB stream batches (see `StreamPoller`)."""
 
@@ -10,82 +10,86 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import json
+import multiprocessing
 import os
 import re
 import secrets
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl
 
 import boto3
 from aiohttp import WSMsgType, web
 
-from local.template import FunctionSpec, HttpRoute, Template
+from local import lambda_worker
+from local.lambda_worker import HandlerFailed, LambdaContext, Target
+from local.template import HttpRoute, Template
+
+__all__ = ["Gateway", "HandlerFailed", "LambdaContext", "LambdaHost", "StreamPoller"]
 
 API_ID = "local"
 STAGE = "$default"
 
 
-@dataclass
-class LambdaContext:
-    """The attributes of the Lambda context object that handlers and powertools read."""
-
-    function_name: str
-    aws_request_id: str
-    memory_limit_in_mb: int = 256
-    function_version: str = "$LATEST"
-    log_group_name: str = "/aws/lambda/local"
-    log_stream_name: str = "local"
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:eu-central-1:000000000000:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 15000
-
-
 class LambdaHost:
-    """Loads each function's handler module from its CodeUri (once, like a warm container) and
-    invokes it. Environment variables must be in `os.environ` before the first invocation."""
+    """Runs the functions' handlers as Lambda does: each invocation in a worker process of its
+    own ("container", see `local.lambda_worker` for why not threads), handler modules loaded once
+    per worker. Up to `workers` invocations run at once (Lambda's concurrency); more wait.
 
-    def __init__(self, template: Template, workers: int = 16) -> None:
-        self._functions = template.functions
-        self._modules: dict[str, ModuleType] = {}
+    `start()` makes the pool once the functions' settings are in `os.environ` (the workers take
+    them from there); until then, or after a worker died, the first invocation makes it."""
+
+    def __init__(self, template: Template, workers: int = 12) -> None:
+        self._targets = {
+            name: Target(name, str(spec.code_dir), spec.module, spec.handler)
+            for name, spec in template.functions.items()
+        }
+        self._workers = workers
         self._lock = threading.Lock()
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
+        self._pool: ProcessPoolExecutor | None = None
 
-    def _module(self, spec: FunctionSpec) -> ModuleType:
-        key = f"{spec.code_dir}:{spec.module}"
+    def start(self) -> None:
+        """The pool, the forkserver and one warm worker, without waiting for them."""
+        self._executor().submit(lambda_worker.warm)
+
+    def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
-            if key not in self._modules:
-                path = spec.code_dir / f"{spec.module}.py"
-                module_spec = importlib.util.spec_from_file_location(f"lambda_{spec.code_dir.name}_{spec.module}", path)
-                assert module_spec and module_spec.loader
-                module = importlib.util.module_from_spec(module_spec)
-                sys.modules[module_spec.name] = module
-                module_spec.loader.exec_module(module)
-                self._modules[key] = module
-            return self._modules[key]
+            if self._pool is None:
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(lambda_worker.PRELOAD)
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self._workers, mp_context=context, initializer=lambda_worker.start_worker,
+                    initargs=(dict(os.environ), list(self._targets.values())))
+            return self._pool
 
-    def invoke_sync(self, function: str, event: dict[str, Any]) -> Any:
-        spec = self._functions[function]
-        handler = getattr(self._module(spec), spec.handler)
-        return handler(event, LambdaContext(function_name=function, aws_request_id=str(uuid.uuid4())))
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
 
     async def invoke(self, function: str, event: dict[str, Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.invoke_sync, function, event)
+        """The handler's result; `HandlerFailed` if it raised (or its worker died: a new pool
+        serves the next invocation, as Lambda replaces a crashed container)."""
+        pool = self._executor()
+        try:
+            return await asyncio.wrap_future(pool.submit(lambda_worker.invoke, self._targets[function], event))
+        except BrokenProcessPool as exc:
+            self._discard(pool)
+            raise HandlerFailed(f"the worker running {function} died") from exc
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _route_pattern(path: str) -> re.Pattern[str]:

@@ -25,6 +25,7 @@ from moto.server import ThreadedMotoServer
 
 from aiadmin.config import LOCAL_JWT_SECRET, LOCAL_PARTNER_TOKEN
 from aiadmin.observability import logger
+from aiadmin.yclients import RATE_LIMIT_FILE_ENV
 from local.dynamo_faults import CONTROL_PATH, DynamoFaults
 from local.fake_whatsapp import FakeWhatsApp
 from local.fake_yclients import FakeYClients
@@ -136,6 +137,13 @@ def stack_settings(moto_url: str, base: str, dynamodb_url: str | None = None) ->
     }
 
 
+def rate_limit_file(data_dir: Path) -> Path:
+    """YClients' limit is per address: every process of the stack calls from this machine's, so
+    they share one limiter through this file (see aiadmin.yclients.process_limiter)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir / "yclients-rate-limit.sqlite"
+
+
 def runner_environment(moto_url: str, base: str, data_dir: Path, time_scale: float,
                        dynamodb_url: str | None = None) -> dict[str, str]:
     """The environment of the stack's runner processes (the benchmark starts its own runners
@@ -145,6 +153,7 @@ def runner_environment(moto_url: str, base: str, data_dir: Path, time_scale: flo
         "TABLE_NAME": APP_TABLE,
         "WA_ENGINE": "simulated", "WA_SIM_SERVER_URL": base, "WA_TIME_SCALE": str(time_scale),
         "SESSIONS_DIR": str(data_dir / "sessions"),
+        RATE_LIMIT_FILE_ENV: str(rate_limit_file(data_dir)),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "layers" / "common"), os.environ.get("PYTHONPATH", "")]),
     }
     # As in AWS, the runner never holds the onboarding-token secret: it issues and checks no token.
@@ -215,12 +224,13 @@ async def run_stack(options: StackOptions) -> None:
     marketplace.callback_url = f"{base}/callback/yclients"
 
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="aiadmin-local-"))
-    overrides = stack_settings(moto_url, base, dynamodb_url)
+    overrides = {**stack_settings(moto_url, base, dynamodb_url), RATE_LIMIT_FILE_ENV: str(rate_limit_file(data_dir))}
     function_env: dict[str, str] = {}
     for spec in template.functions.values():
         function_env.update(resolve_environment({**template.globals_env, **spec.environment}, overrides,
                                                 resource_names))
-    os.environ.update(function_env)  # the handlers run in this process
+    os.environ.update(function_env)  # the handlers' workers take their settings from here
+    host.start()
     logger.setLevel(overrides["POWERTOOLS_LOG_LEVEL"])  # created at import, before the overrides
 
     runner_env = runner_environment(moto_url, base, data_dir, options.time_scale, dynamodb_url)
@@ -280,7 +290,7 @@ async def run_stack(options: StackOptions) -> None:
                 process.kill()
         poller.cancel()
         await site_runner.cleanup()
-        host.executor.shutdown(wait=False, cancel_futures=True)
+        host.shutdown()
         if faults:
             faults.stop()
         moto.stop()

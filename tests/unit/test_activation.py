@@ -7,6 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from pyrate_limiter import Limiter, Rate
 from aiadmin.activation import ActivationEnd, ActivationPolicy, Activator, backoff_delay
 from aiadmin.states import SalonState
 from aiadmin.store import Store
-from aiadmin.yclients import YClientsClient
+from aiadmin.yclients import RATE_LIMIT_FILE_ENV, YClientsClient, process_limiter
 from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
 from tests.helpers import fake_marketplace
 
@@ -346,6 +347,23 @@ def test_process_limiter_keeps_every_client_under_5_requests_per_second(marketpl
         thread.join(30)
     assert [c["status"] for c in fake.calls] == [200] * 12
     assert time.monotonic() - started >= 2.0  # 12 calls at 5 per 1.1 s
+
+
+def test_processes_sharing_a_limit_file_stay_under_5_requests_per_second_together(
+        marketplace: tuple[FakeYClients, str], fake: FakeYClients, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two limiters built from one file, as two processes of the local stack build theirs.
+    monkeypatch.setenv(RATE_LIMIT_FILE_ENV, str(tmp_path / "limit.sqlite"))
+    fake.rate_limit = 5
+    clients = [YClientsClient(marketplace[1], TOKEN, 4242, limiter=process_limiter.__wrapped__()) for _ in range(2)]
+    started = time.monotonic()
+    threads = [threading.Thread(target=lambda c=c: [c.app_status(SALON) for _ in range(6)]) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [c["status"] for c in fake.calls] == [200] * 12
+    assert time.monotonic() - started >= 2.0
 
 
 def test_the_fake_answers_429_above_5_requests_per_second_and_the_client_waits_it_out(

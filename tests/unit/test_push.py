@@ -5,6 +5,7 @@ one whose $connect is still under way."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
@@ -56,26 +57,52 @@ def test_a_connection_still_in_its_handshake_gets_the_message_and_a_gone_one_is_
     assert sorted(store.connections_of(9)) == ["c-new", "c-open"]
 
 
-class SlowManagementApi(Pusher):
-    """Each delivery takes a (fake) second."""
+class BlockingManagementApi(Pusher):
+    """Answers a delivery only once `release` lets it (per connection), recording the order."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: dict[str, threading.Event]) -> None:
         super().__init__("http://127.0.0.1:9", client=object())
-        self.now = 0.0
+        self.release = release
         self.sent: list[str] = []
 
     def send(self, connection_id: str, payload: str) -> bool:
-        self.now += 1.0
+        if not self.release[connection_id].wait(5):
+            raise TimeoutError(connection_id)
         self.sent.append(connection_id)
         return True
 
 
-def test_a_fan_out_gives_up_at_its_deadline(store: Store) -> None:
-    for connection_id in ("c1", "c2", "c3", "c4"):
+def test_a_fan_out_sends_to_every_connection_at_once(store: Store) -> None:
+    connections = [f"c{n}" for n in range(5)]
+    for connection_id in connections:
         store.add_connection(connection_id, 9)
-    pusher = SlowManagementApi()
-    assert pusher.fan_out(store, 9, "{}", deadline_seconds=2.5, clock=lambda: pusher.now) == 3
-    assert len(pusher.sent) == 3  # the fourth was never tried: the deadline had passed
+    # Every delivery waits until all five are in flight: one at a time, the first would wait in vain.
+    barrier = threading.Barrier(len(connections), timeout=5)
+
+    class Together(BlockingManagementApi):
+        def send(self, connection_id: str, payload: str) -> bool:
+            barrier.wait()
+            return super().send(connection_id, payload)
+
+    pusher = Together({c: threading.Event() for c in connections})
+    for event in pusher.release.values():
+        event.set()
+    assert pusher.deliver(store, 9, "{}") == (5, True)
+    assert sorted(pusher.sent) == connections
+
+
+def test_a_fan_out_gives_up_at_its_deadline_without_waiting_for_a_hanging_connection(store: Store) -> None:
+    for connection_id in ("c1", "c2", "c-hangs"):
+        store.add_connection(connection_id, 9)
+    release = {"c1": threading.Event(), "c2": threading.Event(), "c-hangs": threading.Event()}
+    release["c1"].set()
+    release["c2"].set()
+    pusher = BlockingManagementApi(release)
+    # Two answer at once, one never does: the fan-out returns at its 0.2 s deadline all the same.
+    assert pusher.deliver(store, 9, "{}", deadline_seconds=0.2, clock=time.monotonic) == (2, False)
+    release["c-hangs"].set()
+    assert sorted(pusher.sent)[:2] == ["c1", "c2"]
+    assert "c-hangs" in store.connections_of(9)  # late, not gone: kept for the next push
 
 
 def test_who_pushes_a_change_is_one_rule() -> None:

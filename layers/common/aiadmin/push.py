@@ -14,7 +14,9 @@ one it shows, so a late, repeated or out-of-order push never shows an older stat
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import boto3
@@ -30,6 +32,9 @@ HANDSHAKE_SECONDS = 0.5
 # A fan-out gives up after this long (a slow or hanging management API never holds the
 # pusher's next message for long; the runner pushes the latest state again later).
 PUSH_DEADLINE_SECONDS = 10.0
+# Sends in flight at once per pusher (a salon has at most 5 sockets; a runner pushes for many
+# salons): more wait their turn, within their fan-out's deadline.
+FAN_OUT_THREADS = 16
 # The actor whose changes the runner pushes itself.
 RUNNER_ACTOR = "runner"
 
@@ -41,6 +46,8 @@ def pushed_by_stream(salon: Salon) -> bool:
 
 class Pusher:
     def __init__(self, endpoint_url: str, client: Any | None = None) -> None:
+        self._executor_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # made on the first fan-out
         self._client = client or boto3.client(
             "apigatewaymanagementapi",
             endpoint_url=endpoint_url,
@@ -66,32 +73,45 @@ class Pusher:
 
     def deliver(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = PUSH_DEADLINE_SECONDS,
                 clock: Any = time.monotonic) -> tuple[int, bool]:
-        """Send to every connection of the salon; delete the gone ones. Returns (deliveries,
-        whether every connection was tried): connections not reached within `deadline_seconds`
-        are skipped, and the caller may push the salon's state again later.
+        """Send to every connection of the salon at once; delete the gone ones. Returns
+        (deliveries, whether every connection was answered): a connection not answered within
+        `deadline_seconds` is left behind, and the caller may push the salon's state again later.
 
         API Gateway also answers 410 for a connection whose $connect is still under way (it is
         recorded during $connect): such a connection gets the message once more after a short
         pause, and only if it still answers 410 is it forgotten. Else a page that connected
         just as its QR was pushed would never get another message."""
         deadline = clock() + deadline_seconds
-        delivered = 0
-        gone: list[str] = []
-        for connection_id in store.connections_of(salon_id):
-            if clock() >= deadline:
-                logger.warning("push deadline passed", extra={"salon_id": salon_id})
-                return delivered, False
-            if self._try_send(connection_id, payload, salon_id, gone):
-                delivered += 1
+        delivered, gone, complete = self._send_all(store.connections_of(salon_id), payload, salon_id, deadline, clock)
         if gone and clock() + HANDSHAKE_SECONDS < deadline:
             time.sleep(HANDSHAKE_SECONDS)
-            still_gone: list[str] = []
-            for connection_id in gone:
-                if self._try_send(connection_id, payload, salon_id, still_gone):
-                    delivered += 1
+            again, still_gone, again_complete = self._send_all(gone, payload, salon_id, deadline, clock)
+            delivered += again
+            complete = complete and again_complete
             for connection_id in still_gone:
                 store.remove_connection(connection_id, salon_id)
-        return delivered, True
+        if not complete:
+            logger.warning("push deadline passed", extra={"salon_id": salon_id})
+        return delivered, complete
+
+    def _send_all(self, connection_ids: list[str], payload: str, salon_id: int, deadline: float,
+                  clock: Any) -> tuple[int, list[str], bool]:
+        """One message to each connection, concurrently (a salon has at most a few: one slow
+        page must not delay the others). Returns (deliveries, gone connections, all answered)."""
+        if not connection_ids:
+            return 0, [], True
+        gone: list[str] = []
+        futures = {self._executor().submit(self._try_send, c, payload, salon_id, gone): c for c in connection_ids}
+        done, late = wait(futures, timeout=max(0.0, deadline - clock()))
+        for future in late:
+            future.cancel()  # not started yet: never sent; started: its answer is not waited for
+        return sum(1 for future in done if future.result()), list(gone), not late
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=FAN_OUT_THREADS, thread_name_prefix="push")
+            return self._pool
 
     def _try_send(self, connection_id: str, payload: str, salon_id: int, gone: list[str]) -> bool:
         try:

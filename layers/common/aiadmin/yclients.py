@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,12 +40,22 @@ PAYMENT_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 # client instance, so no combination of handlers or sessions in a process can exceed it. The
 # window is 1.1 s rather than 1 s: requests leave at the limit's edge, and network jitter must
 # not squeeze six of them into one second on YClients' side.
+# `YCLIENTS_RATE_LIMIT_FILE` (a path) shares the limit between the processes of one host through
+# pyrate-limiter's SQLite bucket with a file lock: the local stack sets it, since its function
+# workers and runners all call from one address, as they would from behind one NAT.
+RATE_LIMIT_FILE_ENV = "YCLIENTS_RATE_LIMIT_FILE"
+
+
 @cache
 def process_limiter() -> Limiter:
     # Built (and pyrate-limiter imported) on the first client, not at import: cold start.
-    from pyrate_limiter import Duration, Limiter, Rate
+    from pyrate_limiter import Duration, Limiter, Rate, SQLiteBucket
 
-    return Limiter([Rate(5, 1100), Rate(200, Duration.MINUTE)])
+    rates = [Rate(5, 1100), Rate(200, Duration.MINUTE)]
+    shared_file = os.environ.get(RATE_LIMIT_FILE_ENV)
+    if not shared_file:
+        return Limiter(rates)
+    return Limiter(SQLiteBucket.init_from_file(rates, db_path=shared_file, use_file_lock=True))
 
 
 class BadUserData(ValueError):
