@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aiadmin.config import load_settings
 from aiadmin.entity_queue import EntityQueue
 from aiadmin.lazy import lazy
-from aiadmin.lifecycle import apply_lifecycle_event
 from aiadmin.models import SALON_ID_LIMIT, EntityWebhook, parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.store import Store
@@ -37,8 +36,9 @@ SETTINGS = ["table_name", "yclients_partner_token", "yclients_app_id", "entity_q
 # Settings are loaded at start-up and the function refuses to start without them, so a
 # running health check can only report them present; the booleans say which ones it checked.
 settings = load_settings(SETTINGS)
-# Every route imports all it needs with this module; only pydantic's validators wait for first use.
-FIRST_USE_IMPORTS: tuple[str, ...] = ()
+# Imported by the first lifecycle webhook, not with this module: the entity webhooks and the
+# health check never need it (cold start).
+FIRST_USE_IMPORTS = ("aiadmin.lifecycle",)
 RUNNER_STALE_SECONDS = 60
 store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
 entity_queue = lazy(lambda: EntityQueue(boto3.client("sqs"), settings.entity_queue_url))
@@ -63,6 +63,8 @@ idempotency_config = IdempotencyConfig(
 @idempotent_function(data_keyword_argument="webhook", persistence_store=idempotency_store,
                      config=idempotency_config)
 def process_lifecycle(webhook: dict[str, Any]) -> dict[str, Any]:
+    from aiadmin.lifecycle import apply_lifecycle_event  # FIRST_USE_IMPORTS
+
     result = apply_lifecycle_event(store, int(webhook["salon_id"]), str(webhook["event"]), webhook["details"])
     logger.info("lifecycle webhook", extra={"salon_id": webhook["salon_id"], "event": webhook["event"],
                                             "result": result})

@@ -17,29 +17,23 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from aiadmin.config import load_settings
 from aiadmin.i18n import catalogue_json, pick_language, t
 from aiadmin.lazy import lazy, preload_before_snapshot
-from aiadmin.models import UserData, parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import (
-    MAX_LOCATIONS,
-    ConsentRefused,
-    Location,
-    check_consent,
-    consenting_user,
-    record_refusal,
-    start_locations,
-)
 from aiadmin.pages import error_page, new_nonce, security_headers
-from aiadmin.store import Store
-from aiadmin.tokens import issue_token
 
 if TYPE_CHECKING:
+    from aiadmin.models import UserData
+    from aiadmin.onboarding import Location
+    from aiadmin.store import Store
     from aiadmin.yclients import YClientsClient
 
-# Cold start: of this function's two routes, only the redirect talks to YClients, issues tokens
-# and reads the owner's phone. It imports those modules (`requests` under the YClients client,
-# pyjwt, phonenumbers) on its first call, not here: the page route never pays for them. With
-# SnapStart they are imported, and the models' validators built, before the snapshot.
-FIRST_USE_IMPORTS = ("aiadmin.yclients", "jwt", "phonenumbers")
+# Cold start: of this function's two routes, only the redirect reads and writes salons (the store
+# and the pydantic models under it), talks to YClients (`requests`), issues tokens (pyjwt) and
+# reads the owner's phone (phonenumbers). It imports those modules on its first call, not here:
+# the page route, which the owner's browser calls right after the redirect, never pays for
+# them. The function runs with SnapStart: they are imported, and the models' validators built,
+# before the snapshot, so a restored function pays for none of it on either route.
+FIRST_USE_IMPORTS = ("aiadmin.onboarding", "aiadmin.store", "aiadmin.tokens", "aiadmin.yclients", "jwt",
+                     "phonenumbers")
 preload_before_snapshot(FIRST_USE_IMPORTS)
 
 settings = load_settings([
@@ -47,7 +41,15 @@ settings = load_settings([
     "yclients_check_salon_users", "jwt_secret", "websocket_url", "token_ttl_seconds", "yclients_app_url",
     "page_local_frame_ancestors",
 ])
-store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
+
+
+def _store() -> Store:
+    from aiadmin.store import Store
+
+    return Store(boto3.resource("dynamodb").Table(settings.table_name))
+
+
+store = lazy(_store)
 
 
 def _yclients_client() -> YClientsClient:
@@ -103,6 +105,12 @@ def redirect() -> Response:
     when every one of them is activated, so all of them are onboarded together. The owner gets one
     token per location (each opens that location's page state and sockets only) and one page
     that holds the list and walks through them."""
+    # This route's own modules (FIRST_USE_IMPORTS), imported on its first call.
+    from aiadmin.models import parse_salon_id
+    from aiadmin.onboarding import MAX_LOCATIONS, ConsentRefused, check_consent, start_locations
+    from aiadmin.tokens import issue_token
+    from aiadmin.yclients import BadUserData, check_user_data
+
     query = dict(parse_qsl(app.current_event.raw_query_string, keep_blank_values=True))
     ids = _salon_ids(app.current_event.raw_query_string)
     if not ids:
@@ -115,8 +123,6 @@ def redirect() -> Response:
     user_data, sign = query.get("user_data"), query.get("user_data_sign")
     if not user_data or not sign:
         return _owner_error(400, "unsigned")
-    from aiadmin.yclients import BadUserData, check_user_data  # the redirect route's own (FIRST_USE_IMPORTS)
-
     try:
         verified = check_user_data(user_data, sign, SIGNING_KEY)
     except BadUserData as exc:
@@ -157,6 +163,7 @@ def _confirm_with_yclients(salon_ids: list[int], user: UserData) -> list[Locatio
     """`salon_id` is not signed: YClients must confirm our app pending or active in every location
     before anything is written. With `YCLIENTS_CHECK_SALON_USERS`, also that the consenting user
     is one of the salon's users (where YClients shows them to us)."""
+    from aiadmin.onboarding import Location
     from aiadmin.yclients import PartnerApiError
 
     locations = []
@@ -181,6 +188,8 @@ def _confirm_with_yclients(salon_ids: list[int], user: UserData) -> list[Locatio
 def _check_salon_user(salon_id: int, user: UserData) -> None:
     """The second, unverified check: refused only when YClients does list the salon's users and
     the consenting user is not among them; when it shows us none, the binding alone decides."""
+    from aiadmin.onboarding import ConsentRefused, consenting_user, record_refusal
+
     users = yclients.salon_user_ids(salon_id)
     if users is None:
         metrics.add_metric(name="SalonUsersUnavailable", unit="Count", value=1)
