@@ -118,6 +118,23 @@ class EntityWebhook(BaseModel):
     data: dict[str, Any] | list[Any] | None = None
 
 
+class LifecycleWebhook(BaseModel):
+    """A lifecycle webhook from YClients (`uninstall`, `freeze`, `payment`, ...): the fields we act
+    on; the others (a payment's sum and period) are kept for the event log."""
+
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    salon_id: int = Field(gt=0, lt=SALON_ID_LIMIT)
+    application_id: int
+    event: str = Field(min_length=1, max_length=64)
+    partner_token: str
+
+    def details(self) -> dict[str, str]:
+        """The other fields (a payment's sum and period), kept as short strings for the event log."""
+        extra = self.model_extra or {}
+        return {str(k)[:40]: str(v)[:100] for k, v in list(extra.items())[:20] if isinstance(v, str | int | float)}
+
+
 class UserData(BaseModel):
     """The owner's data YClients passes in `user_data` (every field optional, untrusted)."""
 
