@@ -3,8 +3,8 @@ importing it costs nothing beyond its imports (a cold start only pays for what t
 request uses, and a SnapStart snapshot holds no connection or credentials).
 
 A handler also names, in `FIRST_USE_IMPORTS`, the modules some of its routes import only when
-they need them (the YClients client and `requests`, pyjwt, qrcode, phonenumbers, the redirect
-function's store and models): `preload` does that work ahead of the first request, before a
+they need them (the YClients client and `requests`, pyjwt, qrcode, phonenumbers, the store and
+models of the redirect and callback functions): `preload` does that work ahead of the first request, before a
 SnapStart snapshot (bench/cold_start.py measures the same work as its first-request figure)."""
 
 from __future__ import annotations
