@@ -2,10 +2,10 @@
 importing it costs nothing beyond its imports (a cold start only pays for what the first
 request uses, and a SnapStart snapshot holds no connection or credentials).
 
-A handler also names, in `FIRST_USE_IMPORTS`, the modules some of its routes import only when
-they need them (the YClients client and `requests`, pyjwt, qrcode, phonenumbers, the store and
-models of the redirect and callback functions): `preload` does that work ahead of the first request, before a
-SnapStart snapshot (bench/cold_start.py measures the same work as its first-request figure)."""
+A handler also names, in `FIRST_USE_IMPORTS`, the modules its routes import only when they need
+them (the YClients client and `requests`, pyjwt, qrcode, phonenumbers; the store and models of
+the redirect and callback functions): `preload` does that work ahead of the first request,
+before a SnapStart snapshot (bench/cold_start.py measures the same work as its `first` figure)."""
 
 from __future__ import annotations
 
