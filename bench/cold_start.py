@@ -13,8 +13,9 @@ environment (no SSM call: the network is not what is measured). Figures per hand
 - cold: `import app` plus the first use of every client the handler holds (what a first request
   pays before its own work), for information;
 - first: cold plus the work a handler leaves to the first request that needs it, for
-  information: the modules its `FIRST_USE_IMPORTS` names (imported by some routes only, e.g.
-  the YClients client, pyjwt, qrcode, phonenumbers) and the validators of its pydantic models
+  information: the modules its `FIRST_USE_IMPORTS` names (imported by the routes that use them:
+  the YClients client, pyjwt, qrcode, phonenumbers, and in the redirect and callback functions
+  the store with its pydantic models) and the validators of its pydantic models
   (`defer_build`). That work moved from the import to the first request using it: it is paid
   once per process, never per request, and the redirect function (SnapStart) does it before its
   snapshot (`aiadmin.lazy.preload_before_snapshot`). The probe does it here itself, not through
