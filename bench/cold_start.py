@@ -145,10 +145,15 @@ def main() -> int:
         for name, tracing in configs:
             samples[name, tracing].append(_run(HANDLER, ROOT / "functions" / name, tracing))
     floor = float(medians(floor_samples)[0])
-    print(f"floor: import boto3 + Table resource: {floor * 1000:.0f} ms (median of {args.n})")
+    # How much the same code's CPU time moved during this run: on a busy machine the ratios below
+    # move with it (the verdict of one run is only as steady as this spread).
+    q1, _, q3 = statistics.quantiles([float(s[0]) for s in floor_samples]) if args.n > 1 else (floor, 0, floor)
+    print(f"floor: import boto3 + Table resource: {floor * 1000:.0f} ms (median of {args.n}; "
+          f"middle half {q1 * 1000:.0f}-{q3 * 1000:.0f} ms)")
     print(f"{'handler':<12} {'tracing':<8} {'import':>8} {'ratio':>6} {'cold':>8} {'ratio':>6} "
           f"{'first':>8} {'ratio':>6} {'x-ray':>6}")
-    figures = {"floor_ms": round(floor * 1000, 1), "handlers": {}}
+    figures = {"floor_ms": round(floor * 1000, 1), "floor_q1_ms": round(q1 * 1000, 1),
+               "floor_q3_ms": round(q3 * 1000, 1), "handlers": {}}
     worst = 0.0
     for name in FUNCTIONS:
         for tracing in (False, True):
