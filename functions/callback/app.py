@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
@@ -23,23 +23,40 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aiadmin.config import load_settings
-from aiadmin.entity_queue import EntityQueue
 from aiadmin.lazy import lazy
-from aiadmin.lifecycle import apply_lifecycle_event
-from aiadmin.models import SALON_ID_LIMIT, EntityWebhook, parse_salon_id
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.store import Store
+
+if TYPE_CHECKING:
+    from aiadmin.entity_queue import EntityQueue
+    from aiadmin.store import Store
 
 SETTINGS = ["table_name", "yclients_partner_token", "yclients_app_id", "entity_queue_url"]
 # Settings are loaded at start-up and the function refuses to start without them, so a
 # running health check can only report them present; the booleans say which ones it checked.
 settings = load_settings(SETTINGS)
+# Cold start: the store (with the pydantic models under it) is imported by the first request,
+# with the store itself, not with this module; the queue by the first entity webhook, the
+# lifecycle rules by the first lifecycle webhook. Each route imports what it uses.
+FIRST_USE_IMPORTS = ("aiadmin.store", "aiadmin.models", "aiadmin.entity_queue", "aiadmin.lifecycle")
 RUNNER_STALE_SECONDS = 60
-store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
-entity_queue = lazy(lambda: EntityQueue(boto3.client("sqs"), settings.entity_queue_url))
+
+
+def _store() -> Store:
+    from aiadmin.store import Store
+
+    return Store(boto3.resource("dynamodb").Table(settings.table_name))
+
+
+def _entity_queue() -> EntityQueue:
+    from aiadmin.entity_queue import EntityQueue
+
+    return EntityQueue(boto3.client("sqs"), settings.entity_queue_url)
+
+
+store = lazy(_store)
+entity_queue = lazy(_entity_queue)
 app = APIGatewayHttpResolver()
 # SQS takes 256 KiB per message; an entity webhook is a few KiB.
 MAX_ENTITY_WEBHOOK_BYTES = 128 * 1024
@@ -61,24 +78,12 @@ idempotency_config = IdempotencyConfig(
 @idempotent_function(data_keyword_argument="webhook", persistence_store=idempotency_store,
                      config=idempotency_config)
 def process_lifecycle(webhook: dict[str, Any]) -> dict[str, Any]:
+    from aiadmin.lifecycle import apply_lifecycle_event  # FIRST_USE_IMPORTS
+
     result = apply_lifecycle_event(store, int(webhook["salon_id"]), str(webhook["event"]), webhook["details"])
     logger.info("lifecycle webhook", extra={"salon_id": webhook["salon_id"], "event": webhook["event"],
                                             "result": result})
     return {"success": True, "result": result}
-
-
-class LifecycleWebhook(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    salon_id: int = Field(gt=0, lt=SALON_ID_LIMIT)
-    application_id: int
-    event: str = Field(min_length=1, max_length=64)
-    partner_token: str
-
-    def details(self) -> dict[str, str]:
-        """The other fields (a payment's sum and period), kept as short strings for the event log."""
-        extra = self.model_extra or {}
-        return {str(k)[:40]: str(v)[:100] for k, v in list(extra.items())[:20] if isinstance(v, str | int | float)}
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -100,6 +105,10 @@ def lifecycle() -> Response:
     ):
         metrics.add_metric(name="WebhookRefused", unit="Count", value=1)
         return _json(401, {"success": False, "message": "bad partner_token"})
+    from pydantic import ValidationError
+
+    from aiadmin.models import LifecycleWebhook
+
     try:
         webhook = LifecycleWebhook.model_validate(payload)
     except ValidationError:
@@ -121,6 +130,10 @@ def lifecycle() -> Response:
 @app.post("/webhook/yclients/<salon_id>/<secret>")
 @tracer.capture_method
 def entity_webhook(salon_id: str, secret: str) -> Response:
+    from pydantic import ValidationError
+
+    from aiadmin.models import EntityWebhook, parse_salon_id
+
     not_found = _json(404, {"success": False, "message": "not found"})
     salon = parse_salon_id(salon_id)
     if salon is None:

@@ -7,7 +7,7 @@ import html
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlparse
 
 import boto3
@@ -16,31 +16,50 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from aiadmin.config import load_settings
 from aiadmin.i18n import catalogue_json, pick_language, t
-from aiadmin.lazy import lazy
-from aiadmin.models import UserData, parse_salon_id
+from aiadmin.lazy import lazy, preload_before_snapshot
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.onboarding import (
-    MAX_LOCATIONS,
-    ConsentRefused,
-    Location,
-    check_consent,
-    consenting_user,
-    record_refusal,
-    start_locations,
-)
 from aiadmin.pages import error_page, new_nonce, security_headers
-from aiadmin.store import Store
-from aiadmin.tokens import issue_token
-from aiadmin.yclients import BadUserData, PartnerApiError, YClientsClient, check_user_data
+
+if TYPE_CHECKING:
+    from aiadmin.models import UserData
+    from aiadmin.onboarding import Location
+    from aiadmin.store import Store
+    from aiadmin.yclients import YClientsClient
+
+# Cold start: of this function's two routes, only the redirect reads and writes salons (the store
+# and the pydantic models under it), talks to YClients (`requests`), issues tokens (pyjwt) and
+# reads the owner's phone (phonenumbers). It imports those modules on its first call, not here:
+# the page route, which the owner's browser calls right after the redirect, never pays for
+# them. The function runs with SnapStart: they are imported, and the models' validators built,
+# before the snapshot, so a restored function pays for none of it on either route.
+FIRST_USE_IMPORTS = ("aiadmin.onboarding", "aiadmin.store", "aiadmin.tokens", "aiadmin.yclients", "jwt",
+                     "phonenumbers")
+preload_before_snapshot(FIRST_USE_IMPORTS)
 
 settings = load_settings([
     "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token", "yclients_signing_key",
     "yclients_check_salon_users", "jwt_secret", "websocket_url", "token_ttl_seconds", "yclients_app_url",
     "page_local_frame_ancestors",
 ])
-store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
-yclients = lazy(lambda: YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
-                                      settings.yclients_app_id))
+
+
+def _store() -> Store:
+    from aiadmin.store import Store
+
+    return Store(boto3.resource("dynamodb").Table(settings.table_name))
+
+
+store = lazy(_store)
+
+
+def _yclients_client() -> YClientsClient:
+    from aiadmin.yclients import YClientsClient
+
+    return YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
+                          settings.yclients_app_id)
+
+
+yclients = lazy(_yclients_client)
 # `user_data_sign`'s key: a separate signing key where YClients gives one, the partner token otherwise.
 SIGNING_KEY = (settings.yclients_signing_key or settings.yclients_partner_token).reveal()
 PAGE_TEMPLATE = (Path(__file__).parent / "onboarding.html").read_text(encoding="utf-8")
@@ -86,6 +105,12 @@ def redirect() -> Response:
     when every one of them is activated, so all of them are onboarded together. The owner gets one
     token per location (each opens that location's page state and sockets only) and one page
     that holds the list and walks through them."""
+    # This route's own modules (FIRST_USE_IMPORTS), imported on its first call.
+    from aiadmin.models import parse_salon_id
+    from aiadmin.onboarding import MAX_LOCATIONS, ConsentRefused, check_consent, start_locations
+    from aiadmin.tokens import issue_token
+    from aiadmin.yclients import BadUserData, check_user_data
+
     query = dict(parse_qsl(app.current_event.raw_query_string, keep_blank_values=True))
     ids = _salon_ids(app.current_event.raw_query_string)
     if not ids:
@@ -138,6 +163,9 @@ def _confirm_with_yclients(salon_ids: list[int], user: UserData) -> list[Locatio
     """`salon_id` is not signed: YClients must confirm our app pending or active in every location
     before anything is written. With `YCLIENTS_CHECK_SALON_USERS`, also that the consenting user
     is one of the salon's users (where YClients shows them to us)."""
+    from aiadmin.onboarding import Location
+    from aiadmin.yclients import PartnerApiError
+
     locations = []
     for salon_id in salon_ids:
         try:
@@ -160,6 +188,8 @@ def _confirm_with_yclients(salon_ids: list[int], user: UserData) -> list[Locatio
 def _check_salon_user(salon_id: int, user: UserData) -> None:
     """The second, unverified check: refused only when YClients does list the salon's users and
     the consenting user is not among them; when it shows us none, the binding alone decides."""
+    from aiadmin.onboarding import ConsentRefused, consenting_user, record_refusal
+
     users = yclients.salon_user_ids(salon_id)
     if users is None:
         metrics.add_metric(name="SalonUsersUnavailable", unit="Count", value=1)

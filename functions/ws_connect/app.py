@@ -17,6 +17,8 @@ from aiadmin.sockets import MAX_SOCKETS_PER_SALON, open_socket
 from aiadmin.store import Store
 from aiadmin.tokens import InvalidToken, verify_token_claims
 
+# Imported by the first $connect (to check its token), not with this module (cold start).
+FIRST_USE_IMPORTS = ("jwt",)
 settings = load_settings(["table_name", "jwt_secret"])
 store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
 

@@ -44,6 +44,9 @@ from aiadmin.sockets import (
 )
 from aiadmin.store import Store
 
+# Imported by the first message that needs them (a state showing a QR or a linked number, a
+# pairing-code request), not with this module (cold start).
+FIRST_USE_IMPORTS = ("qrcode.image.svg", "phonenumbers")
 settings = load_settings(["table_name", "websocket_management_url", "pairing_min_interval_seconds"])
 store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
 pusher = lazy(lambda: Pusher(settings.websocket_management_url))

@@ -1,5 +1,7 @@
-"""Cold start: a handler's import builds no AWS client and, with tracing off, never imports the
-X-Ray SDK. (The import-time figures themselves come from bench/cold_start.py.)"""
+"""Cold start: a handler's import builds no AWS client, builds no pydantic validator, imports none
+of the heavy modules only some routes use (they are named in its FIRST_USE_IMPORTS and imported
+by those routes) and, with tracing off, never imports the X-Ray SDK. (The import-time figures
+themselves come from bench/cold_start.py.)"""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from aiadmin.lazy import built, lazy
+from aiadmin.lazy import built, lazy, preload
 from aiadmin.observability import tracer, tracing_enabled
 from local.template import ROOT
 
@@ -19,24 +22,34 @@ ENV = {
     "WEBSOCKET_URL": "wss://x.example/prod", "WEBSOCKET_MANAGEMENT_URL": "https://x.example/prod",
     "ENTITY_QUEUE_URL": "https://sqs.example/1/q", "AWS_LAMBDA_FUNCTION_NAME": "f",
 }
+# Imported by some routes only (drawing a QR, checking a phone number, issuing or checking a
+# token, calling YClients): never by importing a handler.
+HEAVY = ("qrcode", "phonenumbers", "jwt", "requests", "aiadmin.yclients", "aws_xray_sdk")
 PROBE = """
 import json, sys
 import app
 from aiadmin.lazy import built
 names = ("store", "yclients", "pusher", "entity_queue", "idempotency_store")
 clients = {n: built(getattr(app, n)) for n in names if hasattr(app, n)}
+built_models = [f"{m.__name__}.{k}" for m in (sys.modules.get("aiadmin.models"), app) if m is not None
+                for k, v in vars(m).items()
+                if isinstance(v, type) and v.__module__ == m.__name__ and getattr(v, "__pydantic_complete__", False)]
 print(json.dumps({"xray": "aws_xray_sdk" in sys.modules, "clients": clients,
                   "botocore_clients": "botocore.client" in sys.modules and bool(
-                      [o for o in __import__("gc").get_objects() if type(o).__name__ == "DynamoDB"])}))
+                      [o for o in __import__("gc").get_objects() if type(o).__name__ == "DynamoDB"]),
+                  "modules": sorted(sys.modules), "first_use": list(app.FIRST_USE_IMPORTS),
+                  "built_models": built_models}))
 """
 
 
-def _import(function: str, tracing: bool) -> dict[str, object]:
+def _import(function: str, tracing: bool, code: str = PROBE, extra_path: str = "") -> dict[str, object]:
     env = {**os.environ, **ENV}
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH", "")) if p)
     env.pop("POWERTOOLS_TRACE_DISABLED", None)
     if not tracing:
         env["POWERTOOLS_TRACE_DISABLED"] = "true"
-    done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT / "functions" / function, env=env,
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "functions" / function, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
@@ -49,6 +62,47 @@ def test_importing_a_handler_builds_no_client_and_no_xray_when_tracing_is_off(fu
     assert result["xray"] is False
     assert result["clients"] and not any(result["clients"].values())  # type: ignore[union-attr]
     assert result["botocore_clients"] is False
+
+
+@pytest.mark.parametrize("function", ["redirect", "callback", "ws_connect", "ws_notify"])
+def test_importing_a_handler_leaves_route_only_modules_and_validators_to_first_use(function: str) -> None:
+    result = _import(function, tracing=False)
+    modules = set(result["modules"])  # type: ignore[call-overload]
+    first_use = set(result["first_use"])  # type: ignore[call-overload]
+    # A library counts as imported as soon as its top package is (qrcode for qrcode.image.svg).
+    roots = {name if name.startswith("aiadmin.") else name.split(".")[0] for name in (*HEAVY, *first_use)}
+    loaded = roots & modules
+    assert not loaded, f"imported with the handler (cold start): {sorted(loaded)}"
+    assert result["built_models"] == [], "pydantic validators are built on first use (defer_build)"
+    if "aiadmin.store" not in first_use:  # the store's models are imported, only not built
+        assert "aiadmin.models" in modules
+
+
+def test_redirect_preloads_its_first_use_work_before_a_snapstart_snapshot(tmp_path: Path) -> None:
+    """Lambda's runtime calls the registered hooks before the snapshot (`snapshot_restore_py`,
+    present in Lambda's Python runtimes only; played here by a module that records them)."""
+    (tmp_path / "snapshot_restore_py.py").write_text(
+        "hooks = []\n"
+        "def register_before_snapshot(func, *args, **kwargs):\n"
+        "    hooks.append((func, args, kwargs))\n"
+        "    return func\n")
+    probe = PROBE.replace("import app\n", "import app\nimport snapshot_restore_py\n"
+                          "assert 'aiadmin.yclients' not in sys.modules\n"
+                          "for func, args, kwargs in snapshot_restore_py.hooks:\n"
+                          "    func(*args, **kwargs)\n", 1)
+    result = _import("redirect", tracing=False, code=probe, extra_path=str(tmp_path))
+    modules = set(result["modules"])  # type: ignore[call-overload]
+    assert {"aiadmin.store", "aiadmin.onboarding", "aiadmin.yclients", "requests", "jwt", "phonenumbers"} <= modules
+    assert {"aiadmin.models.Salon", "aiadmin.models.UserData"} <= set(result["built_models"])  # type: ignore[arg-type]
+    assert not any(result["clients"].values())  # type: ignore[union-attr]  # a snapshot holds no client
+
+
+def test_preload_imports_and_builds_deferred_models_only() -> None:
+    import aiadmin.models as models
+
+    preload(["json"])
+    assert "json" in sys.modules
+    assert models.Salon.__pydantic_complete__ and models.StateMessage.__pydantic_complete__
 
 
 def test_tracing_on_uses_powertools_tracer() -> None:

@@ -118,6 +118,23 @@ class EntityWebhook(BaseModel):
     data: dict[str, Any] | list[Any] | None = None
 
 
+class LifecycleWebhook(BaseModel):
+    """A lifecycle webhook from YClients (`uninstall`, `freeze`, `payment`, ...): the fields we act
+    on; the others (a payment's sum and period) are kept for the event log."""
+
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    salon_id: int = Field(gt=0, lt=SALON_ID_LIMIT)
+    application_id: int
+    event: str = Field(min_length=1, max_length=64)
+    partner_token: str
+
+    def details(self) -> dict[str, str]:
+        """The other fields (a payment's sum and period), kept as short strings for the event log."""
+        extra = self.model_extra or {}
+        return {str(k)[:40]: str(v)[:100] for k, v in list(extra.items())[:20] if isinstance(v, str | int | float)}
+
+
 class UserData(BaseModel):
     """The owner's data YClients passes in `user_data` (every field optional, untrusted)."""
 
@@ -134,6 +151,10 @@ class UserData(BaseModel):
 
 class StateMessage(BaseModel):
     """What the onboarding page receives over the WebSocket."""
+
+    # Every model here defers its validator to first use: a handler importing this module does
+    # not pay for the schemas of models its request never touches (cold start).
+    model_config = ConfigDict(defer_build=True)
 
     type: Literal["state"] = "state"
     salon_id: int
@@ -188,6 +209,8 @@ class ErrorMessage(BaseModel):
     """A request from the page that was refused (e.g. a bad phone number): nothing changed.
     `code` says why for the page's logic (`invalid_phone`, `pairing_limited`, `rate_limited`,
     `token_expired`, `bad_request`); `retry_after` (seconds) when waiting helps."""
+
+    model_config = ConfigDict(defer_build=True)
 
     type: Literal["error"] = "error"
     action: str

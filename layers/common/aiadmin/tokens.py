@@ -6,7 +6,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import jwt
+# pyjwt is imported on first use, not with this module: the redirect function's page route
+# needs no token, only its redirect route issues them (cold start).
 
 AUDIENCE = "aiadmin-onboarding"
 ALGORITHM = "HS256"
@@ -25,6 +26,8 @@ def issue_token(salon_id: int, secret: str, ttl_seconds: int, now: float | None 
         "exp": issued + ttl_seconds,
         "jti": secrets.token_urlsafe(8),
     }
+    import jwt
+
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -39,6 +42,8 @@ def verify_token_claims(token: str | None, secret: str) -> TokenClaims:
     """The salon the token was issued for, and when it expires."""
     if not token:
         raise InvalidToken("missing")
+    import jwt
+
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], audience=AUDIENCE,
