@@ -85,11 +85,15 @@ class LambdaHost:
             self._discard(pool)
             raise HandlerFailed(f"the worker running {function} died") from exc
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """No new invocations; those under way may finish (within `timeout`) while the services
+        they call are still up: the stack stops moto after this."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
+            stopper.start()
+            stopper.join(timeout)
 
 
 def _route_pattern(path: str) -> re.Pattern[str]:

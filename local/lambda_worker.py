@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 import traceback
 import uuid
@@ -70,7 +71,10 @@ class HandlerFailed(RuntimeError):
 
 def start_worker(environment: dict[str, str], targets: list[Target]) -> None:
     """Pool initializer: the functions' settings (as the stack resolved them when the pool was
-    made; the forkserver's own environment is older), then every handler module, warm."""
+    made; the forkserver's own environment is older), then every handler module, warm.
+    Ctrl-C in a terminal reaches the whole process group: the stack stops its workers itself,
+    so a worker ignores SIGINT rather than print a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(environment)
     for target in targets:
         _module(target)
