@@ -8,6 +8,7 @@ are its own request."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,22 +50,20 @@ def _event(path: str, n: int) -> dict[str, object]:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> LambdaHost:
+def host(tmp_path: Path) -> Iterator[LambdaHost]:
     (tmp_path / "app.py").write_text(HANDLER)
     template = Template(resources={}, globals_env={}, http_routes=[], ws_routes={}, ws_route_selection="",
                         streams=[], functions={"Probe": FunctionSpec("Probe", tmp_path, "app", "lambda_handler")})
-    return LambdaHost(template, workers=4)
+    host = LambdaHost(template, workers=4)
+    yield host
+    host.shutdown()
 
 
 def test_concurrent_invocations_never_see_each_others_request(host: LambdaHost) -> None:
     async def run() -> list[dict[str, object]]:
         return list(await asyncio.gather(*(host.invoke("Probe", _event("/probe", n)) for n in range(8))))
 
-    try:
-        results = asyncio.run(run())
-    finally:
-        host.shutdown()
-    bodies = [r["body"] for r in results]
+    bodies = [r["body"] for r in asyncio.run(run())]
     assert bodies == [f'{{"before":"{n}","after":"{n}"}}' for n in range(8)]
 
 
@@ -74,7 +73,4 @@ def test_a_handler_that_raises_is_a_failed_invocation_and_the_next_one_is_served
             await host.invoke("Probe", _event("/crash", 1))
         return dict(await host.invoke("Probe", _event("/probe", 2)))
 
-    try:
-        assert asyncio.run(run())["statusCode"] == 200
-    finally:
-        host.shutdown()
+    assert asyncio.run(run())["statusCode"] == 200
