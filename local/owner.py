@@ -63,6 +63,24 @@ async def receive_until(ws: websockets.ClientConnection, states: set[str], timeo
             return message
 
 
+def page_shows(messages: list[dict[str, Any]]) -> list[str]:
+    """The states the page shows, in order, from the messages its socket received: as the page
+    does (`onboarding.html`), a state message older than the salon version shown is ignored.
+    Pushes from the runner, the stream and a `sync` reply travel separately and may arrive out
+    of order; the version is what keeps the page right, so an assertion about what the owner
+    sees must apply the same rule."""
+    shown: list[str] = []
+    version = -1
+    for message in messages:
+        if message.get("type") != "state":
+            continue
+        if message.get("version", 0) < version:
+            continue
+        version = message.get("version", 0)
+        shown.append(message["state"])
+    return shown
+
+
 @asynccontextmanager
 async def open_page(ws_url: str, token: str | None,
                     open_timeout: float = 10) -> AsyncIterator[websockets.ClientConnection]:

@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from aiadmin.tokens import issue_token
 from aiadmin.yclients import sign_user_data
-from local.owner import follow_redirect, open_page, press_connect, receive_until, scan
+from local.owner import follow_redirect, open_page, page_shows, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
 from local.stack import DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
 from tests.helpers import report_stack_output_on_failure
@@ -51,7 +51,7 @@ def test_owner_links_whatsapp_and_the_integration_becomes_active(stack: RunningS
         return seen
 
     seen = asyncio.run(journey())
-    states = [m["state"] for m in seen]
+    states = page_shows(seen)
     assert states.index("qr_ready") < states.index("pairing") < states.index("whatsapp_connected") \
         < states.index("activating") < states.index("active")
     state = stack.marketplace_state()

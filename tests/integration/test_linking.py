@@ -20,7 +20,7 @@ import pytest
 import requests
 import websockets
 
-from local.owner import follow_redirect, open_page, press_connect, receive_until, scan
+from local.owner import follow_redirect, open_page, page_shows, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
 from tests.helpers import report_stack_output_on_failure
 
@@ -98,7 +98,7 @@ def test_max_linked_devices_refuses_the_link_and_the_owner_retries(stack: Runnin
             await _link_by_qr(stack, ws, seen)
         return seen
 
-    states = [m["state"] for m in asyncio.run(journey())]
+    states = page_shows(asyncio.run(journey()))
     retry = states[states.index("link_refused"):]
     assert retry.index("pending_whatsapp") < retry.index("qr_ready") < retry.index("active")
 
@@ -137,7 +137,7 @@ def test_owner_links_with_a_pairing_code_for_the_phone_number(stack: RunningStac
 
     seen, code = asyncio.run(journey())
     assert PAIRING_CODE.match(code["pairing_code"]) and code["qr"] is None and code["qr_svg"] is None
-    states = [m["state"] for m in seen]
+    states = page_shows(seen)
     chosen = states[states.index("qr_ready"):]
     assert chosen.index("pending_whatsapp") < chosen.index("code_ready") < chosen.index("pairing") \
         < chosen.index("whatsapp_connected") < chosen.index("active")

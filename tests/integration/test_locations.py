@@ -17,6 +17,7 @@ from local.observe import leases
 from local.owner import (
     link_to_active,
     open_page,
+    page_shows,
     page_tokens,
     press_connect,
     press_connect_locations,
@@ -75,7 +76,7 @@ def test_two_locations_from_one_redirect_are_each_linked_and_activated(stack: Ru
     for salon_id, messages in seen.items():
         # Each token's socket hears of its own location only.
         assert {m["salon_id"] for m in messages} == {salon_id}
-        states = [m["state"] for m in messages]
+        states = page_shows(messages)
         assert states.index("qr_ready") < states.index("activating") < states.index("active")
     state = stack.marketplace_state()
     assert state["salons"]["201"]["status"] == state["salons"]["202"]["status"] == "active"
