@@ -93,7 +93,7 @@ class EventHandler:
             self._supervisor.resume_wakeup.set()
         if reaction.state is not None:
             await self._writer.transition(salon_id, reaction.state, reaction.reason, reaction.attrs,
-                                          reaction.expected)
+                                          reaction.expected, attempt=event.generation if reaction.of_attempt else None)
         await self._follow_up(reaction.follow_up, owned, event, now)
 
     async def _follow_up(self, follow_up: FollowUp, owned: OwnedSession, event: EngineEvent, now: float) -> None:

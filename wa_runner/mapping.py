@@ -46,18 +46,22 @@ class Reaction:
     metric: str | None = None
     follow_up: FollowUp = FollowUp.NONE
     only_if_live: bool = False           # only while the session should be running
+    # The write belongs to the linking attempt that produced the event: it happens only while
+    # that attempt is the session's command (the owner may have asked for a new one).
+    of_attempt: bool = False
 
 
 def _refusal(state: SalonState, expected: tuple[SalonState, ...]) -> Reaction:
     return Reaction(phase=Phase.IDLE, stop=True, state=state, attrs=NO_CODES, expected=expected,
-                    metric=f"Linking_{state.value}")
+                    metric=f"Linking_{state.value}", of_attempt=True)
 
 
 _TABLE: dict[EventKind, Reaction] = {
-    EventKind.QR: Reaction(phase=Phase.LINKING, state=S.QR_READY, reason="new QR code", expected=LINKING),
+    EventKind.QR: Reaction(phase=Phase.LINKING, state=S.QR_READY, reason="new QR code", expected=LINKING,
+                           of_attempt=True),
     EventKind.PAIRING_CODE: Reaction(phase=Phase.LINKING, state=S.CODE_READY,
                                      reason="pairing code for the owner's number",
-                                     expected=(S.PENDING_WHATSAPP, S.QR_READY)),
+                                     expected=(S.PENDING_WHATSAPP, S.QR_READY), of_attempt=True),
     EventKind.QR_TIMEOUT: Reaction(follow_up=FollowUp.END_LINKING, reason="no scan within 160 s"),
     # Ends of a linking attempt that WhatsApp decided: the owner reads what to do and retries.
     EventKind.LINK_REFUSED: _refusal(S.LINK_REFUSED, SHOWING_CODE),

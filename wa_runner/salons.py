@@ -61,11 +61,13 @@ class SalonWriter:
         return await asyncio.to_thread(self._store.get_salon, salon_id)
 
     async def transition(self, salon_id: int, state: SalonState, reason: str, attrs: dict[str, Any] | None = None,
-                         expected: Iterable[SalonState] | None = None) -> Salon:
+                         expected: Iterable[SalonState] | None = None, attempt: int | None = None) -> Salon:
         """Fenced (LeaseLost when not ours), then pushed. IllegalTransition when the state
-        machine or `expected` refuses it."""
+        machine or `expected` refuses it, or (StaleAttempt) when `attempt`, the linking attempt
+        the write belongs to, is no longer the session's."""
         salon = await asyncio.to_thread(self._store.transition, salon_id, state, RUNNER_ACTOR, reason, attrs,
-                                        list(expected) if expected is not None else None, self._fence())
+                                        list(expected) if expected is not None else None, self._fence(),
+                                        attempt=attempt)
         await self.push(salon)
         return salon
 

@@ -248,7 +248,7 @@ class Supervisor:
         owned.enter(Phase.IDLE, now)
         try:
             await self._writer.transition(owned.salon_id, SalonState.QR_EXPIRED, reason, NO_CODES,
-                                          expected=SHOWING_CODE)
+                                          expected=SHOWING_CODE, attempt=owned.started_generation)
         except IllegalTransition as exc:
             if exc.current != SalonState.QR_EXPIRED:
                 return

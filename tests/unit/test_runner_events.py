@@ -10,7 +10,7 @@ import json
 import pytest
 
 from aiadmin.models import UserData
-from aiadmin.onboarding import start_onboarding
+from aiadmin.onboarding import request_pairing_code, start_onboarding
 from aiadmin.states import SalonState
 from aiadmin.store import Store
 from aiadmin.yclients import ActivationOutcome, ActivationResult
@@ -143,6 +143,32 @@ def test_a_write_refused_by_the_fence_drops_the_session(store: Store) -> None:
     assert 5 not in runner.supervisor.owned and engine_of(runner).running() == set()
     salon = store.get_salon(5)
     assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.qr is None
+
+
+def test_a_code_of_an_attempt_the_owner_replaced_is_not_shown(store: Store) -> None:
+    """The owner asked for a pairing code while the QR attempt ran; before the runner took that
+    command, the old attempt's QR rotated. The old QR must not replace the new attempt's state
+    (the page would show a QR after the owner chose the code); the session stays the runner's,
+    and the command then starts the code attempt."""
+    clock = FakeClock()
+    runner = make_runner(store, clock)
+    runner.membership.join(clock.now)
+    start_onboarding(store, 5, UserData(name="Анна"), clock.now)
+
+    async def scenario() -> None:
+        await claim_all(runner, clock)
+        await handle(runner, EventKind.QR, 5, code="qr-1", expires_at=clock.now + 60)
+        assert request_pairing_code(store, 5, "+7 900 123-45-67", now=clock.now) is not None
+        await handle(runner, EventKind.QR, 5, code="qr-2", expires_at=clock.now + 80)
+        salon = store.get_salon(5)
+        assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.qr is None
+        assert 5 in runner.supervisor.owned
+        await runner.intake.poll(clock.now)
+
+    asyncio.run(scenario())
+    assert ("pairing_code", 5) in engine_of(runner).log
+    pushed = [m["state"] for m in _pushed(runner.writer._pusher, 5)]
+    assert pushed == ["qr_ready"]  # only the first attempt's QR, while it was the attempt
 
 
 def test_a_logout_unlinks_the_device_and_retires_the_session(store: Store) -> None:

@@ -20,7 +20,7 @@ from aiadmin.ownership import (
     Ownership,
 )
 from aiadmin.states import SalonState
-from aiadmin.store import LeaseLost, Store
+from aiadmin.store import LeaseLost, StaleAttempt, Store
 
 LEASE = 20.0
 GRACE = 2.0
@@ -177,6 +177,26 @@ def test_salon_writes_are_fenced_on_the_sessions_owner_and_epoch(store: Store, o
     assert stored is not None and stored.qr == "a" and stored.version == 2
     assert len(store.events_of(5)) == 2
     assert store.transition(5, SalonState.QR_READY, actor="runner", attrs={"qr": "b"}, fence=b).qr == "b"
+
+
+def test_a_write_of_a_replaced_attempt_is_refused_and_the_session_stays_ours(store: Store,
+                                                                           ownership: Ownership) -> None:
+    now = time.time()
+    a, b = _member(ownership, "a", now), _member(ownership, "b", now)
+    _owned(ownership, 5, a)
+    store.transition(5, SalonState.PENDING_WHATSAPP, actor="redirect")
+    attempt = ownership.get_session(5).generation  # type: ignore[union-attr]
+    assert store.transition(5, SalonState.QR_READY, actor="runner", attrs={"qr": "a"}, fence=a, attempt=attempt).qr
+    ownership.request_session(5, "link", "79001234567", now=now)  # the owner asks for a code instead
+    with pytest.raises(StaleAttempt):
+        store.transition(5, SalonState.QR_READY, actor="runner", attrs={"qr": "old"}, fence=a, attempt=attempt)
+    with pytest.raises(LeaseLost):  # another runner's write is still a lost lease, not a stale attempt
+        store.transition(5, SalonState.QR_READY, actor="runner", attrs={"qr": "b"}, fence=b, attempt=attempt + 1)
+    stored = store.get_salon(5)
+    assert stored is not None and stored.qr == "a" and stored.version == 2
+    # The new attempt's own writes go through.
+    assert store.transition(5, SalonState.QR_READY, actor="runner", attrs={"qr": "new"}, fence=a,
+                            attempt=attempt + 1).qr == "new"
 
 
 def test_pairing_success_does_not_override_a_newer_command(ownership: Ownership) -> None:

@@ -363,19 +363,28 @@ class Ownership:
         return self._conditional(salon_id, "REMOVE activation_retry", f"{_OWNED_BY_ME} AND activation_retry = :g",
                                  {**_me(fence), ":g": generation})
 
-    def fence_checks(self, salon_id: int, fence: Fence) -> list[dict[str, Any]]:
+    def fence_checks(self, salon_id: int, fence: Fence, attempt: int | None = None) -> list[dict[str, Any]]:
         """The condition check that makes a salon write the owner's only: the session is this
         membership's (runner id and epoch). A takeover changes both, so a runner that lost the
         session (it lapsed, was frozen, or joined again) writes nothing from then on. Between a
         lapse and the takeover nobody else owns the session; the lapsed runner itself stops
         acting a margin before its lease ends (`wa_runner.membership`). (A check of the
-        membership item too would cost a transaction item on every write and guard nothing more.)"""
+        membership item too would cost a transaction item on every write and guard nothing more.)
+
+        `attempt` (a command generation) also requires that the session's command is still that
+        linking attempt: the owner may have asked for a new one (a pairing code instead of the
+        QR, a new QR, a relink) that its runner has not taken yet, and the old attempt's QR must
+        not overwrite the new attempt's state."""
+        condition, values = _OWNED_BY_ME, _me(fence)
+        if attempt is not None:
+            condition += " AND generation = :attempt"
+            values = {**values, ":attempt": attempt}
         return [
             {"ConditionCheck": {
                 "TableName": self._table.name, "Key": _session_key(salon_id),
-                "ConditionExpression": _OWNED_BY_ME,
+                "ConditionExpression": condition,
                 "ExpressionAttributeNames": {"#owner": "owner"},
-                "ExpressionAttributeValues": _me(fence),
+                "ExpressionAttributeValues": values,
             }},
         ]
 

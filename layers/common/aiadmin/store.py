@@ -66,6 +66,16 @@ class ConcurrentUpdate(RuntimeError):
     """The salon kept changing under us; the caller may retry later."""
 
 
+class StaleAttempt(IllegalTransition):
+    """A runner's write for a linking attempt the owner has since replaced (see
+    `Ownership.fence_checks`): refused, and the session is still the runner's."""
+
+    def __init__(self, salon_id: int, new: SalonState, attempt: int) -> None:
+        super().__init__(None, new)
+        self.args = (f"salon {salon_id}: attempt {attempt} was replaced; not moved to {new}",)
+        self.salon_id = salon_id
+
+
 class LeaseLost(RuntimeError):
     """A runner's fenced write was refused: the salon's session is no longer its own (that
     runner membership's)."""
@@ -162,6 +172,7 @@ class Store:
         salon_secrets: Mapping[str, str] | None = None,
         forget: Iterable[str] = (),
         guard: Callable[[Salon | None], None] | None = None,
+        attempt: int | None = None,
     ) -> Salon:
         """Move a salon to `new_state` (and set `attrs`), append an event, count a metric.
 
@@ -170,7 +181,8 @@ class Store:
         (e.g. the runner only turns a QR into `qr_expired` while it is `qr_ready`).
         `fence` (a runner membership) fences the write: it happens only while the salon's
         session is that membership's (a runner that lost it cannot push a stale QR); LeaseLost
-        otherwise. Raises IllegalTransition when the state
+        otherwise. With `fence`, `attempt` (a command generation) also requires that the session
+        still runs that linking attempt; StaleAttempt otherwise. Raises IllegalTransition when the state
         machine refuses it. `guard` is called with every read of the salon and may raise to
         refuse the change: the write is conditional on the version it saw, so its verdict holds
         (e.g. who the salon is bound to).
@@ -245,12 +257,12 @@ class Store:
                          for sk in dict.fromkeys(forget))
             if fence is not None:
                 # Last on purpose: `cancelled_by_checks` reads the last cancellation reasons.
-                items += self.ownership.fence_checks(salon_id, fence)
+                items += self.ownership.fence_checks(salon_id, fence, attempt)
             try:
                 self._client.transact_write_items(TransactItems=items)
             except ClientError as exc:
                 if fence is not None and cancelled_by_checks(exc, _FENCE_CHECKS):
-                    raise LeaseLost(salon_id) from exc
+                    raise self._fence_refusal(salon_id, new_state, fence, attempt) from exc
                 if _is_condition_failure(exc):
                     continue
                 raise
@@ -260,6 +272,16 @@ class Store:
             before = {k: v for k, v in (current.model_dump() if current else {}).items() if k not in removed}
             return Salon.model_validate(_from_dynamo({**before, **fields}))
         raise ConcurrentUpdate(f"salon {salon_id} changed concurrently {_TRANSITION_ATTEMPTS} times")
+
+    def _fence_refusal(self, salon_id: int, new_state: SalonState, fence: Fence,
+                       attempt: int | None) -> Exception:
+        """Why a fenced write was refused: the session is no longer ours, or (still ours) the
+        attempt was replaced. Read only on a refusal, so the common write costs nothing more."""
+        if attempt is not None:
+            session = self.ownership.get_session(salon_id)
+            if session is not None and (session.owner, session.owner_epoch) == tuple(fence):
+                return StaleAttempt(salon_id, new_state, attempt)
+        return LeaseLost(salon_id)
 
     def put_salon(self, salon: Salon) -> None:
         """Write a salon record as it is, with no state-machine check and no event: for
