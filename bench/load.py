@@ -78,6 +78,7 @@ class Owner:
     salon_id: int
     outcome: str = "not started"
     first_qr: float | None = None   # seconds from the redirect request to the first QR on the page
+    redirect: float | None = None   # of which: the redirect's answer (its YClients checks included)
     to_active: float | None = None  # seconds from the scan to `active` on the page
     qr_broke: bool = False          # the code the owner had stopped working (refused, or replaced)
     states: list[str] = field(default_factory=list)
@@ -89,6 +90,7 @@ async def one_owner(stack: RunningStack, owner: Owner, qr_timeout: float, active
         redirect_url = await asyncio.to_thread(press_connect, stack.marketplace, owner.salon_id)
         started = time.perf_counter()
         response, token = await asyncio.to_thread(follow_redirect, redirect_url, BROWSER_TIMEOUT)
+        owner.redirect = time.perf_counter() - started
         if token is None:
             owner.outcome = f"redirect answered {response.status_code}"
             return
@@ -235,6 +237,9 @@ def main() -> None:
           f"StreamReplaced {metrics_seen['StreamReplaced']} (WhatsApp saw {view.streams_replaced}), "
           f"RunnerStepFailed {metrics_seen['RunnerStepFailed']}")
     print(report("redirect -> first QR", [o.first_qr for o in owners if o.first_qr is not None]))
+    print(report("  of which the redirect", [o.redirect for o in owners if o.first_qr is not None and o.redirect]))
+    print(report("  then page -> first QR", [o.first_qr - o.redirect for o in owners
+                                            if o.first_qr is not None and o.redirect is not None]))
     print(report("scan -> active", [o.to_active for o in owners if o.to_active is not None]))
     print(f"marketplace calls:       {len(calls)} ({', '.join(f'{s}: {n}' for s, n in sorted(statuses.items()))}); "
           f"most served in one second: {max(per_second.values(), default=0)}")

@@ -40,60 +40,70 @@ STAGE = "$default"
 
 class LambdaHost:
     """Runs the functions' handlers as Lambda does: each invocation in a worker process of its
-    own ("container", see `local.lambda_worker` for why not threads), handler modules loaded once
-    per worker. Up to `workers` invocations run at once (Lambda's concurrency); more wait.
+    own ("container", see `local.lambda_worker` for why not threads), the handler's module
+    loaded once per worker.
 
-    `start()` makes the pool once the functions' settings are in `os.environ` (the workers take
-    them from there); until then, or after a worker died, the first invocation makes it."""
+    Each function has its own workers, up to `concurrency` invocations at once (its Lambda
+    concurrency); more wait. As in Lambda, one function's invocations never wait for
+    another's: redirects held by YClients' rate limit do not hold the page's socket connects.
 
-    def __init__(self, template: Template, workers: int = 12) -> None:
+    `start()` makes the pools once the functions' settings are in `os.environ` (the workers
+    take them from there); until then, or after a worker died, the first invocation makes its
+    function's pool."""
+
+    def __init__(self, template: Template, concurrency: int = 10) -> None:
         self._targets = {
             name: Target(name, str(spec.code_dir), spec.module, spec.handler)
             for name, spec in template.functions.items()
         }
-        self._workers = workers
+        self._concurrency = concurrency
         self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
+        self._pools: dict[str, ProcessPoolExecutor] = {}
 
     def start(self) -> None:
-        """The pool, the forkserver and one warm worker, without waiting for them."""
-        self._executor().submit(lambda_worker.warm)
+        """The forkserver and one warm worker per function, without waiting for them."""
+        for function in self._targets:
+            self._executor(function).submit(lambda_worker.warm)
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self, function: str) -> ProcessPoolExecutor:
         with self._lock:
-            if self._pool is None:
+            pool = self._pools.get(function)
+            if pool is None:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(lambda_worker.PRELOAD)
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self._workers, mp_context=context, initializer=lambda_worker.start_worker,
-                    initargs=(dict(os.environ), list(self._targets.values())))
-            return self._pool
+                pool = self._pools[function] = ProcessPoolExecutor(
+                    max_workers=self._concurrency, mp_context=context, initializer=lambda_worker.start_worker,
+                    initargs=(dict(os.environ), [self._targets[function]]))
+            return pool
 
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
+    def _discard(self, function: str, pool: ProcessPoolExecutor) -> None:
         with self._lock:
-            if self._pool is pool:
-                self._pool = None
+            if self._pools.get(function) is pool:
+                del self._pools[function]
         pool.shutdown(wait=False, cancel_futures=True)
 
     async def invoke(self, function: str, event: dict[str, Any]) -> Any:
         """The handler's result; `HandlerFailed` if it raised (or its worker died: a new pool
-        serves the next invocation, as Lambda replaces a crashed container)."""
-        pool = self._executor()
+        serves the function's next invocation, as Lambda replaces a crashed container)."""
+        pool = self._executor(function)
         try:
             return await asyncio.wrap_future(pool.submit(lambda_worker.invoke, self._targets[function], event))
         except BrokenProcessPool as exc:
-            self._discard(pool)
+            self._discard(function, pool)
             raise HandlerFailed(f"the worker running {function} died") from exc
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """No new invocations; those under way may finish (within `timeout`) while the services
-        they call are still up: the stack stops moto after this."""
+        """No new invocations; those under way may finish (within `timeout` in all) while the
+        services they call are still up: the stack stops moto after this."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
+            pools, self._pools = list(self._pools.values()), {}
+        stoppers = [threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
+                    for pool in pools]
+        for stopper in stoppers:
             stopper.start()
-            stopper.join(timeout)
+        deadline = time.monotonic() + timeout
+        for stopper in stoppers:
+            stopper.join(max(0.0, deadline - time.monotonic()))
 
 
 def _route_pattern(path: str) -> re.Pattern[str]:

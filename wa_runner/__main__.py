@@ -75,7 +75,7 @@ async def main() -> None:
         engine=engine,
         pusher=Pusher(settings.websocket_management_url),
         yclients=YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
-                                settings.yclients_app_id),
+                                settings.yclients_app_id, background=True),  # no owner waits on these calls
         public_base_url=settings.public_base_url,
         poll_seconds=settings.runner_poll_seconds,
         lease_seconds=settings.runner_lease_seconds,

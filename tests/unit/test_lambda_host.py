@@ -17,6 +17,7 @@ from local.gateway import HandlerFailed, LambdaHost
 from local.template import FunctionSpec, Template
 
 HANDLER = '''
+import os
 import time
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
@@ -30,6 +31,17 @@ def probe():
     return {"before": before, "after": app.current_event.query_string_parameters["n"]}
 
 
+@app.get("/hold")
+def hold():
+    # Held until the test creates the release file (at most 20 s).
+    release = app.current_event.query_string_parameters["release"]
+    for _ in range(200):
+        if os.path.exists(release):
+            return {"held": True}
+        time.sleep(0.1)
+    return {"held": False}
+
+
 @app.get("/crash")
 def crash():
     raise ValueError("boom")
@@ -40,10 +52,12 @@ def lambda_handler(event, context):
 '''
 
 
-def _event(path: str, n: int) -> dict[str, object]:
+def _event(path: str, n: int, **query: str) -> dict[str, object]:
+    params = {"n": str(n), **query}
     return {
-        "version": "2.0", "routeKey": f"GET {path}", "rawPath": path, "rawQueryString": f"n={n}",
-        "queryStringParameters": {"n": str(n)}, "headers": {}, "isBase64Encoded": False,
+        "version": "2.0", "routeKey": f"GET {path}", "rawPath": path,
+        "rawQueryString": "&".join(f"{k}={v}" for k, v in params.items()),
+        "queryStringParameters": params, "headers": {}, "isBase64Encoded": False,
         "requestContext": {"http": {"method": "GET", "path": path, "sourceIp": "127.0.0.1"},
                            "stage": "$default", "requestId": str(n)},
     }
@@ -53,8 +67,9 @@ def _event(path: str, n: int) -> dict[str, object]:
 def host(tmp_path: Path) -> Iterator[LambdaHost]:
     (tmp_path / "app.py").write_text(HANDLER)
     template = Template(resources={}, globals_env={}, http_routes=[], ws_routes={}, ws_route_selection="",
-                        streams=[], functions={"Probe": FunctionSpec("Probe", tmp_path, "app", "lambda_handler")})
-    host = LambdaHost(template, workers=4)
+                        streams=[], functions={name: FunctionSpec(name, tmp_path, "app", "lambda_handler")
+                                               for name in ("Probe", "Other")})
+    host = LambdaHost(template, concurrency=4)
     yield host
     host.shutdown()
 
@@ -74,3 +89,22 @@ def test_a_handler_that_raises_is_a_failed_invocation_and_the_next_one_is_served
         return dict(await host.invoke("Probe", _event("/probe", 2)))
 
     assert asyncio.run(run())["statusCode"] == 200
+
+
+def test_one_functions_busy_invocations_never_hold_another_functions(host: LambdaHost, tmp_path: Path) -> None:
+    """Lambda scales each function on its own: redirects waiting on YClients' rate limit must
+    not hold the page's socket connects (they did when all functions shared one pool)."""
+    release = tmp_path / "release"
+
+    async def run() -> tuple[dict[str, object], bool, list[str]]:
+        held = [asyncio.ensure_future(host.invoke("Probe", _event("/hold", n, release=str(release))))
+                for n in range(4)]  # every Probe worker busy
+        await asyncio.sleep(0.5)
+        other = await asyncio.wait_for(host.invoke("Other", _event("/probe", 9)), 15)
+        still_held = not any(task.done() for task in held)
+        release.touch()
+        return other, still_held, [r["body"] for r in await asyncio.gather(*held)]
+
+    other, still_held, bodies = asyncio.run(run())
+    assert other["body"] == '{"before":"9","after":"9"}'
+    assert still_held and bodies == ['{"held":true}'] * 4

@@ -42,7 +42,9 @@ PAYMENT_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 # not squeeze six of them into one second on YClients' side.
 # `YCLIENTS_RATE_LIMIT_FILE` (a path) shares the limit between the processes of one host through
 # pyrate-limiter's SQLite bucket with a file lock: the local stack sets it, since its function
-# workers and runners all call from one address, as they would from behind one NAT.
+# workers and runners all call from one address, as they would from behind one NAT. There,
+# background callers (the runner's activations) yield to interactive ones (an owner's redirect):
+# `aiadmin.rate_priority`.
 RATE_LIMIT_FILE_ENV = "YCLIENTS_RATE_LIMIT_FILE"
 
 
@@ -56,6 +58,19 @@ def process_limiter() -> Limiter:
     if not shared_file:
         return Limiter(rates)
     return Limiter(SQLiteBucket.init_from_file(rates, db_path=shared_file, use_file_lock=True))
+
+
+def client_limiter(background: bool) -> Any:
+    """The process's limiter for a client; under a limit shared between processes, ordered so
+    that background calls yield to interactive ones."""
+    shared_file = os.environ.get(RATE_LIMIT_FILE_ENV)
+    if not shared_file:
+        return process_limiter()
+    from pathlib import Path
+
+    from aiadmin.rate_priority import PriorityLimiter
+
+    return PriorityLimiter(process_limiter(), Path(shared_file + ".waiting"), background)
 
 
 class BadUserData(ValueError):
@@ -198,18 +213,19 @@ def classify_activation(response: PartnerResponse | None, error: str = "") -> Ac
 
 class YClientsClient:
     """Partner-side calls to the marketplace API (Bearer partner token, v2 Accept header),
-    throttled by the process-wide limiter."""
+    throttled by the process-wide limiter. `background`: the calls of no waiting owner (the
+    runner's activations), which yield to an owner's under a limit shared between processes."""
 
     def __init__(self, base_url: str, partner_token: str, application_id: int,
                  session: requests.Session | None = None, limiter: Limiter | None = None,
-                 timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT, background: bool = False) -> None:
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
         self._application_id = application_id
         self._session = session or requests.Session()
         from requests_ratelimiter import LimiterAdapter
 
-        adapter = LimiterAdapter(limiter=limiter or process_limiter(), per_host=False)
+        adapter = LimiterAdapter(limiter=limiter or client_limiter(background), per_host=False)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update({
