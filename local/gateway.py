@@ -283,7 +283,9 @@ class Gateway:
                 value: Any = json.loads(body)
                 for part in self._ws_selection.removeprefix("$request.body.").split("."):
                     value = value.get(part) if isinstance(value, dict) else None
-            except ValueError:
+            except (ValueError, RecursionError):
+                # API Gateway delivers a message it cannot select a route from to $default
+                # (deeply nested JSON included); it never closes the socket for it.
                 value = None
             if isinstance(value, str) and value in self._ws_routes and not value.startswith("$"):
                 return value
@@ -312,7 +314,9 @@ class Gateway:
         entry = self._sockets.get(request.match_info["connection_id"])
         if entry is None:
             return self._gone()
-        await entry[0].close()
+        # API Gateway closes a deleted connection with 1000 ("Connection Closed Normally"): it
+        # takes no close code, so the page learns why from the message sent before.
+        await entry[0].close(code=1000)
         return web.Response(status=204)
 
     async def get_connection(self, request: web.Request) -> web.Response:

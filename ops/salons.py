@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aiadmin.onboarding import request_new_qr
+from aiadmin.onboarding import OPERATOR, request_new_qr
 from aiadmin.states import LINKED_STATES, LINKING_STATES, RETRY_STATES, SalonState
 from aiadmin.store import Store
 
@@ -86,7 +86,7 @@ def new_pairing(store: Store, salon_id: int, now: float) -> str:
     if salon is None:
         raise NotApplicable(f"salon {salon_id} is unknown")
     if salon.state in RETRY_STATES:
-        request_new_qr(store, salon_id)
+        request_new_qr(store, salon_id, OPERATOR)
         return "new pairing started (the page shows a new QR)"
     if salon.state in LINKING_STATES:
         store.record_event(salon_id, ACTOR, "new pairing requested", now=now)

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import pytest
 from aiohttp import web
 
+from aiadmin.onboarding import Requester
+from aiadmin.store import Store
 from local.fake_yclients import FakeYClients
 from local.process import RunningStack
 
@@ -53,3 +55,9 @@ def fake_marketplace(partner_token: str, application_id: int = 4242,
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+def page_of(store: Store, salon_id: int) -> Requester:
+    """A page socket of the salon's current consent (as if opened with its latest token)."""
+    salon = store.get_salon(salon_id)
+    return Requester(consent_id=salon.consent_id if salon else None)

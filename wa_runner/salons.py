@@ -131,4 +131,4 @@ class SalonWriter:
         if remaining <= 0:
             metrics.add_metric(name="PushTimedOut", unit="Count", value=1)
             return False
-        return self._pusher.deliver(self._store, salon.salon_id, state_message(salon, time.time()), remaining)[1]
+        return self._pusher.deliver(self._store, salon, state_message(salon, time.time()), remaining)[1]

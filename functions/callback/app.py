@@ -33,8 +33,7 @@ if TYPE_CHECKING:
     from aiadmin.store import Store
 
 SETTINGS = ["table_name", "yclients_partner_token", "yclients_app_id", "entity_queue_url"]
-# Settings are loaded at start-up and the function refuses to start without them, so a
-# running health check can only report them present; the booleans say which ones it checked.
+# Settings are loaded at start-up and the function refuses to start without them.
 settings = load_settings(SETTINGS)
 # Cold start: the store (with the pydantic models under it) is imported by the first request,
 # with the store itself, not with this module; the queue by the first entity webhook, the
@@ -162,22 +161,19 @@ def entity_webhook(salon_id: str, secret: str) -> Response:
 
 @app.get("/marketplace/health-check")
 def health_check() -> Response:
-    """For ops and YClients: which settings are present (booleans only, never a value), whether
-    the store answers, and how old the freshest runner heartbeat is."""
+    """For YClients and uptime checks, unauthenticated: ok (200) when the store answers and a
+    runner's heartbeat is fresh, not ok (503) otherwise, and nothing more. Which part failed,
+    the heartbeat's age and the store's details are for ops only (`python -m ops doctor`, logs)."""
     try:
         heartbeat = store.latest_heartbeat()  # also the reachability probe: one read, not two
-        store_ok = True
     except Exception:
         logger.exception("health check: store unreachable")
-        store_ok, heartbeat = False, None
-    age = round(time.time() - heartbeat, 1) if heartbeat is not None else None
-    healthy = store_ok and age is not None and age < RUNNER_STALE_SECONDS
-    return _json(200 if healthy else 503, {
-        "success": healthy,
-        "settings": {name: True for name in SETTINGS},
-        "store_reachable": store_ok,
-        "runner_heartbeat_age_seconds": age,
-    })
+        heartbeat = None
+    age = time.time() - heartbeat if heartbeat is not None else None
+    healthy = age is not None and age < RUNNER_STALE_SECONDS
+    if not healthy:
+        logger.warning("health check: not ok", extra={"runner_heartbeat_age_seconds": age})
+    return _json(200 if healthy else 503, {"success": healthy, "status": "ok" if healthy else "unavailable"})
 
 
 @app.exception_handler(Exception)

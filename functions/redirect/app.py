@@ -144,7 +144,9 @@ def redirect() -> Response:
         return exc.response
     now = time.time()
     metrics.add_metric(name="RedirectAccepted", unit="Count", value=1)  # the funnel's first step
-    tokens = [issue_token(s.salon_id, settings.jwt_secret.reveal(), settings.token_ttl_seconds, now) for s in salons]
+    # Each token names its salon's current consent: a later uninstall, rebinding or re-link ends it.
+    tokens = [issue_token(s.salon_id, settings.jwt_secret.reveal(), settings.token_ttl_seconds, now,
+                          consent_id=s.consent_id) for s in salons]
     # Tokens travel in the fragment: browsers never send it to a server, so no access log holds them.
     fragment = "&".join(f"token={token}" for token in tokens)
     return Response(status_code=302, body="", headers={

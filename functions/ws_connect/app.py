@@ -1,5 +1,6 @@
-"""WebSocket $connect (authenticate the onboarding token, take one of the salon's socket slots)
-and $disconnect (forget the connection, free its slot)."""
+"""WebSocket $connect (authenticate the onboarding token: signature, expiry, and that its consent
+is still the salon's; take one of the salon's socket slots) and $disconnect (forget the
+connection, free its slot)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from aiadmin.config import load_settings
 from aiadmin.lazy import lazy
 from aiadmin.observability import logger, metrics, tracer
-from aiadmin.sockets import MAX_SOCKETS_PER_SALON, open_socket
+from aiadmin.sockets import MAX_SOCKETS_PER_SALON, Opening, open_socket
 from aiadmin.store import Store
 from aiadmin.tokens import InvalidToken, verify_token_claims
 
@@ -32,7 +33,14 @@ def _connect(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
         logger.info("connection refused", extra={"reason": str(exc)})
         metrics.add_metric(name="SocketRefused", unit="Count", value=1)
         return {"statusCode": 401}
-    if not open_socket(store, event.request_context.connection_id, claims, time.time()):
+    opening = open_socket(store, event.request_context.connection_id, claims, time.time())
+    if opening == Opening.CONSENT_ENDED:
+        # A token of an ended consent (uninstalled, bound to another user, re-linked since): 403,
+        # where a bad or expired token gets 401. Nothing written.
+        logger.info("connection refused: the token's consent has ended", extra={"salon_id": claims.salon_id})
+        metrics.add_metric(name="SocketRevoked", unit="Count", value=1)
+        return {"statusCode": 403}
+    if opening == Opening.SALON_FULL:
         # Every slot is held by a live socket: refused, nothing written (aiadmin.sockets says why
         # refusing beats closing the oldest).
         logger.warning("connection refused: salon has its maximum of sockets open",

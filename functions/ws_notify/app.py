@@ -1,7 +1,7 @@
 """WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`, `relink`; each
-counted against the socket's rate limit and refused once its token has expired) and the
-DynamoDB stream consumer that pushes state changes made outside the runner (lifecycle
-webhooks, the page)."""
+counted against its token's rate limit; a socket whose token has expired, or whose consent is no
+longer the salon's, is told why and closed) and the DynamoDB stream consumer that pushes state
+changes made outside the runner (lifecycle webhooks, the page)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ from pydantic import ValidationError
 
 from aiadmin.config import load_settings
 from aiadmin.lazy import lazy
-from aiadmin.models import ErrorMessage, Salon
+from aiadmin.models import ErrorMessage, Salon, TokenMessage
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import (
+    ConsentEnded,
     InvalidPhone,
+    KeptSocket,
     PairingLimited,
+    Requester,
     request_new_qr,
     request_pairing_code,
     request_relink,
@@ -35,19 +38,20 @@ from aiadmin.sockets import (
     MESSAGE_WINDOW_SECONDS,
     RATE_LIMITED_KEY,
     RATE_LIMITED_TEXT,
-    TOKEN_EXPIRED_KEY,
-    TOKEN_EXPIRED_TEXT,
     UNKNOWN_ACTION_KEY,
     UNKNOWN_ACTION_TEXT,
+    Admission,
     Verdict,
     admit_message,
 )
 from aiadmin.store import Store
+from aiadmin.tokens import issue_token, new_token_id
 
 # Imported by the first message that needs them (a state showing a QR or a linked number, a
-# pairing-code request), not with this module (cold start).
-FIRST_USE_IMPORTS = ("qrcode.image.svg", "phonenumbers")
-settings = load_settings(["table_name", "websocket_management_url", "pairing_min_interval_seconds"])
+# pairing-code request, a re-link's new token), not with this module (cold start).
+FIRST_USE_IMPORTS = ("qrcode.image.svg", "phonenumbers", "jwt")
+settings = load_settings(["table_name", "websocket_management_url", "pairing_min_interval_seconds", "jwt_secret",
+                          "token_ttl_seconds"])
 store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
 pusher = lazy(lambda: Pusher(settings.websocket_management_url))
 
@@ -100,31 +104,60 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
         return _refuse(connection_id, salon_id, action, "rate_limited", RATE_LIMITED_TEXT, 429,
                        "SocketRateLimited", retry_after=round(wait, 1), key=RATE_LIMITED_KEY)
     if admission.verdict == Verdict.TOKEN_EXPIRED:
-        return _refuse(connection_id, salon_id, action, "token_expired", TOKEN_EXPIRED_TEXT, 403,
-                       "SocketTokenExpired", key=TOKEN_EXPIRED_KEY)
-    if action == "new_qr":
-        request_new_qr(store, salon_id)
-    elif action == "relink":
-        # An explicit owner action (confirmed on the page) on a socket opened with this salon's token.
-        request_relink(store, salon_id, now)
-    elif action == "pairing_code":
-        try:
-            request_pairing_code(store, salon_id, message.get("phone"), now,
-                                 min_interval=settings.pairing_min_interval_seconds)
-        except InvalidPhone as exc:
-            # Nothing changed; the owner reads why next to the number they typed.
-            return _refuse(connection_id, salon_id, action, "invalid_phone", str(exc), 400, "PairingPhoneRefused",
-                           key=exc.key)
-        except PairingLimited as exc:
-            return _refuse(connection_id, salon_id, action, "pairing_limited", str(exc), 429, "PairingCodeLimited",
-                           retry_after=round(exc.retry_after, 1), key=exc.key, params=dict(exc.params))
-    elif action != "sync":
+        # The page reads why; the socket gets nothing more (pushes included) and is closed.
+        metrics.add_metric(name="SocketTokenExpired", unit="Count", value=1)
+        pusher.end(store, connection_id, salon_id, "token_expired", action)
+        return {"statusCode": 403}
+    if action not in ACTIONS:
         return _refuse(connection_id, salon_id, action, "bad_request", UNKNOWN_ACTION_TEXT, 400, "SocketBadMessage",
                        key=UNKNOWN_ACTION_KEY)
-    salon = store.get_salon(salon_id)
-    if salon is not None:
-        _reply(connection_id, salon_id, state_message(salon, now))
+    requester = Requester(consent_id=admission.consent_id)
+    try:
+        if action == "new_qr":
+            request_new_qr(store, salon_id, requester)
+        elif action == "relink":
+            requester = _relink(connection_id, admission, requester, now)
+        elif action == "pairing_code":
+            try:
+                request_pairing_code(store, salon_id, message.get("phone"), requester, now,
+                                     min_interval=settings.pairing_min_interval_seconds)
+            except InvalidPhone as exc:
+                # Nothing changed; the owner reads why next to the number they typed.
+                return _refuse(connection_id, salon_id, action, "invalid_phone", str(exc), 400,
+                               "PairingPhoneRefused", key=exc.key)
+            except PairingLimited as exc:
+                return _refuse(connection_id, salon_id, action, "pairing_limited", str(exc), 429,
+                               "PairingCodeLimited", retry_after=round(exc.retry_after, 1), key=exc.key,
+                               params=dict(exc.params))
+        salon = store.get_salon(salon_id)
+        if not requester.may_act_on(salon):
+            raise ConsentEnded(salon_id)
+    except ConsentEnded:
+        # The token's consent is no longer the salon's: nothing changed, the page reads why, and
+        # the socket gets nothing more.
+        pusher.end(store, connection_id, salon_id, "token_revoked", action)
+        return {"statusCode": 403}
+    assert salon is not None  # may_act_on said so
+    _reply(connection_id, salon_id, state_message(salon, now))
     return {"statusCode": 200}
+
+
+def _relink(connection_id: str, admission: Admission, requester: Requester, now: float) -> Requester:
+    """An explicit owner action (confirmed on the page) on a socket of the salon's consent. It
+    starts a new consent: every other socket and token of the salon ends, and this socket moves
+    onto the new one with a new token, which the page keeps for reconnecting. Returns who the
+    socket is from now on."""
+    assert admission.salon_id is not None
+    token_id, issued = new_token_id(), int(now)
+    kept = KeptSocket(connection_id, admission.slot, token_id, issued + settings.token_ttl_seconds)
+    salon = request_relink(store, admission.salon_id, now, requester, kept)
+    if salon is not None:
+        token = issue_token(admission.salon_id, settings.jwt_secret.reveal(), settings.token_ttl_seconds, issued,
+                            consent_id=salon.consent_id, token_id=token_id)
+        _reply(connection_id, admission.salon_id, TokenMessage(salon_id=admission.salon_id,
+                                                               token=token).model_dump_json())
+        return Requester(consent_id=salon.consent_id)
+    return requester
 
 
 @logger.inject_lambda_context
@@ -149,4 +182,4 @@ def stream_handler(event: DynamoDBStreamEvent, context: LambdaContext) -> None:
         current = store.get_salon(salon.salon_id)
         if current is None or current.version != salon.version:
             continue
-        pusher.fan_out(store, salon.salon_id, state_message(current, time.time()))
+        pusher.fan_out(store, current, state_message(current, time.time()))

@@ -138,11 +138,13 @@ def _assert_no_salon(stack: RunningStack, salon_id: int) -> None:
     token = issue_token(salon_id, DEFAULT_JWT_SECRET, 60)
 
     async def probe() -> None:
-        async with open_page(stack.ws_url, token) as ws:
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(ws.recv(), 1.0)
+        async with open_page(stack.ws_url, token):
+            pass
 
-    asyncio.run(probe())
+    # No salon, so no consent a token could name: even a validly signed token opens no socket.
+    with pytest.raises(InvalidStatus) as refused:
+        asyncio.run(probe())
+    assert refused.value.response.status_code == 403
 
 
 @pytest.mark.parametrize("token", [
@@ -201,8 +203,5 @@ def test_onboarding_page_is_served_with_a_strict_policy(stack: RunningStack) -> 
 def test_health_check_reports_without_secrets(stack: RunningStack) -> None:
     response = requests.get(stack.base_url + "/marketplace/health-check", timeout=5)
     assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["store_reachable"] is True
-    assert 0 <= body["runner_heartbeat_age_seconds"] < 5
-    assert set(body["settings"].values()) == {True}
+    assert response.json() == {"success": True, "status": "ok"}
     assert DEFAULT_PARTNER_TOKEN not in response.text and DEFAULT_JWT_SECRET not in response.text

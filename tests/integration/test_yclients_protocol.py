@@ -200,12 +200,11 @@ def test_redirect_confirms_the_salon_with_yclients_first(stack: RunningStack) ->
     assert requests.get(redirect, allow_redirects=False, timeout=10).status_code == 302
 
 
-def test_health_check_reports_booleans_and_the_runner_heartbeat(stack: RunningStack) -> None:
+def test_health_check_says_ok_and_nothing_more(stack: RunningStack) -> None:
+    """Unauthenticated: ok or not ok; the heartbeat's age and the store's details are ops' (issue 15)."""
     response = requests.get(stack.base_url + "/marketplace/health-check", timeout=5)
-    body = response.json()
-    assert response.status_code == 200 and body["success"] is True
-    assert set(body["settings"].values()) == {True} and "entity_queue_url" in body["settings"]
-    assert body["store_reachable"] is True and 0 <= body["runner_heartbeat_age_seconds"] < 60
+    assert response.status_code == 200
+    assert response.json() == {"success": True, "status": "ok"}
     assert DEFAULT_PARTNER_TOKEN not in response.text
 
 

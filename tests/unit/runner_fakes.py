@@ -87,10 +87,10 @@ class RecordingPusher(Pusher):
         self.pushed: list[tuple[int, str]] = []
         self._lock = threading.Lock()
 
-    def deliver(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = 5.0,
-                clock: Any = None) -> tuple[int, bool]:
+    def deliver(self, store: Store, salon: Salon, payload: str, deadline_seconds: float = 5.0,
+                clock: Any = None, now: float | None = None) -> tuple[int, bool]:
         with self._lock:
-            self.pushed.append((salon_id, payload))
+            self.pushed.append((salon.salon_id, payload))
         return 1, True
 
 

@@ -7,17 +7,22 @@ import time
 
 import pytest
 
+from aiadmin.lifecycle import apply_lifecycle_event
 from aiadmin.models import UserData
 from aiadmin.onboarding import (
+    ConsentEnded,
     ConsentRefused,
     Location,
     binding_refusal,
+    request_new_qr,
+    request_pairing_code,
     request_relink,
     start_locations,
     start_onboarding,
 )
 from aiadmin.states import SalonState
 from aiadmin.store import Store
+from tests.helpers import page_of
 
 S = SalonState
 OWNER = UserData(id="5101", name="Анна", salon_name="Лотос")
@@ -108,14 +113,14 @@ def test_a_repeat_visit_to_an_active_salon_never_restarts_linking(store: Store) 
 
 def test_relinking_is_an_explicit_owner_request_for_a_linked_salon(store: Store) -> None:
     start_onboarding(store, 101, OWNER, time.time())
-    assert request_relink(store, 101, time.time()) is None  # not linked: nothing to re-link
+    assert request_relink(store, 101, time.time(), page_of(store, 101)) is None  # not linked: nothing to re-link
     store.transition(101, S.PAIRING, "test")
     store.transition(101, S.WHATSAPP_CONNECTED, "test")
     store.transition(101, S.ACTIVATING, "test")
     store.transition(101, S.ACTIVE, "test")
     store.request_session(101, "run")
     generation = store.get_session(101).generation  # type: ignore[union-attr]
-    salon = request_relink(store, 101, time.time())
+    salon = request_relink(store, 101, time.time(), page_of(store, 101))
     assert salon is not None and salon.state == S.PENDING_WHATSAPP
     session = store.get_session(101)
     assert session is not None and session.desired == "link" and session.generation == generation + 1
@@ -127,7 +132,7 @@ def test_an_unlinked_or_blocked_salon_can_be_linked_again_from_the_page(store: S
     """Issue 12: the page's one next action for these ends is "Привязать WhatsApp снова"."""
     _linked(store, state=ended)
     generation = store.get_session(101).generation  # type: ignore[union-attr]
-    salon = request_relink(store, 101, time.time())
+    salon = request_relink(store, 101, time.time(), page_of(store, 101))
     assert salon is not None and salon.state == S.PENDING_WHATSAPP
     session = store.get_session(101)
     assert session is not None and session.desired == "link" and session.generation == generation + 1
@@ -182,3 +187,56 @@ def test_an_active_salon_that_yclients_reports_pending_again_is_activated_again_
     assert session is not None and session.desired == "run" and session.generation == generation + 1
     with pytest.raises(ConsentRefused):  # and only for its own owner
         start_onboarding(store, 101, STRANGER, time.time(), marketplace_status="pending")
+
+
+def _consent(store: Store, salon_id: int = 101) -> str | None:
+    salon = store.get_salon(salon_id)
+    return salon.consent_id if salon else None
+
+
+def test_a_salons_consent_changes_with_its_binding_and_not_with_a_repeat_visit(store: Store) -> None:
+    """Issue 15: every token names the consent; a new one ends every older token. A repeat
+    "Подключить" by the bound owner keeps it (their other tabs go on); an uninstall ends it, a
+    new owner's consent and a first binding each start a new one."""
+    first = start_onboarding(store, 101, OWNER, time.time()).consent_id
+    assert first is not None and first == _consent(store)
+    assert start_onboarding(store, 101, OWNER, time.time()).consent_id == first
+    assert store.get_salon(101).accepts_token_of(first)  # type: ignore[union-attr]
+    assert apply_lifecycle_event(store, 101, "uninstall") == "uninstalled"
+    assert not store.get_salon(101).accepts_token_of(first)  # type: ignore[union-attr]
+    # Another YClients user, after YClients reported the app uninstalled.
+    reinstalled = start_onboarding(store, 101, STRANGER, time.time())
+    assert reinstalled.consent_id not in (None, first)
+    assert reinstalled.consent_id == _consent(store)
+    assert not store.get_salon(101).accepts_token_of(first)  # type: ignore[union-attr]
+    # A salon a consent without a user id started binds nobody; its first binding starts a new consent.
+    unbound = start_onboarding(store, 102, NO_ID, time.time()).consent_id
+    bound = start_onboarding(store, 102, OWNER, time.time())
+    assert bound.owner_user_id == "5101" and bound.consent_id not in (None, unbound)
+    assert bound.consent_id == _consent(store, 102)
+
+
+def test_a_page_of_an_ended_consent_changes_nothing(store: Store) -> None:
+    start_onboarding(store, 101, OWNER, time.time())
+    old_page = page_of(store, 101)
+    apply_lifecycle_event(store, 101, "uninstall")
+    start_onboarding(store, 101, STRANGER, time.time())
+    store.transition(101, S.QR_READY, "test", attrs={"qr": "code"})
+    store.transition(101, S.QR_EXPIRED, "test")
+    before, session = store.get_salon(101), store.get_session(101)
+    for request in (lambda: request_new_qr(store, 101, old_page),
+                    lambda: request_pairing_code(store, 101, "+7 900 123-45-67", old_page),
+                    lambda: request_relink(store, 101, time.time(), old_page)):
+        with pytest.raises(ConsentEnded):
+            request()
+    assert store.get_salon(101) == before and store.get_session(101) == session
+    # The new owner's page may.
+    assert request_new_qr(store, 101, page_of(store, 101)) is not None
+
+
+def test_a_relink_starts_a_new_consent(store: Store) -> None:
+    _linked(store)
+    page = page_of(store, 101)
+    salon = request_relink(store, 101, time.time(), page)
+    assert salon is not None and salon.consent_id not in (None, page.consent_id)
+    assert salon.consent_id == _consent(store)

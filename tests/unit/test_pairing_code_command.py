@@ -11,6 +11,7 @@ from aiadmin.onboarding import (
     PAIRING_PHONES_PER_HOUR,
     InvalidPhone,
     PairingLimited,
+    Requester,
     request_new_qr,
     request_pairing_code,
 )
@@ -18,6 +19,9 @@ from aiadmin.states import SalonState
 from aiadmin.store import Store
 
 S = SalonState
+
+# A page of the salon's consent (these salons were recorded without a consent id).
+PAGE = Requester()
 
 
 def _salon_in(store: Store, state: SalonState) -> None:
@@ -36,7 +40,7 @@ def test_a_pairing_code_request_starts_a_fresh_attempt_for_that_number(store: St
     _salon_in(store, state)
     before = store.get_session(1)
     assert before is not None
-    salon = request_pairing_code(store, 1, "8 (900) 123-45-67")
+    salon = request_pairing_code(store, 1, "8 (900) 123-45-67", PAGE)
     assert salon is not None and salon.state == S.PENDING_WHATSAPP
     stored = store.get_salon(1)
     assert stored is not None and stored.qr is None and stored.pairing_code is None
@@ -49,17 +53,18 @@ def test_a_bad_number_changes_nothing(store: Store) -> None:
     _salon_in(store, S.QR_READY)
     before = (store.get_salon(1), store.get_session(1))
     with pytest.raises(InvalidPhone):
-        request_pairing_code(store, 1, "12-34")
+        request_pairing_code(store, 1, "12-34", PAGE)
     assert (store.get_salon(1), store.get_session(1)) == before
 
 
 def test_a_replayed_request_does_not_restart_the_attempt(store: Store) -> None:
     _salon_in(store, S.QR_READY)
-    request_pairing_code(store, 1, "+7 900 123-45-67")
+    request_pairing_code(store, 1, "+7 900 123-45-67", PAGE)
     first = store.get_session(1)
-    request_pairing_code(store, 1, "89001234567")  # the same number, typed differently
+    request_pairing_code(store, 1, "89001234567", PAGE)  # the same number, typed differently
     assert store.get_session(1) == first
-    request_pairing_code(store, 1, "+7 900 765-43-21", now=time.time() + 31)  # another number, later: a new attempt
+    # another number, later: a new attempt
+    request_pairing_code(store, 1, "+7 900 765-43-21", PAGE, now=time.time() + 31)
     lease = store.get_session(1)
     assert first is not None and lease is not None
     assert lease.generation == first.generation + 1 and lease.pair_phone == "79007654321"
@@ -70,18 +75,18 @@ def test_no_pairing_code_for_a_linked_salon(store: Store) -> None:
     for state in (S.PAIRING, S.WHATSAPP_CONNECTED):
         store.transition(1, state, actor="runner")
     before = store.get_session(1)
-    assert request_pairing_code(store, 1, "+7 900 123-45-67") is None
+    assert request_pairing_code(store, 1, "+7 900 123-45-67", PAGE) is None
     assert store.get_session(1) == before
 
 
 @pytest.mark.parametrize("state", [S.QR_EXPIRED, S.LINK_REFUSED, S.PASSKEY_REQUIRED, S.CODE_READY])
 def test_a_new_qr_after_a_code_attempt_forgets_the_number(store: Store, state: SalonState) -> None:
     _salon_in(store, S.QR_READY)
-    request_pairing_code(store, 1, "+7 900 123-45-67")
+    request_pairing_code(store, 1, "+7 900 123-45-67", PAGE)
     store.transition(1, S.CODE_READY, actor="runner", attrs={"pairing_code": "ABCD-EFGH"})
     if state != S.CODE_READY:
         store.transition(1, state, actor="runner")
-    salon = request_new_qr(store, 1)
+    salon = request_new_qr(store, 1, PAGE)
     assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.pairing_code is None
     lease = store.get_session(1)
     assert lease is not None and lease.pair_phone is None and lease.desired == "link"
@@ -89,7 +94,7 @@ def test_a_new_qr_after_a_code_attempt_forgets_the_number(store: Store, state: S
 
 def test_no_new_qr_while_one_is_shown(store: Store) -> None:
     _salon_in(store, S.QR_READY)
-    assert request_new_qr(store, 1) is None
+    assert request_new_qr(store, 1, PAGE) is None
 
 
 def _back_to_qr(store: Store) -> None:
@@ -100,14 +105,14 @@ def _back_to_qr(store: Store) -> None:
 def test_requests_closer_than_the_interval_are_refused_and_change_nothing(store: Store) -> None:
     _salon_in(store, S.QR_READY)
     now = 1_000_000.0
-    request_pairing_code(store, 1, "+7 900 111-11-11", now=now, min_interval=30)
+    request_pairing_code(store, 1, "+7 900 111-11-11", PAGE, now=now, min_interval=30)
     _back_to_qr(store)
     before = (store.get_salon(1), store.get_session(1))
     with pytest.raises(PairingLimited, match="через 20 с") as refused:
-        request_pairing_code(store, 1, "+7 900 222-22-22", now=now + 10, min_interval=30)
+        request_pairing_code(store, 1, "+7 900 222-22-22", PAGE, now=now + 10, min_interval=30)
     assert refused.value.retry_after == pytest.approx(20)
     assert (store.get_salon(1), store.get_session(1)) == before
-    assert request_pairing_code(store, 1, "+7 900 222-22-22", now=now + 30, min_interval=30) is not None
+    assert request_pairing_code(store, 1, "+7 900 222-22-22", PAGE, now=now + 30, min_interval=30) is not None
 
 
 def test_at_most_three_distinct_numbers_per_hour(store: Store) -> None:
@@ -115,15 +120,15 @@ def test_at_most_three_distinct_numbers_per_hour(store: Store) -> None:
     now = 1_000_000.0
     numbers = [f"+7 900 000-00-0{i}" for i in range(1, 6)]
     for i, number in enumerate(numbers[:PAIRING_PHONES_PER_HOUR]):
-        assert request_pairing_code(store, 1, number, now=now + 40 * i, min_interval=30) is not None
+        assert request_pairing_code(store, 1, number, PAGE, now=now + 40 * i, min_interval=30) is not None
         _back_to_qr(store)
     with pytest.raises(PairingLimited, match="3 разных номеров"):
-        request_pairing_code(store, 1, numbers[3], now=now + 200, min_interval=30)
+        request_pairing_code(store, 1, numbers[3], PAGE, now=now + 200, min_interval=30)
     # A number already used this hour may be asked for again (a new code for the same phone).
-    assert request_pairing_code(store, 1, numbers[0], now=now + 240, min_interval=30) is not None
+    assert request_pairing_code(store, 1, numbers[0], PAGE, now=now + 240, min_interval=30) is not None
     _back_to_qr(store)
     # The hour after the first request, a new number is accepted again.
-    assert request_pairing_code(store, 1, numbers[4], now=now + 3601, min_interval=30) is not None
+    assert request_pairing_code(store, 1, numbers[4], PAGE, now=now + 3601, min_interval=30) is not None
 
 
 def _atomic_calls(store: Store) -> None:

@@ -9,11 +9,12 @@ import json
 
 import pytest
 
-from aiadmin.models import UserData
+from aiadmin.models import Salon, UserData
 from aiadmin.onboarding import request_pairing_code, start_onboarding
 from aiadmin.states import SalonState
 from aiadmin.store import Store
 from aiadmin.yclients import ActivationOutcome, ActivationResult
+from tests.helpers import page_of
 from tests.unit.runner_fakes import (
     FakeClock,
     RecordingPusher,
@@ -158,7 +159,7 @@ def test_a_code_of_an_attempt_the_owner_replaced_is_not_shown(store: Store) -> N
     async def scenario() -> None:
         await claim_all(runner, clock)
         await handle(runner, EventKind.QR, 5, code="qr-1", expires_at=clock.now + 60)
-        assert request_pairing_code(store, 5, "+7 900 123-45-67", now=clock.now) is not None
+        assert request_pairing_code(store, 5, "+7 900 123-45-67", page_of(store, 5), now=clock.now) is not None
         await handle(runner, EventKind.QR, 5, code="qr-2", expires_at=clock.now + 80)
         salon = store.get_salon(5)
         assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.qr is None
@@ -213,9 +214,9 @@ def test_the_activations_writes_are_fenced_too(store: Store) -> None:
 class SlowFirstPush(RecordingPusher):
     """The first delivery runs out of time before reaching every page."""
 
-    def deliver(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = 5.0,
-                clock: object = None) -> tuple[int, bool]:
-        done = super().deliver(store, salon_id, payload, deadline_seconds, clock)
+    def deliver(self, store: Store, salon: Salon, payload: str, deadline_seconds: float = 5.0,
+                clock: object = None, now: float | None = None) -> tuple[int, bool]:
+        done = super().deliver(store, salon, payload, deadline_seconds, clock)
         return (0, False) if len(self.pushed) == 1 else done
 
 

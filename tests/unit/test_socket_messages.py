@@ -15,21 +15,33 @@ from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 
 from aiadmin.observability import metrics
-from aiadmin.sockets import MESSAGES_PER_WINDOW, open_socket
+from aiadmin.onboarding import new_consent_id
+from aiadmin.push import Pusher
+from aiadmin.sockets import MESSAGES_PER_WINDOW
 from aiadmin.states import SalonState
 from aiadmin.store import Store
-from aiadmin.tokens import TokenClaims
+from aiadmin.tokens import TokenClaims, verify_token_claims
 from local.gateway import LambdaContext
 from local.template import ROOT
 
 REGION = "eu-central-1"
 SALON = 7
+JWT_SECRET = "j" * 40
+
+
+@pytest.fixture
+def closed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Sockets the handler closed (moto would forget what they received: recorded instead)."""
+    names: list[str] = []
+    monkeypatch.setattr(Pusher, "close", lambda _self, connection_id: names.append(connection_id))
+    return names
 
 
 @pytest.fixture
 def handler(table: Any, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("TABLE_NAME", table.name)
     monkeypatch.setenv("WEBSOCKET_MANAGEMENT_URL", f"https://abc123.execute-api.{REGION}.amazonaws.com/prod")
+    monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
     spec = importlib.util.spec_from_file_location("ws_default_under_test", ROOT / "functions" / "ws_notify" / "app.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -62,12 +74,15 @@ def _pushed(connection_id: str) -> list[dict[str, Any]]:
     return found
 
 
-def _page(store: Store, expires_in: float = 600) -> str:
-    store.transition(SALON, SalonState.PENDING_WHATSAPP, actor="redirect")
-    store.request_session(SALON, "link")
-    store.transition(SALON, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})
+def _page(store: Store, expires_in: float = 600, consent_id: str = "consent-1") -> str:
+    if store.get_salon(SALON) is None:
+        store.transition(SALON, SalonState.PENDING_WHATSAPP, actor="redirect", attrs={"consent_id": consent_id})
+        store.request_session(SALON, "link")
+        store.transition(SALON, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})
     connection = f"page-{uuid.uuid4().hex[:6]}"
-    open_socket(store, connection, TokenClaims(SALON, int(time.time() + expires_in)), time.time())
+    claims = TokenClaims(SALON, int(time.time() + expires_in), consent_id=consent_id, token_id=uuid.uuid4().hex)
+    store.add_connection(connection, SALON, now=time.time(), token_exp=claims.expires_at, consent_id=consent_id,
+                         token_id=claims.token_id)
     return connection
 
 
@@ -83,14 +98,58 @@ def test_an_unknown_command_is_answered_and_counted(handler: ModuleType, store: 
     assert store.get_salon(SALON).version == 2  # type: ignore[union-attr]  # the setup's two transitions
 
 
-def test_after_the_token_expired_nothing_is_done(handler: ModuleType, store: Store, counted: list[str]) -> None:
+def test_after_the_token_expired_nothing_is_done(handler: ModuleType, store: Store, counted: list[str],
+                                                 closed: list[str]) -> None:
     page = _page(store, expires_in=-1)
     counted.clear()  # the setup's own transitions
     assert _send(handler, page, {"action": "pairing_code", "phone": "79001234567"}) == 403
     [refusal] = _pushed(page)
     assert refusal["code"] == "token_expired" and "Ссылка устарела" in refusal["message"]
-    assert counted == ["SocketTokenExpired"]
+    assert counted == ["SocketTokenExpired", "SocketEnded"]
     assert store.get_session(SALON).pair_phone is None  # type: ignore[union-attr]
+    # The socket gets nothing more: closed and forgotten (issue 15).
+    assert closed == [page] and store.salon_of_connection(page) is None
+
+
+def _set(store: Store, **fields: object) -> None:
+    salon = store.get_salon(SALON)
+    assert salon is not None
+    store.put_salon(salon.model_copy(update={**fields, "version": salon.version + 1}))
+
+
+@pytest.mark.parametrize("action", [{"action": "sync"}, {"action": "new_qr"}, {"action": "relink"},
+                                    {"action": "pairing_code", "phone": "79001234567"}])
+def test_a_socket_of_an_ended_consent_does_nothing_and_is_closed(
+        handler: ModuleType, store: Store, counted: list[str], closed: list[str], action: dict[str, str]) -> None:
+    """Issue 15: the old owner's socket after an uninstall and a new owner's consent gets no state
+    (no QR), changes nothing (no re-link of the new owner's salon), and is closed."""
+    old_page = _page(store)
+    _set(store, state=SalonState.ACTIVE, consent_id=new_consent_id())  # uninstalled, re-installed, linked
+    before = store.get_salon(SALON)
+    counted.clear()
+    assert _send(handler, old_page, action) == 403
+    [refusal] = _pushed(old_page)
+    assert refusal["type"] == "error" and refusal["code"] == "token_revoked" and "qr" not in refusal
+    assert closed == [old_page] and store.salon_of_connection(old_page) is None
+    assert store.get_salon(SALON) == before
+    assert store.get_session(SALON).pair_phone is None  # type: ignore[union-attr]
+
+
+def test_a_relink_ends_every_other_token_and_gives_the_asking_page_a_new_one(
+        handler: ModuleType, store: Store, closed: list[str]) -> None:
+    asking, other = _page(store), _page(store)
+    _set(store, state=SalonState.ACTIVE)
+    assert _send(handler, asking, {"action": "relink"}) == 200
+    salon = store.get_salon(SALON)
+    assert salon is not None and salon.state == SalonState.PENDING_WHATSAPP and salon.consent_id != "consent-1"
+    [token_message, state] = _pushed(asking)
+    assert token_message["type"] == "token" and state["state"] == "pending_whatsapp"
+    claims = verify_token_claims(str(token_message["token"]), JWT_SECRET)
+    assert (claims.salon_id, claims.consent_id) == (SALON, salon.consent_id)
+    # The asking socket is on the new consent: it goes on; the other page's token has ended.
+    assert _send(handler, asking, {"action": "sync"}) == 200
+    assert _send(handler, other, {"action": "sync"}) == 403
+    assert [m["code"] for m in _pushed(other)] == ["token_revoked"] and closed == [other]
 
 
 def test_a_flood_is_answered_once_then_ignored(handler: ModuleType, store: Store, counted: list[str]) -> None:

@@ -1,29 +1,41 @@
 """The page socket's limits (aiadmin.sockets) on moto DynamoDB: slots per salon, messages per
-window, a token's expiry; concurrent connects with the table's calls serialised (moto's
-conditional writes are not atomic across threads; DynamoDB's are)."""
+window and per token, a token's expiry and its consent; concurrent connects with the table's
+calls serialised (moto's conditional writes are not atomic across threads; DynamoDB's are)."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from aiadmin.sockets import MAX_SOCKETS_PER_SALON, MESSAGES_PER_WINDOW, Verdict, admit_message, open_socket
+import pytest
+
+from aiadmin.models import Salon
+from aiadmin.sockets import MAX_SOCKETS_PER_SALON, MESSAGES_PER_WINDOW, Opening, Verdict, admit_message, open_socket
+from aiadmin.states import SalonState
 from aiadmin.store import CONNECTION_TTL_SECONDS, Store
 from aiadmin.tokens import TokenClaims
 
 NOW = 1_000_000.0
-CLAIMS = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800)
+CLAIMS = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800, consent_id="consent-7")
+OPENED = Opening.OPENED
+
+
+@pytest.fixture(autouse=True)
+def salons(store: Store) -> None:
+    for salon_id in (7, 8):
+        store.put_salon(Salon(salon_id=salon_id, state=SalonState.QR_READY, consent_id=f"consent-{salon_id}"))
 
 
 def test_a_sixth_socket_is_refused_and_writes_nothing(store: Store, table: Any) -> None:
     for i in range(MAX_SOCKETS_PER_SALON):
-        assert open_socket(store, f"c{i}", CLAIMS, NOW)
+        assert open_socket(store, f"c{i}", CLAIMS, NOW) == OPENED
     items = table.scan()["Count"]
-    assert not open_socket(store, "c-sixth", CLAIMS, NOW)
+    assert open_socket(store, "c-sixth", CLAIMS, NOW) == Opening.SALON_FULL
     assert table.scan()["Count"] == items
     assert sorted(store.connections_of(7)) == [f"c{i}" for i in range(MAX_SOCKETS_PER_SALON)]
     # Other salons are not affected.
-    assert open_socket(store, "other", TokenClaims(salon_id=8, expires_at=CLAIMS.expires_at), NOW)
+    assert open_socket(store, "other", TokenClaims(salon_id=8, expires_at=CLAIMS.expires_at,
+                                                   consent_id="consent-8"), NOW) == OPENED
 
 
 def test_a_closed_socket_frees_its_slot_once(store: Store) -> None:
@@ -31,8 +43,8 @@ def test_a_closed_socket_frees_its_slot_once(store: Store) -> None:
         open_socket(store, f"c{i}", CLAIMS, NOW)
     store.remove_connection("c2")
     store.remove_connection("c2")  # a replayed $disconnect frees nothing more
-    assert open_socket(store, "c-new", CLAIMS, NOW)
-    assert not open_socket(store, "c-newer", CLAIMS, NOW)
+    assert open_socket(store, "c-new", CLAIMS, NOW) == OPENED
+    assert open_socket(store, "c-newer", CLAIMS, NOW) == Opening.SALON_FULL
     assert "c2" not in store.connections_of(7) and "c-new" in store.connections_of(7)
     assert store.salon_of_connection("c2") is None
 
@@ -41,7 +53,8 @@ def test_a_slot_whose_disconnect_was_lost_is_taken_after_the_longest_connection(
     for i in range(MAX_SOCKETS_PER_SALON):
         open_socket(store, f"c{i}", CLAIMS, NOW)
     later = NOW + CONNECTION_TTL_SECONDS + 1
-    assert open_socket(store, "c-late", TokenClaims(salon_id=7, expires_at=int(later) + 1800), later)
+    assert open_socket(store, "c-late", TokenClaims(salon_id=7, expires_at=int(later) + 1800,
+                                                    consent_id="consent-7"), later) == OPENED
     # The stale connection's late $disconnect does not free the slot its successor holds.
     store.remove_connection("c0")
     assert "c-late" in store.connections_of(7)
@@ -59,14 +72,14 @@ def test_concurrent_connects_never_exceed_the_bound(store: Store) -> None:
                 return _original(*args, **kwargs)
 
         setattr(owner, name, locked)
-    results: list[bool] = []
+    results: list[Opening] = []
     threads = [threading.Thread(target=lambda i=i: results.append(open_socket(store, f"c{i}", CLAIMS, NOW)))
                for i in range(30)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert results.count(True) == MAX_SOCKETS_PER_SALON
+    assert results.count(OPENED) == MAX_SOCKETS_PER_SALON
     assert len(store.connections_of(7)) == MAX_SOCKETS_PER_SALON
 
 
@@ -78,8 +91,33 @@ def test_messages_over_the_window_limit_are_refused_and_only_the_first_is_answer
     assert admit_message(store, "c1", NOW + 10).verdict == Verdict.ALLOWED
 
 
+def test_the_sockets_of_one_token_share_its_message_budget(store: Store) -> None:
+    """Five sockets of one token must not give five times the messages (issue 15)."""
+    claims = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800, consent_id="consent-7", token_id="t-1")
+    for i in range(MAX_SOCKETS_PER_SALON):
+        assert open_socket(store, f"c{i}", claims, NOW) == OPENED
+    verdicts = [admit_message(store, f"c{i % MAX_SOCKETS_PER_SALON}", NOW + i * 0.01).verdict
+                for i in range(MESSAGES_PER_WINDOW + 2)]
+    assert verdicts == [Verdict.ALLOWED] * MESSAGES_PER_WINDOW + [Verdict.RATE_LIMITED, Verdict.SILENCED]
+    # Another token of the salon has a budget of its own.
+    other = TokenClaims(salon_id=8, expires_at=int(NOW) + 1800, consent_id="consent-8", token_id="t-2")
+    open_socket(store, "d1", other, NOW)
+    assert admit_message(store, "d1", NOW + 0.5).verdict == Verdict.ALLOWED
+
+
+def test_a_token_of_an_ended_consent_opens_no_socket_and_writes_nothing(store: Store, table: Any) -> None:
+    items = table.scan()["Count"]
+    old = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800, consent_id="consent-before-the-uninstall")
+    assert open_socket(store, "c-old", old, NOW) == Opening.CONSENT_ENDED
+    legacy = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800)  # issued before consents had ids
+    assert open_socket(store, "c-legacy", legacy, NOW) == Opening.CONSENT_ENDED
+    unknown = TokenClaims(salon_id=99, expires_at=int(NOW) + 1800, consent_id="consent-7")
+    assert open_socket(store, "c-unknown", unknown, NOW) == Opening.CONSENT_ENDED
+    assert table.scan()["Count"] == items
+
+
 def test_commands_are_refused_once_the_token_expired(store: Store) -> None:
-    open_socket(store, "c1", TokenClaims(salon_id=7, expires_at=int(NOW) + 60), NOW)
+    open_socket(store, "c1", TokenClaims(salon_id=7, expires_at=int(NOW) + 60, consent_id="consent-7"), NOW)
     assert admit_message(store, "c1", NOW + 59) == admit_message(store, "c1", NOW + 59.5)
     assert admit_message(store, "c1", NOW + 59).verdict == Verdict.ALLOWED
     assert admit_message(store, "c1", NOW + 60).verdict == Verdict.TOKEN_EXPIRED

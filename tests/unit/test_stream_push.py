@@ -5,6 +5,7 @@ that) before the record of the older change is read."""
 from __future__ import annotations
 
 import importlib.util
+import time
 import uuid
 from types import ModuleType
 from typing import Any
@@ -14,6 +15,7 @@ from boto3.dynamodb.types import TypeSerializer
 from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 
+from aiadmin.push import Pusher
 from aiadmin.states import SalonState
 from aiadmin.store import Store
 from local.gateway import LambdaContext
@@ -26,6 +28,7 @@ REGION = "eu-central-1"
 def ws_notify(table: Any, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("TABLE_NAME", table.name)
     monkeypatch.setenv("WEBSOCKET_MANAGEMENT_URL", f"https://abc123.execute-api.{REGION}.amazonaws.com/prod")
+    monkeypatch.setenv("JWT_SECRET", "j" * 40)
     spec = importlib.util.spec_from_file_location("ws_notify_under_test", ROOT / "functions" / "ws_notify" / "app.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -44,9 +47,12 @@ def _pushed(connection_id: str) -> bytes:
     return apigatewaymanagementapi_backends[DEFAULT_ACCOUNT_ID][REGION].connections[connection_id].data
 
 
-def test_an_outdated_change_is_not_pushed_over_a_newer_one(ws_notify: ModuleType, store: Store, table: Any) -> None:
+def test_an_outdated_change_is_not_pushed_over_a_newer_one(ws_notify: ModuleType, store: Store, table: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[str] = []  # moto forgets what a closed connection received: recorded instead
+    monkeypatch.setattr(Pusher, "close", lambda _self, connection_id: closed.append(connection_id))
     context = LambdaContext(function_name="StateStreamFunction", aws_request_id=str(uuid.uuid4()))
-    store.add_connection("page-1", 7)
+    store.add_connection("page-1", 7, token_exp=time.time() + 1800)
     store.transition(7, SalonState.PENDING_WHATSAPP, actor="redirect")
     consent = _record(table, 7)
     store.transition(7, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})  # pushed by the runner
@@ -55,3 +61,5 @@ def test_an_outdated_change_is_not_pushed_over_a_newer_one(ws_notify: ModuleType
     store.transition(7, SalonState.UNINSTALLED, actor="yclients")
     ws_notify.stream_handler({"Records": [consent, _record(table, 7)]}, context)
     assert b'"state":"uninstalled"' in _pushed("page-1") and b"pending_whatsapp" not in _pushed("page-1")
+    # The uninstall ended the consent: its page got that state last, and was closed and forgotten.
+    assert closed == ["page-1"] and store.connections_of(7) == []

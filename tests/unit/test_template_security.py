@@ -4,6 +4,7 @@ reads it."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from local.template import load_template
@@ -52,14 +53,36 @@ def test_dynamodb_access_is_named_actions_on_the_table_and_its_indexes_only() ->
                 assert dynamo == ["dynamodb:Query"], name
 
 
-def test_manage_connections_is_post_to_connections_only() -> None:
+def test_manage_connections_is_post_and_delete_of_connections_only() -> None:
+    """Push (POST) and close an ended token's socket (DELETE); never read a connection (GET)."""
     found = 0
     for name, res in ROLES.items():
         for statement in _statements(res):
             if "execute-api:ManageConnections" in _actions(statement):
                 found += 1
-                assert statement["Resource"]["Fn::Sub"].endswith("/${Stage}/POST/@connections/*"), name
+                resources = statement["Resource"] if isinstance(statement["Resource"], list) \
+                    else [statement["Resource"]]
+                endings = sorted(r["Fn::Sub"].rsplit("/${Stage}/", 1)[1] for r in resources)
+                assert endings == ["DELETE/@connections/*", "POST/@connections/*"], name
     assert found >= 3  # WsNotify, StateStream, the runner
+
+
+def test_no_websocket_log_can_record_the_token_in_the_query() -> None:
+    """The page's token travels in the `$connect` query string. API Gateway's execution logs with
+    data tracing record whole requests, query included: they stay off. An access log, if one is
+    ever added, may only use `$context` variables that hold no query string or header."""
+    stage = RESOURCES["WebSocketStage"]["Properties"]
+    for route in [stage.get("DefaultRouteSettings", {}), *stage.get("RouteSettings", {}).values()]:
+        assert not route.get("DataTraceEnabled"), route
+        assert route.get("LoggingLevel", "OFF") in ("OFF", "ERROR"), route
+    access_log = stage.get("AccessLogSettings")
+    if access_log:
+        variables = set(re.findall(r"\$context\.[A-Za-z.]+", json.dumps(access_log.get("Format", ""))))
+        safe = {"$context.requestId", "$context.extendedRequestId", "$context.connectionId", "$context.routeKey",
+                "$context.eventType", "$context.status", "$context.requestTime", "$context.requestTimeEpoch",
+                "$context.integrationLatency", "$context.identity.sourceIp", "$context.error.message",
+                "$context.integration.status", "$context.messageId", "$context.stage", "$context.apiId"}
+        assert variables <= safe, variables - safe
 
 
 def test_the_runner_cannot_read_the_jwt_secret_but_can_read_the_keys_database_url() -> None:

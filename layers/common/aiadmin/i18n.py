@@ -64,6 +64,7 @@ RU: Final[dict[str, str]] = {
     "page.no_connection_hint": "Ссылка могла устареть. Откройте приложение из YClients ещё раз.",
     "page.link_expired": "Ссылка устарела",
     "page.link_expired_hint": _CONNECT_AGAIN_RU,
+    "page.link_revoked": "Ссылка больше не действует",
     # The status card (return visits).
     "page.status": "Состояние подключения",
     "page.status_state": "Состояние",
@@ -153,6 +154,8 @@ RU: Final[dict[str, str]] = {
     "socket.token_expired": "Ссылка устарела. Откройте YClients и нажмите «Подключить» у приложения AI Admin "
                             "ещё раз, чтобы продолжить.",
     "socket.bad_request": "Страница отправила непонятный запрос. Обновите страницу.",
+    "socket.token_revoked": "Эта ссылка больше не действует: приложение отключили в YClients или WhatsApp салона "
+                            "привязали заново. " + _CONNECT_AGAIN_RU,
     "phone.empty": "Введите номер телефона, к которому привязан WhatsApp салона.",
     "phone.too_long": "Слишком длинный номер. Введите номер в формате +7 900 123-45-67.",
     "phone.not_a_number": "Это не похоже на номер телефона. Введите номер в формате +7 900 123-45-67.",
@@ -206,6 +209,7 @@ EN: Final[dict[str, str]] = {
     "page.no_connection_hint": "The link may have expired. Open the app from YClients again.",
     "page.link_expired": "The link has expired",
     "page.link_expired_hint": _CONNECT_AGAIN_EN,
+    "page.link_revoked": "This link no longer works",
     "page.status": "Connection status",
     "page.status_state": "Status",
     "page.status_number": "WhatsApp",
@@ -289,6 +293,8 @@ EN: Final[dict[str, str]] = {
     "socket.token_expired": "The link has expired. Open YClients and press “Connect” on the AI Admin app again "
                             "to continue.",
     "socket.bad_request": "The page sent a request we did not understand. Reload the page.",
+    "socket.token_revoked": "This link no longer works: the app was disconnected in YClients, or the salon's "
+                            "WhatsApp was linked again. " + _CONNECT_AGAIN_EN,
     "phone.empty": "Enter the phone number the salon's WhatsApp runs on.",
     "phone.too_long": "The number is too long. Enter it as +7 900 123-45-67.",
     "phone.not_a_number": "This does not look like a phone number. Enter it as +7 900 123-45-67.",

@@ -30,7 +30,8 @@ def apply_lifecycle_event(store: Store, salon_id: int, event: str, details: Mapp
     forgets what the salon no longer needs (aiadmin.store has the TTL of what is left): the
     owner's name, phone and email, the codes on screen, the API key and webhook secret, the
     pairing-limit item and the session's `pair_phone`; the runner logs the session out and
-    deletes its WhatsApp keys."""
+    deletes its WhatsApp keys. It also ends the salon's consent: every token issued for it is
+    refused from then on, and its open sockets are closed by the push of this change."""
     salon = store.get_salon(salon_id)
     if event == "payment":
         # A payment ends a freeze (the bot resumes on the kept session); otherwise it is only recorded.
@@ -58,6 +59,8 @@ def apply_lifecycle_event(store: Store, salon_id: int, event: str, details: Mapp
     command = SessionCommand(desired) if store.get_session(salon_id) is not None else None
     uninstall = target == SalonState.UNINSTALLED
     try:
+        # Uninstalled: the consent ends (`Salon.accepts_token_of`), and with it every token of the
+        # salon: its pages get this state as their last message and are closed.
         store.transition(salon_id, target, actor=ACTOR, reason=f"lifecycle {event}", command=command,
                          attrs=NO_CODES if uninstall else None,
                          remove=OWNER_PERSONAL_FIELDS if uninstall else (),

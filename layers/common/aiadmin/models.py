@@ -31,6 +31,12 @@ class Salon(BaseModel):
     # re-link or watch the salon until YClients reports the app uninstalled and a fresh
     # consent arrives. None: not bound yet (a consent without a user id binds nobody).
     owner_user_id: str | None = None
+    # The salon's current consent: every page token names the consent it was issued for, and
+    # only tokens of this one may open or use a socket (`aiadmin.tokens`, `accepts_token_of`). A
+    # new one ends every older token: on a binding to another user (or the first binding) and
+    # the owner's re-link. A repeat "Подключить" by the bound owner keeps it (their other tabs go
+    # on). An uninstall ends it too (see `accepts_token_of`). None: recorded before consents had ids.
+    consent_id: str | None = None
     # When the owner last consented in YClients (or asked to re-link WhatsApp on the page):
     # activation is tried until YClients refuses it, or for 12 hours from here at most.
     consent_at: float | None = None
@@ -54,6 +60,13 @@ class Salon(BaseModel):
     version: int = 0
     updated_at: float = 0
     updated_by: str = ""
+
+
+    def accepts_token_of(self, consent_id: str | None) -> bool:
+        """Whether a token of consent `consent_id` may still open or use the salon's page. An
+        uninstalled salon accepts none: the uninstall ended its consent (its pages receive the
+        `uninstalled` state as their last message), and the next consent has a new id."""
+        return self.state != SalonState.UNINSTALLED and self.consent_id == consent_id
 
 
 SessionDesire = Literal["link", "run", "pause", "stop"]
@@ -205,10 +218,22 @@ class StateMessage(BaseModel):
         )
 
 
+class TokenMessage(BaseModel):
+    """A new token for the page's socket (after the owner's re-link started a new consent): the
+    page keeps it for reconnecting; its old token no longer opens a socket."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    type: Literal["token"] = "token"
+    salon_id: int
+    token: str
+
+
 class ErrorMessage(BaseModel):
     """A request from the page that was refused (e.g. a bad phone number): nothing changed.
     `code` says why for the page's logic (`invalid_phone`, `pairing_limited`, `rate_limited`,
-    `token_expired`, `bad_request`); `retry_after` (seconds) when waiting helps."""
+    `token_expired`, `token_revoked`, `bad_request`); `retry_after` (seconds) when waiting helps.
+    After `token_expired` and `token_revoked` the socket is closed and gets nothing more."""
 
     model_config = ConfigDict(defer_build=True)
 

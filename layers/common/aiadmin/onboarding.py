@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,53 @@ class ConsentRefused(PermissionError):
         super().__init__(f"salon {salon_id}: {reason}")
         self.salon_id = salon_id
         self.reason = reason
+
+
+class ConsentEnded(PermissionError):
+    """The page's token belongs to a consent that is no longer the salon's (uninstalled, bound
+    to another user, or re-linked since): it may do nothing more."""
+
+    def __init__(self, salon_id: int) -> None:
+        super().__init__(f"salon {salon_id}: the token's consent has ended")
+        self.salon_id = salon_id
+
+
+def new_consent_id() -> str:
+    """A salon's consent id: random, so one never repeats, not even for a salon recorded again
+    after its old record expired."""
+    return secrets.token_urlsafe(12)
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks for a page command: a page socket (the consent its token names) or ops."""
+
+    consent_id: str | None = None
+    operator: bool = False
+
+    def may_act_on(self, salon: Salon | None) -> bool:
+        return salon is not None and (self.operator or salon.accepts_token_of(self.consent_id))
+
+    def check(self, salon_id: int) -> Callable[[Salon | None], None]:
+        """A `Store.transition` guard: the write happens only while the consent is the salon's."""
+        def guard(salon: Salon | None) -> None:
+            if salon is not None and not self.may_act_on(salon):
+                raise ConsentEnded(salon_id)
+        return guard
+
+
+OPERATOR = Requester(operator=True)
+
+
+@dataclass(frozen=True)
+class KeptSocket:
+    """The socket that asked for a re-link: it moves onto the new consent with a new token
+    (`token_id`, expiring at `token_exp`), which the page keeps for reconnecting."""
+
+    connection_id: str
+    slot: int | None
+    token_id: str
+    token_exp: float
 
 
 def consenting_user(user: UserData) -> str | None:
@@ -187,15 +235,27 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
                                      expected=[SalonState.EXPIRED_CONSENT], guard=guard)
             store.request_session(salon_id, "run", renew_command=True)
             return salon
-        bound = {"owner_user_id": _bound_user(salon, user_id, marketplace_status)}
+        bound_user = _bound_user(salon, user_id, marketplace_status)
+        bound: dict[str, object] = {"owner_user_id": bound_user}
+        if salon is None or salon.consent_id is None or salon.state == SalonState.UNINSTALLED \
+                or bound_user != salon.owner_user_id:
+            # A new binding (or the first): every token of an earlier one ends.
+            bound["consent_id"] = new_consent_id()
         salon = store.transition(
             salon_id, SalonState.PENDING_WHATSAPP, actor="redirect", reason="owner consent",
             attrs={**profile, **consent, **NO_CODES, **bound}, guard=guard,
         )
         store.request_session(salon_id, "link")
         return salon
-    if user_id is not None and not salon.owner_user_id and not store.bind_owner(salon_id, user_id):
-        guard(store.get_salon(salon_id))  # bound by someone else meanwhile: refused and recorded
+    if user_id is not None and not salon.owner_user_id:
+        # The salon's first binding: the tokens of the consents that bound nobody end with it.
+        store.bind_owner(salon_id, user_id, new_consent_id())
+        salon = store.get_salon(salon_id) or salon
+        guard(salon)  # bound by someone else meanwhile: refused and recorded
+    elif salon.consent_id is None:
+        # Recorded before consents had ids: this consent gives it one (tokens without one end).
+        store.update_profile(salon_id, {"consent_id": new_consent_id()})
+        salon = store.get_salon(salon_id) or salon
     if salon.state == SalonState.ACTIVATION_FAILED or (
             salon.state in (SalonState.FROZEN, SalonState.ACTIVE) and marketplace_status == "pending"):
         # A new consent opens a new hour; the runner owning the linked session activates again.
@@ -236,43 +296,61 @@ def _still_linked(store: Store, salon_id: int) -> bool:
     return lease is not None and lease.desired == "run"
 
 
-def request_relink(store: Store, salon_id: int, now: float) -> Salon | None:
+def _readable(store: Store, salon_id: int, requester: Requester) -> Salon | None:
+    """The salon, if `requester` may act on it; ConsentEnded if its token's consent ended."""
+    salon = store.get_salon(salon_id)
+    if salon is not None and not requester.may_act_on(salon):
+        raise ConsentEnded(salon_id)
+    return salon
+
+
+def request_relink(store: Store, salon_id: int, now: float, requester: Requester,
+                   kept: KeptSocket | None = None) -> Salon | None:
     """The owner explicitly asked, on the page and after a confirmation, to link the salon to a
     WhatsApp again (another phone, another number): a fresh linking attempt; the runner logs the
     old device out when it starts. None when the salon is not linked (nothing to re-link).
-    Only the salon's own page can ask: the socket was opened with the salon's token."""
-    salon = store.get_salon(salon_id)
+    Only the salon's own page can ask: the socket was opened with a token of the salon's consent.
+
+    A re-link is also "sign out everywhere": it starts a new consent, so every older token ends
+    and its sockets are closed; `kept`, the asking socket, moves onto the new consent in the same
+    transaction (its page gets the new token from the caller)."""
+    salon = _readable(store, salon_id, requester)
     if salon is None or salon.state not in RELINK_STATES:
         return None
+    consent_id = new_consent_id()
+    also = store.reissue_socket(kept.connection_id, salon_id, kept.slot, kept.token_exp, consent_id,
+                                kept.token_id) if kept is not None else []
     # The activation after the new link confirms the integration YClients already has (its
     # "already installed" answer counts as success); its 12-hour bound starts now.
-    salon = store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="owner asked to re-link",
-                             attrs={**NO_CODES, "consent_at": now, "activation_deadline": None},
-                             expected=RELINK_STATES, command=SessionCommand("link"))
-    return salon
+    return store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="owner asked to re-link",
+                            attrs={**NO_CODES, "consent_at": now, "activation_deadline": None,
+                                   "consent_id": consent_id},
+                            expected=RELINK_STATES, command=SessionCommand("link"), guard=requester.check(salon_id),
+                            also=also)
 
 
-def request_new_qr(store: Store, salon_id: int) -> Salon | None:
+def request_new_qr(store: Store, salon_id: int, requester: Requester) -> Salon | None:
     """The owner asked for a new QR code after the last attempt expired or was refused.
-    None if not applicable."""
-    salon = store.get_salon(salon_id)
+    None if not applicable. The new attempt and the runner's command are one transaction."""
+    salon = _readable(store, salon_id, requester)
     if salon is None or salon.state not in RETRY_STATES:
         return None
-    salon = store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="new QR requested",
-                             attrs=NO_CODES, expected=RETRY_STATES)
-    store.request_session(salon_id, "link")
-    return salon
+    return store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="new QR requested",
+                            attrs=NO_CODES, expected=RETRY_STATES, command=SessionCommand("link"),
+                            guard=requester.check(salon_id))
 
 
-def request_pairing_code(store: Store, salon_id: int, raw_phone: object, now: float | None = None,
+def request_pairing_code(store: Store, salon_id: int, raw_phone: object, requester: Requester,
+                         now: float | None = None,
                          min_interval: float = DEFAULT_PAIRING_MIN_INTERVAL_SECONDS) -> Salon | None:
     """The owner asked to link by phone number: a fresh attempt that asks WhatsApp for a
     pairing code for that number. None if not applicable in the salon's state.
 
-    Raises InvalidPhone or PairingLimited (owner-facing messages) before anything changes. A
-    replay of the same request while it is still starting changes nothing and is not counted."""
+    Raises InvalidPhone or PairingLimited (owner-facing messages), or ConsentEnded, before
+    anything changes. A replay of the same request while it is still starting changes nothing
+    and is not counted."""
     phone = normalise_phone(raw_phone)
-    salon = store.get_salon(salon_id)
+    salon = _readable(store, salon_id, requester)
     if salon is None or salon.state not in PAIRING_CODE_STATES:
         return None
     if salon.state == SalonState.PENDING_WHATSAPP:
@@ -291,7 +369,7 @@ def request_pairing_code(store: Store, salon_id: int, raw_phone: object, now: fl
     # The new attempt and the runner's command in one transaction: never one without the other.
     return store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="pairing code requested",
                             attrs=NO_CODES, expected=PAIRING_CODE_STATES,
-                            command=SessionCommand("link", pair_phone=phone))
+                            command=SessionCommand("link", pair_phone=phone), guard=requester.check(salon_id))
 
 
 def state_message(salon: Salon, now: float) -> str:
@@ -300,7 +378,7 @@ def state_message(salon: Salon, now: float) -> str:
     return StateMessage.of(salon, now, qr_svg=svg).model_dump_json()
 
 
-__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "MAX_LOCATIONS", "NO_CODES", "RELINK_STATES",
-           "ConsentRefused", "InvalidPhone", "Location", "PairingLimited", "binding_refusal", "check_consent",
-           "consenting_user", "request_new_qr", "request_pairing_code", "request_relink", "start_locations",
-           "start_onboarding", "state_message"]
+__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "MAX_LOCATIONS", "NO_CODES", "OPERATOR", "RELINK_STATES",
+           "ConsentEnded", "ConsentRefused", "InvalidPhone", "KeptSocket", "Location", "PairingLimited", "Requester",
+           "binding_refusal", "check_consent", "consenting_user", "new_consent_id", "request_new_qr",
+           "request_pairing_code", "request_relink", "start_locations", "start_onboarding", "state_message"]

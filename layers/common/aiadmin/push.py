@@ -10,13 +10,20 @@ Who pushes (the only place that decides; `pushed_by_stream` is what the stream c
 - a page that asks (`sync`, or on opening) gets the current state in reply: not a change push.
 Every state message carries the salon's `version`; the page ignores a message older than the
 one it shows, so a late, repeated or out-of-order push never shows an older state.
+
+Whom a push reaches: only the salon's sockets whose token is current, that is, of the consent
+of the salon being pushed, and not expired. Any other socket of the salon gets one last
+message saying why (`aiadmin.sockets.ending_message`) instead of the state, is closed and
+forgotten: a QR or pairing code never reaches an old owner's or an expired page. An uninstall
+ends the consent itself: its pages get the `uninstalled` state as their last message (it shows
+no code), then are closed.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import boto3
@@ -24,8 +31,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from aiadmin.models import Salon
-from aiadmin.observability import logger
-from aiadmin.store import Store
+from aiadmin.observability import logger, metrics
+from aiadmin.sockets import ending_message
+from aiadmin.states import SalonState
+from aiadmin.store import PageSocket, Store
 
 # How long a WebSocket handshake may take after $connect recorded the connection.
 HANDSHAKE_SECONDS = 0.5
@@ -65,34 +74,79 @@ class Pusher:
             raise
         return True
 
-    def fan_out(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = PUSH_DEADLINE_SECONDS,
-                clock: Any = time.monotonic) -> int:
-        """Send to every connection of the salon; delete the gone ones. Returns deliveries
-        (see `deliver`)."""
-        return self.deliver(store, salon_id, payload, deadline_seconds, clock)[0]
+    def close(self, connection_id: str) -> None:
+        """Close a socket (API Gateway's DELETE @connections); one already gone is no error."""
+        try:
+            self._client.delete_connection(ConnectionId=connection_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("GoneException", "410"):
+                raise
 
-    def deliver(self, store: Store, salon_id: int, payload: str, deadline_seconds: float = PUSH_DEADLINE_SECONDS,
-                clock: Any = time.monotonic) -> tuple[int, bool]:
-        """Send to every connection of the salon at once; delete the gone ones. Returns
-        (deliveries, whether every connection was answered): a connection not answered within
+    def end(self, store: Store, connection_id: str, salon_id: int, reason: str | None, action: str = "") -> None:
+        """One last message saying why (`reason`: `token_expired`, `token_revoked`; None: the page
+        has just received its consent's last state), then close the socket and forget it: its
+        token may receive nothing more."""
+        metrics.add_metric(name="SocketEnded", unit="Count", value=1)
+        try:
+            if reason is not None:
+                self.send(connection_id, ending_message(reason, action))
+            self.close(connection_id)
+        except (ClientError, BotoCoreError):
+            logger.exception("closing an ended socket failed", extra={"salon_id": salon_id})
+        store.remove_connection(connection_id, salon_id)
+
+    def fan_out(self, store: Store, salon: Salon, payload: str, deadline_seconds: float = PUSH_DEADLINE_SECONDS,
+                clock: Any = time.monotonic) -> int:
+        """Send to every current connection of the salon; end the others, delete the gone ones.
+        Returns deliveries (see `deliver`)."""
+        return self.deliver(store, salon, payload, deadline_seconds, clock)[0]
+
+    def deliver(self, store: Store, salon: Salon, payload: str, deadline_seconds: float = PUSH_DEADLINE_SECONDS,
+                clock: Any = time.monotonic, now: float | None = None) -> tuple[int, bool]:
+        """Send `payload` (the state of `salon`) to every current connection of the salon at once
+        (see the module's rule), end the others; delete the gone ones. Returns (deliveries,
+        whether every connection was answered): a connection not answered within
         `deadline_seconds` is left behind, and the caller may push the salon's state again later.
 
         API Gateway also answers 410 for a connection whose $connect is still under way (it is
         recorded during $connect): such a connection gets the message once more after a short
         pause, and only if it still answers 410 is it forgotten. Else a page that connected
         just as its QR was pushed would never get another message."""
+        salon_id = salon.salon_id
         deadline = clock() + deadline_seconds
-        delivered, gone, complete = self._send_all(store.connections_of(salon_id), payload, salon_id, deadline, clock)
+        current, ending = self._current(store, salon, store.sockets_of(salon_id), time.time() if now is None else now)
+        delivered, gone, complete = self._send_all(current, payload, salon_id, deadline, clock)
+        forgotten: list[str] = []
         if gone and clock() + HANDSHAKE_SECONDS < deadline:
             time.sleep(HANDSHAKE_SECONDS)
-            again, still_gone, again_complete = self._send_all(gone, payload, salon_id, deadline, clock)
+            again, forgotten, again_complete = self._send_all(gone, payload, salon_id, deadline, clock)
             delivered += again
             complete = complete and again_complete
-            for connection_id in still_gone:
+            for connection_id in forgotten:
                 store.remove_connection(connection_id, salon_id)
+        if salon.state == SalonState.UNINSTALLED:
+            # The consent ended with this state, its last message: its pages are closed now.
+            ending += [self._executor().submit(self.end, store, c, salon_id, None)
+                       for c in current if c not in forgotten]
+        # Ended sockets are closed before returning (a Lambda is frozen once its handler returns).
+        if ending and wait(ending, timeout=max(0.0, deadline - clock())).not_done:
+            complete = False
         if not complete:
             logger.warning("push deadline passed", extra={"salon_id": salon_id})
         return delivered, complete
+
+    def _current(self, store: Store, salon: Salon, sockets: list[PageSocket],
+                 now: float) -> tuple[list[str], list[Future[None]]]:
+        """The sockets that may receive the salon's state; the others are ended on the pool (their
+        last message, the close and the forgetting never hold up the current ones)."""
+        current, ending = [], []
+        for socket in sockets:
+            reason = socket.ended(salon.consent_id, now)
+            if reason is None:
+                current.append(socket.connection_id)
+            else:
+                ending.append(self._executor().submit(self.end, store, socket.connection_id, salon.salon_id, reason))
+        return current, ending
 
     def _send_all(self, connection_ids: list[str], payload: str, salon_id: int, deadline: float,
                   clock: Any) -> tuple[int, list[str], bool]:

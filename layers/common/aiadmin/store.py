@@ -105,11 +105,35 @@ class PairingVerdict:
 
 @dataclass(frozen=True)
 class ConnectionRecord:
-    """A socket as `$default` sees it: its salon, its token's expiry, messages in this window."""
+    """A socket as `$default` sees it: its salon, its token (expiry, consent, id), and the
+    messages counted in this window on its token (on the socket itself for a socket recorded
+    without a token id)."""
 
     salon_id: int
     token_exp: float | None
     messages: int
+    consent_id: str | None = None
+    token_id: str | None = None
+    slot: int | None = None
+
+
+@dataclass(frozen=True)
+class PageSocket:
+    """One of a salon's socket slots as the fan-out sees it: the connection and its token."""
+
+    connection_id: str
+    consent_id: str | None
+    token_exp: float | None
+
+    def ended(self, consent_id: str | None, now: float) -> str | None:
+        """Why this socket may receive nothing of the salon whose consent is `consent_id`:
+        `token_expired`, `token_revoked`; None while it is of that consent and unexpired. A
+        socket recorded without its token's expiry counts as expired."""
+        if self.consent_id != consent_id:
+            return "token_revoked"
+        if self.token_exp is None or self.token_exp <= now:
+            return "token_expired"
+        return None
 
 
 class Store:
@@ -173,6 +197,7 @@ class Store:
         forget: Iterable[str] = (),
         guard: Callable[[Salon | None], None] | None = None,
         attempt: int | None = None,
+        also: Iterable[Mapping[str, Any]] = (),
     ) -> Salon:
         """Move a salon to `new_state` (and set `attrs`), append an event, count a metric.
 
@@ -190,8 +215,10 @@ class Store:
         In the same transaction: `remove` deletes attributes of the state item, `command` tells
         the session's runner what to do (`request_session`), `salon_secrets` replaces the salon's
         secrets item and `forget` deletes the salon's items with those sort keys (`SECRETS_SK`,
-        `PAIRING_SK`). Entering `uninstalled` sets the item's TTL; any other state clears it."""
+        `PAIRING_SK`); `also` adds transaction items of the caller's (`reissue_socket`). Entering
+        `uninstalled` sets the item's TTL; any other state clears it."""
         removed = [name for name in dict.fromkeys(remove) if name not in (attrs or {})]
+        extra_items = [dict(item) for item in also]
         for _ in range(_TRANSITION_ATTEMPTS):
             current = self.get_salon(salon_id)
             current_state = current.state if current else None
@@ -255,6 +282,7 @@ class Store:
                     "pk": _salon_pk(salon_id), "sk": SECRETS_SK, **salon_secrets}}})
             items.extend({"Delete": {"TableName": self._table.name, "Key": {"pk": _salon_pk(salon_id), "sk": sk}}}
                          for sk in dict.fromkeys(forget))
+            items.extend(extra_items)
             if fence is not None:
                 # Last on purpose: `cancelled_by_checks` reads the last cancellation reasons.
                 items += self.ownership.fence_checks(salon_id, fence, attempt)
@@ -331,16 +359,17 @@ class Store:
             raise
         return True
 
-    def bind_owner(self, salon_id: int, user_id: str) -> bool:
-        """Bind an existing, unbound salon to the YClients user who consented (see
-        `aiadmin.onboarding`). False when it is bound to someone else meanwhile."""
+    def bind_owner(self, salon_id: int, user_id: str, consent_id: str) -> bool:
+        """Bind an existing, unbound salon to the YClients user who consented, with a new consent
+        (`consent_id`: the tokens of the unbound consents end; see `aiadmin.onboarding`). False
+        when the salon is bound already, to anyone, meanwhile."""
         try:
             self._table.update_item(
                 Key={"pk": _salon_pk(salon_id), "sk": "STATE"},
-                UpdateExpression="SET owner_user_id = :u",
+                UpdateExpression="SET owner_user_id = :u, consent_id = :c ADD version :one",
                 ConditionExpression=("attribute_exists(pk) AND (attribute_not_exists(owner_user_id) OR "
-                                     "attribute_type(owner_user_id, :null) OR owner_user_id = :u)"),
-                ExpressionAttributeValues={":u": user_id, ":null": "NULL"},
+                                     "attribute_type(owner_user_id, :null))"),
+                ExpressionAttributeValues={":u": user_id, ":c": consent_id, ":null": "NULL", ":one": 1},
             )
         except ClientError as exc:
             if _is_condition_failure(exc):
@@ -399,27 +428,28 @@ class Store:
     # ---- WebSocket connections ------------------------------------------------------------
 
     def add_connection(self, connection_id: str, salon_id: int, now: float | None = None,
-                       token_exp: float | None = None, max_per_salon: int = 5) -> bool:
+                       token_exp: float | None = None, max_per_salon: int = 5, consent_id: str | None = None,
+                       token_id: str | None = None) -> bool:
         """Record a connection in one of the salon's `max_per_salon` slots; False (nothing
         written) when every slot is held by a live connection.
 
         A slot is taken with a conditional write (free, or held past `held_until`), in one
         transaction with the connection's own item: concurrent connects never share a slot,
-        so the bound holds without a read-modify-write of a counter. `token_exp` is kept with
-        the connection: `$default` refuses commands once the token has expired."""
+        so the bound holds without a read-modify-write of a counter. The token's expiry, consent
+        and id are kept with both: `$default` refuses commands once the token has expired or its
+        consent ended, counts messages per token, and the fan-out sends nothing to such a socket."""
         moment = now if now is not None else time.time()
         held_until = int(moment) + CONNECTION_TTL_SECONDS
+        token = _token_fields(token_exp, consent_id, token_id)
         for slot in self._free_slots(salon_id, moment, max_per_salon):
             by_id: dict[str, Any] = {"pk": f"CONN#{connection_id}", "sk": "CONN", "salon_id": salon_id,
-                                     "slot": slot, "ttl": held_until}
-            if token_exp is not None:
-                by_id["token_exp"] = _to_dynamo(token_exp)
+                                     "slot": slot, "ttl": held_until, **token}
             try:
                 self._client.transact_write_items(TransactItems=[
                     {"Put": {
                         "TableName": self._table.name,
                         "Item": {"pk": _salon_pk(salon_id), "sk": f"CONN#{slot}", "connection_id": connection_id,
-                                 "held_until": held_until, "ttl": held_until},
+                                 "held_until": held_until, "ttl": held_until, **token},
                         "ConditionExpression": "attribute_not_exists(pk) OR held_until < :now",
                         "ExpressionAttributeValues": {":now": int(moment)},
                     }},
@@ -456,29 +486,81 @@ class Store:
     def count_message(self, connection_id: str, window: int) -> ConnectionRecord | None:
         """Count one message of the connection in fixed window `window` (an index, e.g. epoch
         seconds // 10) and return the connection with the count so far, this one included;
-        None when the connection is unknown. Atomic (ADD under a condition on the window), so
-        concurrent messages are all counted."""
+        None when the connection is unknown.
+
+        The count is kept per token (`TOKEN#<token id>`): the sockets of one token share one
+        budget, so five sockets do not give five times the messages; it bounds each socket too.
+        A connection recorded without a token id is counted on its own item. Atomic (ADD under a
+        condition on the window), so concurrent messages are all counted."""
+        item = self._table.get_item(Key={"pk": f"CONN#{connection_id}", "sk": "CONN"},
+                                    ConsistentRead=True).get("Item")
+        if item is None:
+            return None
+        token_id = item.get("token_id")
+        if token_id is not None:
+            exp = item.get("token_exp")
+            # The count outlives the token's sockets' messages by a window at most.
+            ttl = int(float(exp)) + 60 if exp is not None else int(time.time()) + CONNECTION_TTL_SECONDS
+            counted = self._count_in_window({"pk": f"TOKEN#{token_id}", "sk": "TOKEN"}, window, ttl=ttl)
+        else:
+            counted = self._count_in_window({"pk": f"CONN#{connection_id}", "sk": "CONN"}, window)
+        if counted is None:
+            return None
+        exp = item.get("token_exp")
+        return ConnectionRecord(salon_id=int(item["salon_id"]), token_exp=float(exp) if exp is not None else None,
+                                messages=counted, consent_id=item.get("consent_id"),
+                                token_id=str(token_id) if token_id is not None else None,
+                                slot=int(item["slot"]) if "slot" in item else None)
+
+    def _count_in_window(self, key: Mapping[str, str], window: int, ttl: int | None = None) -> int | None:
+        """ADD one to the item's count for `window`; a new window starts at one. With `ttl` the
+        item may be new (a token's count); without, it must exist (a connection's). None when
+        it does not."""
+        exists = "attribute_exists(pk) AND " if ttl is None else ""
         for _ in range(2):
             for update, condition in (
                 ("ADD msg_count :one", "attribute_exists(pk) AND msg_window = :w"),
-                ("SET msg_window = :w, msg_count = :one",
-                 "attribute_exists(pk) AND (attribute_not_exists(msg_window) OR msg_window <> :w)"),
+                ("SET msg_window = :w, msg_count = :one" + (", #ttl = :ttl" if ttl is not None else ""),
+                 exists + "(attribute_not_exists(msg_window) OR msg_window <> :w)"),
             ):
+                values: dict[str, Any] = {":w": window, ":one": 1}
+                extra: dict[str, Any] = {}
+                if "#ttl" in update:
+                    values[":ttl"] = ttl
+                    extra["ExpressionAttributeNames"] = {"#ttl": "ttl"}
                 try:
                     item = self._table.update_item(
-                        Key={"pk": f"CONN#{connection_id}", "sk": "CONN"}, UpdateExpression=update,
-                        ConditionExpression=condition, ExpressionAttributeValues={":w": window, ":one": 1},
-                        ReturnValues="ALL_NEW",
+                        Key=dict(key), UpdateExpression=update, ConditionExpression=condition,
+                        ExpressionAttributeValues=values, ReturnValues="UPDATED_NEW", **extra,
                     )["Attributes"]
                 except ClientError as exc:
                     if _is_condition_failure(exc):
                         continue
                     raise
-                exp = item.get("token_exp")
-                return ConnectionRecord(salon_id=int(item["salon_id"]), token_exp=float(exp) if exp is not None
-                                        else None, messages=int(item["msg_count"]))
+                return int(item["msg_count"])
             # Both refused: the connection is gone, or a concurrent message just opened the window.
         return None
+
+    def reissue_socket(self, connection_id: str, salon_id: int, slot: int | None, token_exp: float,
+                       consent_id: str, token_id: str) -> list[dict[str, Any]]:
+        """The transaction items that move a socket onto a new token (the consent its owner's
+        re-link starts): its connection item and its slot, both only while they still hold it.
+        Written with the state change that starts the consent, so no push of the new consent
+        ever finds the owner's own socket on the old one."""
+        token = _to_dynamo(_token_fields(token_exp, consent_id, token_id))
+        names = {f"#t{i}": key for i, key in enumerate(token)}
+        update = "SET " + ", ".join(f"#t{i} = :t{i}" for i in range(len(token)))
+        values = {f":t{i}": value for i, value in enumerate(token.values())}
+        items: list[dict[str, Any]] = [{"Update": {
+            "TableName": self._table.name, "Key": {"pk": f"CONN#{connection_id}", "sk": "CONN"},
+            "UpdateExpression": update, "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}]
+        if slot is not None:
+            items.append({"Update": {
+                "TableName": self._table.name, "Key": {"pk": _salon_pk(salon_id), "sk": f"CONN#{slot}"},
+                "UpdateExpression": update, "ConditionExpression": "connection_id = :c",
+                "ExpressionAttributeNames": names, "ExpressionAttributeValues": {**values, ":c": connection_id}}})
+        return items
 
     def remove_connection(self, connection_id: str, salon_id: int | None = None) -> None:
         """Forget a connection and free its slot; harmless when it is already gone (a replayed
@@ -503,7 +585,14 @@ class Store:
                     raise
 
     def connections_of(self, salon_id: int) -> list[str]:
-        return [str(item["connection_id"]) for item in self._query_slots(salon_id, "connection_id")
+        return [socket.connection_id for socket in self.sockets_of(salon_id)]
+
+    def sockets_of(self, salon_id: int) -> list[PageSocket]:
+        """The salon's sockets with their tokens' consent and expiry (at most `max_per_salon`
+        items, one consistent query)."""
+        return [PageSocket(str(item["connection_id"]), item.get("consent_id"),
+                           float(item["token_exp"]) if "token_exp" in item else None)
+                for item in self._query_slots(salon_id, "connection_id, consent_id, token_exp")
                 if "connection_id" in item]
 
     # ---- pairing-code limits ----------------------------------------------------------------
@@ -576,6 +665,18 @@ class Store:
     def latest_heartbeat(self) -> float | None:
         stamps = [member.at for member in self.ownership.members()]
         return max(stamps) if stamps else None
+
+
+def _token_fields(token_exp: float | None, consent_id: str | None, token_id: str | None) -> dict[str, Any]:
+    """What a socket's items keep of the token it was opened with."""
+    fields: dict[str, Any] = {}
+    if token_exp is not None:
+        fields["token_exp"] = _to_dynamo(token_exp)
+    if consent_id is not None:
+        fields["consent_id"] = consent_id
+    if token_id is not None:
+        fields["token_id"] = token_id
+    return fields
 
 
 def _command_ttl(desired: SessionDesire, now: float) -> int | None:
