@@ -114,7 +114,7 @@ def redirect() -> Response:
     # This route's own modules (FIRST_USE_IMPORTS), imported on its first call.
     from aiadmin.onboarding import MAX_LOCATIONS, ConsentRefused, check_consent, start_locations
     from aiadmin.tokens import issue_token
-    from aiadmin.yclients import BadUserData, check_user_data
+    from aiadmin.yclients import BadUserData, UserDataSignatureMismatch, check_user_data
 
     query = dict(parse_qsl(app.current_event.raw_query_string, keep_blank_values=True))
     salon_ids = _salon_ids(app.current_event.raw_query_string)
@@ -132,7 +132,9 @@ def redirect() -> Response:
     except BadUserData as exc:
         logger.warning("redirect refused", extra={"reason": str(exc)})
         metrics.add_metric(name="RedirectRefused", unit="Count", value=1)
-        return _owner_error(400, "bad_sign")
+        # A signature that does not match, or data we cannot read (signed or not): the owner can
+        # do nothing about either but press "Подключить" again; the title says which it was.
+        return _owner_error(400, "bad_sign" if isinstance(exc, UserDataSignatureMismatch) else "bad_user_data")
     # Which message YClients signed (the decoded bytes, as documented, or the string as sent).
     metrics.add_metric(name=f"UserDataSigned_{verified.form.value}", unit="Count", value=1)
     user = verified.user

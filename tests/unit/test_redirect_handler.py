@@ -4,6 +4,7 @@ key, and the optional (unverified) second check against the salon's YClients use
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import time
 import uuid
@@ -20,6 +21,7 @@ from aiadmin.models import parse_salon_id
 from aiadmin.observability import metrics
 from aiadmin.store import Store
 from aiadmin.tokens import verify_token
+from aiadmin.yclients import sign_user_data
 from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
 from local.gateway import LambdaContext
 from local.template import ROOT
@@ -250,3 +252,45 @@ def test_the_query_reads_to_distinct_canonical_ids_or_none(redirect_module: Modu
     else:
         assert ids == list(dict.fromkeys(expected))
         assert all(value.isascii() for value in values)
+
+
+# ---- user data that is signed but unreadable ------------------------------------------------
+
+def _signed_raw(raw: bytes) -> dict[str, str]:
+    return {"user_data": base64.urlsafe_b64encode(raw).decode(), "user_data_sign": sign_user_data(raw, TOKEN)}
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id":5101,"name":"Lily\\udfff"}',                                 # a lone surrogate (was a 503)
+    b'{"id":5101,"name":"Lily","x":' + b"[" * 2_000 + b"]" * 2_000 + b"}",  # 2,000 deep (was a 503)
+    b'{"id":5101,"name":"' + b"x" * 7_000 + b'"}',                        # over 8 KiB once in base64
+    b'{"id":' + b"7" * 5_000 + b"}",                                     # an integer int() refuses to read
+    b"[1,2,3]", b"\xff\xfe",
+])
+def test_signed_user_data_we_cannot_read_gets_the_bad_user_data_page(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients, monkeypatch: pytest.MonkeyPatch,
+        raw: bytes) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    response = _get(module, {"salon_id": 101, **_signed_raw(raw)}, {"accept-language": "ru"})
+    assert response["statusCode"] == 400
+    assert "<h1>Ссылка повреждена</h1>" in response["body"] and "RedirectRefused" in metrics.metric_set
+    assert fake.calls == [] and Store(table).get_salon(101) is None
+
+
+def test_a_forged_signature_still_gets_the_bad_sign_page(table: Any, marketplace: tuple[FakeYClients, str],
+                                                        fake: FakeYClients, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    query = {"salon_id": 101, **_signed_raw(b'{"id":5101,"name":"Lily\\udfff"}'), "user_data_sign": "00"}
+    response = _get(module, query, {"accept-language": "en"})
+    assert response["statusCode"] == 400 and "<h1>Invalid link</h1>" in response["body"]
+
+
+def test_a_name_with_an_escaped_surrogate_pair_is_stored_as_utf8(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    raw = b'{"id":5101,"name":"Lily \\ud83c\\udf38","salon_name":"\\u041b\\u043e\\u0442\\u043e\\u0441"}'
+    assert _get(module, {"salon_id": 101, **_signed_raw(raw)})["statusCode"] == 302
+    salon = Store(table).get_salon(101)
+    assert salon is not None and salon.user_name == "Lily \U0001f338"
+    salon.user_name.encode("utf-8")
