@@ -262,9 +262,9 @@ def _signed_raw(raw: bytes) -> dict[str, str]:
 
 @pytest.mark.parametrize("raw", [
     b'{"id":5101,"name":"Lily\\udfff"}',                                 # a lone surrogate (was a 503)
-    b'{"id":5101,"name":"Lily","x":' + b"[" * 2_000 + b"]" * 2_000 + b"}",  # 2,000 deep (was a 503)
-    b'{"id":5101,"name":"' + b"x" * 7_000 + b'"}',                        # over 8 KiB once in base64
-    b'{"id":' + b"7" * 5_000 + b"}",                                     # an integer int() refuses to read
+    b'{"id":5101,"x":' + b"[" * 2_000 + b"]" * 2_000 + b"}",              # 2,000 deep (was a 503): too large
+    b'{"id":5101,"x":' + b"[" * 1_490 + b"]" * 1_490 + b"}",              # RecursionError deep, within 4 KiB
+    b'{"id":5101,"name":"' + b"x" * 3_500 + b'"}',                        # over 4 KiB once in base64
     b"[1,2,3]", b"\xff\xfe",
 ])
 def test_signed_user_data_we_cannot_read_gets_the_bad_user_data_page(
