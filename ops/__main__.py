@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiadmin.config import SettingsError, load_settings
+from ops import salon_id_argument
 from ops.target import TargetError, local_environment, stack_environment
 
 
@@ -40,10 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="one salon's state, events, runner, YClients' answer")
-    status.add_argument("salon_id", type=int)
+    status.add_argument("salon_id", type=salon_id_argument)
     status.add_argument("--events", type=int, default=10, help="recent events shown (default 10)")
-    commands.add_parser("retry-activation", help="activate again").add_argument("salon_id", type=int)
-    commands.add_parser("new-pairing", help="a fresh linking attempt").add_argument("salon_id", type=int)
+    commands.add_parser("retry-activation", help="activate again").add_argument("salon_id", type=salon_id_argument)
+    commands.add_parser("new-pairing", help="a fresh linking attempt").add_argument("salon_id", type=salon_id_argument)
     stuck = commands.add_parser("stuck", help="salons stuck or failed")
     stuck.add_argument("--minutes", type=float, default=10, help="in progress at least this long (default 10)")
     stuck.add_argument("--days", type=float, default=7, help="failed within this many days (default 7)")

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiadmin.config import SettingsError, load_settings
 from aiadmin.yclients import PartnerApiError, YClientsClient
+from ops import salon_id_argument
 
 
 def _date(value: str) -> datetime:
@@ -38,13 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ops.yclients", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="our app's status in a salon").add_argument("salon_id", type=int)
+    commands.add_parser("status", help="our app's status in a salon").add_argument("salon_id", type=salon_id_argument)
     salons = commands.add_parser("salons", help="salons that installed the app")
     salons.add_argument("--page", type=int, default=1)
     salons.add_argument("--count", type=int, default=100)
-    commands.add_parser("uninstall", help="disable the app in a salon").add_argument("salon_id", type=int)
+    commands.add_parser("uninstall", help="disable the app in a salon").add_argument("salon_id", type=salon_id_argument)
     payment = commands.add_parser("payment", help="report a payment")
-    payment.add_argument("salon_id", type=int)
+    payment.add_argument("salon_id", type=salon_id_argument)
     payment.add_argument("amount", type=float)
     payment.add_argument("currency")
     payment.add_argument("period_from", type=_date)
@@ -52,11 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     payment.add_argument("--paid-at", type=_date, default=None)
     commands.add_parser("refund", help="report a refund").add_argument("payment_id", type=int)
     link = commands.add_parser("payment-link", help="a link where the salon pays")
-    link.add_argument("salon_id", type=int)
+    link.add_argument("salon_id", type=salon_id_argument)
     link.add_argument("--discount", type=int, default=None)
     commands.add_parser("tariffs", help="the app's tariffs")
     channel = commands.add_parser("channel", help="announce a channel as available or not")
-    channel.add_argument("salon_id", type=int)
+    channel.add_argument("salon_id", type=salon_id_argument)
     channel.add_argument("channel", choices=["whatsapp", "sms"])
     channel.add_argument("state", choices=["on", "off"])
     return parser

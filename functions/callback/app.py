@@ -27,6 +27,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from aiadmin.config import load_settings
 from aiadmin.lazy import lazy
 from aiadmin.observability import logger, metrics, tracer
+from aiadmin.untrusted_json import load_json
 
 if TYPE_CHECKING:
     from aiadmin.entity_queue import EntityQueue
@@ -59,6 +60,10 @@ entity_queue = lazy(_entity_queue)
 app = APIGatewayHttpResolver()
 # SQS takes 256 KiB per message; an entity webhook is a few KiB.
 MAX_ENTITY_WEBHOOK_BYTES = 128 * 1024
+# A lifecycle webhook is one flat object of a few hundred bytes, read before its partner token is
+# checked: 64 Ki characters and 16 levels are ample, and bound what anyone's body makes us scan.
+MAX_LIFECYCLE_WEBHOOK_CHARS = 64 * 1024
+MAX_LIFECYCLE_WEBHOOK_DEPTH = 16
 
 # Replays of a lifecycle webhook (YClients' retries are undocumented) return the first answer
 # and change nothing. The payload carries no event id, so the key includes the salon's state
@@ -93,8 +98,13 @@ def _json(status: int, body: dict[str, Any]) -> Response:
 @tracer.capture_method
 def lifecycle() -> Response:
     try:
-        payload = json.loads(app.current_event.decoded_body or "")
-    except (ValueError, TypeError):
+        raw = app.current_event.decoded_body or ""  # a body that is not UTF-8 raises ValueError
+        if len(raw) > MAX_LIFECYCLE_WEBHOOK_CHARS:
+            return _json(413, {"success": False, "message": "body too large"})
+        # Shallow and valid Unicode text, or refused here: json.loads alone let a deeply nested
+        # body's RecursionError out as a 503.
+        payload = load_json(raw, MAX_LIFECYCLE_WEBHOOK_DEPTH)
+    except (ValueError, TypeError):  # UntrustedJsonError is a ValueError
         return _json(400, {"success": False, "message": "body is not JSON"})
     if not isinstance(payload, dict):
         return _json(400, {"success": False, "message": "body is not a JSON object"})

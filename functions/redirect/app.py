@@ -88,12 +88,18 @@ def _refused_page() -> Response:
     return _owner_error(403, "refused")
 
 
-def _salon_ids(raw_query: str) -> list[str]:
-    """Every form YClients uses: salon_id=1, salon_ids[]=1, salon_ids[0]=1 (in any mix)."""
-    ids = []
-    for key, value in parse_qsl(raw_query, keep_blank_values=True):
-        if key == "salon_id" or key == "salon_ids[]" or (key.startswith("salon_ids[") and key.endswith("]")):
-            ids.append(value.strip())
+def _salon_ids(raw_query: str) -> list[int] | None:
+    """Every form YClients uses: salon_id=1, salon_ids[]=1, salon_ids[0]=1 (in any mix), each read
+    by the one salon id parser; None when any of them is not a salon id. Duplicates are dropped
+    after parsing, order kept: `9203` and `09203` are one salon and must get one token."""
+    from aiadmin.models import parse_salon_id  # FIRST_USE_IMPORTS
+
+    values = [value for key, value in parse_qsl(raw_query, keep_blank_values=True)
+              if key == "salon_id" or key == "salon_ids[]" or (key.startswith("salon_ids[") and key.endswith("]"))]
+    parsed = [parse_salon_id(value) for value in values]
+    ids = [salon_id for salon_id in parsed if salon_id is not None]
+    if len(ids) != len(parsed):
+        return None
     return list(dict.fromkeys(ids))
 
 
@@ -106,20 +112,18 @@ def redirect() -> Response:
     token per location (each opens that location's page state and sockets only) and one page
     that holds the list and walks through them."""
     # This route's own modules (FIRST_USE_IMPORTS), imported on its first call.
-    from aiadmin.models import parse_salon_id
     from aiadmin.onboarding import MAX_LOCATIONS, ConsentRefused, check_consent, start_locations
     from aiadmin.tokens import issue_token
-    from aiadmin.yclients import BadUserData, check_user_data
+    from aiadmin.yclients import BadUserData, UserDataSignatureMismatch, check_user_data
 
     query = dict(parse_qsl(app.current_event.raw_query_string, keep_blank_values=True))
-    ids = _salon_ids(app.current_event.raw_query_string)
-    if not ids:
-        return _owner_error(400, "no_salon")
-    if len(ids) > MAX_LOCATIONS:
-        return _owner_error(400, "too_many", max=MAX_LOCATIONS)
-    salon_ids = [parse_salon_id(i) for i in ids]
-    if any(i is None for i in salon_ids):
+    salon_ids = _salon_ids(app.current_event.raw_query_string)
+    if salon_ids is None:
         return _owner_error(400, "bad_salon")
+    if not salon_ids:
+        return _owner_error(400, "no_salon")
+    if len(salon_ids) > MAX_LOCATIONS:
+        return _owner_error(400, "too_many", max=MAX_LOCATIONS)
     user_data, sign = query.get("user_data"), query.get("user_data_sign")
     if not user_data or not sign:
         return _owner_error(400, "unsigned")
@@ -128,15 +132,16 @@ def redirect() -> Response:
     except BadUserData as exc:
         logger.warning("redirect refused", extra={"reason": str(exc)})
         metrics.add_metric(name="RedirectRefused", unit="Count", value=1)
-        return _owner_error(400, "bad_sign")
+        # A signature that does not match, or data we cannot read (signed or not): the owner can
+        # do nothing about either but press "Подключить" again; the title says which it was.
+        return _owner_error(400, "bad_sign" if isinstance(exc, UserDataSignatureMismatch) else "bad_user_data")
     # Which message YClients signed (the decoded bytes, as documented, or the string as sent).
     metrics.add_metric(name=f"UserDataSigned_{verified.form.value}", unit="Count", value=1)
     user = verified.user
-    confirmed = [i for i in salon_ids if i is not None]
     try:
         # Bindings first: a refused user costs no call to YClients.
-        check_consent(store, confirmed, user)
-        locations = _confirm_with_yclients(confirmed, user)
+        check_consent(store, salon_ids, user)
+        locations = _confirm_with_yclients(salon_ids, user)
         salons = start_locations(store, locations, user, time.time())
     except ConsentRefused:
         return _refused_page()

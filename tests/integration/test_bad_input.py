@@ -6,6 +6,7 @@ write for a refused request, never a secret in a response or a log line."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -13,7 +14,7 @@ import string
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import boto3
 import pytest
@@ -21,8 +22,10 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiadmin.tokens import issue_token
-from local.owner import link_whatsapp
+from aiadmin.models import parse_salon_id
+from aiadmin.tokens import issue_token, verify_token
+from aiadmin.yclients import MAX_USER_DATA_CHARS, MAX_USER_DATA_DEPTH, sign_user_data
+from local.owner import link_whatsapp, page_tokens, press_connect
 from local.process import RunningStack, local_stack
 from local.stack import DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
 from tests.helpers import report_stack_output_on_failure
@@ -82,7 +85,13 @@ _headers = st.dictionaries(
     _ascii_value, max_size=4)
 _query_key = st.one_of(st.sampled_from(["salon_id", "salon_ids[]", "salon_ids[0]", "salon_ids[1]", "user_data",
                                         "user_data_sign", "application_id"]), _text)
-_query_value = st.one_of(_text, st.integers().map(str), st.sampled_from(["", "101", "-1", "1e9", "0x10", "٣"]))
+# Digits str.isdigit() takes but a salon id must not: superscripts, fullwidth, Arabic-Indic, ...
+_unicode_digits = st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=8)
+# One salon spelt with leading zeros: the same salon, never a second token.
+_leading_zeros = st.tuples(st.integers(min_value=1, max_value=6), st.sampled_from([SALON, 101, 9203])).map(
+    lambda zeros_id: "0" * zeros_id[0] + str(zeros_id[1]))
+_query_value = st.one_of(_text, st.integers().map(str), _unicode_digits, _leading_zeros,
+                         st.sampled_from(["", "101", "-1", "1e9", "0x10", "٣", "²", "１２３", "٣٠١"]))
 _json_value = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4),
@@ -112,6 +121,55 @@ def test_redirect_never_fails_on_a_raw_query_string(probe: Probe, raw: str, head
     before = probe.snapshot()
     response = requests.get(f"{probe.stack.base_url}/auth/yclients/redirect?{quote(raw, safe='=&[]%')}",
                             headers=headers, allow_redirects=False, timeout=10)
+    probe.check(response, before)
+
+
+def _signed(raw: bytes) -> dict[str, str]:
+    """`user_data` and `user_data_sign` as YClients puts them in the URL: signed over the decoded bytes."""
+    return {"user_data": base64.urlsafe_b64encode(raw).decode(),
+            "user_data_sign": sign_user_data(raw, DEFAULT_PARTNER_TOKEN)}
+
+
+def _profile_with(bad: str, where: str, ensure_ascii: bool) -> bytes:
+    """An owner's profile with `bad` (holding a lone surrogate) in a field, a key or deeper: escaped
+    (`\\udfff`, valid UTF-8 bytes) or raw (bytes no UTF-8 decoder takes)."""
+    profile: dict[str, Any] = {"id": 5401, "name": "Лилия", "phone": "79001234567", "salon_name": "Салон"}
+    if where == "key":
+        profile[bad] = "x"
+    elif where == "nested":
+        profile["extra"] = {"list": [1, bad]}
+    else:
+        profile[where] = bad
+    return json.dumps(profile, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
+
+
+_lone_surrogate_text = st.builds(lambda before, lone, after: before + lone + after, st.text(max_size=10),
+                                 st.characters(categories=["Cs"]), st.text(max_size=10))
+# Signed by YClients' key, and still unreadable: each holds a lone surrogate, nests deeper than we
+# read (up to what still fits in the size bound), or is over the size bound (but within a URL).
+_unreadable_user_data = st.one_of(
+    st.builds(_profile_with, _lone_surrogate_text, st.sampled_from(["name", "salon_name", "email", "key", "nested"]),
+              st.booleans()),
+    st.integers(min_value=MAX_USER_DATA_DEPTH + 1, max_value=1_490).map(
+        lambda depth: b'{"id":5401,"x":' + b"[" * depth + b"]" * depth + b"}"),
+    st.integers(min_value=MAX_USER_DATA_CHARS * 3 // 4, max_value=5_500).map(
+        lambda size: b'{"id":5401,"name":"' + b"x" * size + b'"}'),
+)
+
+
+@PROPERTY
+@given(raw=_unreadable_user_data, salon=st.one_of(st.just(str(SALON)), _leading_zeros, _unicode_digits),
+       headers=_headers)
+def test_redirect_refuses_signed_user_data_it_cannot_read(probe: Probe, raw: bytes, salon: str,
+                                                          headers: dict[str, str]) -> None:
+    before = probe.snapshot()
+    query = _raw_query([("salon_id", salon), *_signed(raw).items()])
+    response = requests.get(f"{probe.stack.base_url}/auth/yclients/redirect?{query}", headers=headers,
+                            allow_redirects=False, timeout=10)
+    assert response.status_code == 400, response.text[:200]
+    # The salon id is read first; the user data only with one.
+    title = "Неверный номер салона" if parse_salon_id(salon) is None else "Ссылка повреждена"
+    assert f"<h1>{title}</h1>" in response.text
     probe.check(response, before)
 
 
@@ -252,3 +310,69 @@ def test_socket_messages_never_fail_and_refusals_write_nothing(probe: Probe, mes
         assert time.monotonic() < deadline, "a closed socket kept its slot"
         time.sleep(0.1)
     assert _domain_snapshot(probe) == before
+
+
+# ---- the cases of issue 15 over real HTTP ------------------------------------------------------
+
+def _redirect(probe: Probe, query: str) -> requests.Response:
+    return requests.get(f"{probe.stack.base_url}/auth/yclients/redirect?{query}", allow_redirects=False, timeout=10)
+
+
+@pytest.mark.parametrize("query", [
+    "salon_id=%C2%B2",                                         # "²": isdigit() true, int() raises (was a 503)
+    "salon_ids[]=%C2%B2",
+    "salon_id=%EF%BC%91%EF%BC%92%EF%BC%93",                    # fullwidth 123
+    "salon_id=%D9%A3",                                         # Arabic-Indic 3
+    f"salon_id={SALON}&salon_ids[]=%C2%B2",
+])
+def test_a_salon_id_that_is_no_ascii_number_is_a_400_page(probe: Probe, query: str) -> None:
+    before = probe.snapshot()
+    for signed in ("", "&" + _raw_query(list(_signed(b'{"id":5401,"name":"Lily"}').items()))):
+        response = _redirect(probe, query + signed)
+        assert response.status_code == 400 and "<h1>Неверный номер салона</h1>" in response.text
+        probe.check(response, before)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id":5401,"name":"Lily\\udfff"}',                                  # a lone surrogate (was a 503)
+    b'{"id":5401,"name":"Lily","x":' + b"[" * 1_490 + b"]" * 1_490 + b"}",  # json.loads' RecursionError depth
+    b'{"id":5401,"name":"Lily","x":' + b"[" * 2_000 + b"]" * 2_000 + b"}",  # 2,000 deep (was a 503): too large
+    b'{"id":5401,"name":"' + b"x" * 4_000 + b'"}',                         # over the size bound
+])
+def test_signed_user_data_we_cannot_read_is_a_400_page(probe: Probe, raw: bytes) -> None:
+    before = probe.snapshot()
+    response = _redirect(probe, _raw_query([("salon_id", str(SALON)), *_signed(raw).items()]))
+    assert response.status_code == 400 and "<h1>Ссылка повреждена</h1>" in response.text
+    probe.check(response, before)
+
+
+def test_an_entity_webhook_for_a_superscript_salon_is_not_found(probe: Probe) -> None:
+    before = probe.snapshot()
+    response = requests.post(f"{probe.stack.base_url}/webhook/yclients/%C2%B2/x",
+                             json={"company_id": 2, "resource": "record", "resource_id": 1, "status": "create"},
+                             timeout=10)
+    assert response.status_code == 404  # as for an unknown salon (it was a 503)
+    probe.check(response, before)
+
+
+def test_a_deeply_nested_lifecycle_body_is_a_400(probe: Probe) -> None:
+    before = probe.snapshot()
+    response = requests.post(f"{probe.stack.base_url}/callback/yclients", data="[" * 5_000 + "]" * 5_000,
+                             timeout=10)
+    assert response.status_code == 400  # json.loads' RecursionError was a 503
+    probe.check(response, before)
+
+
+def test_one_salon_spelt_three_ways_gets_one_token(probe: Probe) -> None:
+    """Last in the module: it onboards a new salon (the runner starts linking it), which the
+    refusal tests' "nothing written" snapshots must not see."""
+    salon = 9203
+    pressed = urlsplit(press_connect(probe.stack.marketplace, salon))  # pending in the fake marketplace
+    signed = [(key, value) for key, value in parse_qsl(pressed.query) if key.startswith("user_data")]
+    query = _raw_query([("salon_ids[]", "9203"), ("salon_ids[]", "09203"), ("salon_id", "009203"), *signed])
+    response = _redirect(probe, query)
+    assert response.status_code == 302, response.text[:300]
+    [token] = page_tokens(response)
+    assert verify_token(token, DEFAULT_JWT_SECRET) == salon
+    checks = requests.get(f"{probe.stack.marketplace}/_calls", params={"operation": "app_status"}, timeout=10).json()
+    assert len([c for c in checks if f"/salon/{salon}/application/" in c["path"]]) == 1  # asked once

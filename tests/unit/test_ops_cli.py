@@ -53,3 +53,17 @@ def test_ops_errors_are_one_clear_line(marketplace: tuple[FakeYClients, str]) ->
     unset = subprocess.run([sys.executable, "-m", "ops.yclients", "tariffs"], cwd=ROOT, capture_output=True, text=True,
                            env={k: v for k, v in os.environ.items() if not k.startswith("YCLIENTS_")}, timeout=60)
     assert unset.returncode == 2 and "YCLIENTS_PARTNER_TOKEN" in unset.stderr
+
+
+@pytest.mark.parametrize("text", ["٣", "１２３", "²", "-5", "0", " 7", str(2**53)])
+def test_ops_read_salon_ids_as_the_service_does(text: str) -> None:
+    """argparse's `int` would take `٣` and `１２３`: both CLIs use the service's own parser."""
+    from ops.__main__ import _parser as ops_parser
+    from ops.yclients import _parser as yclients_parser
+
+    for parser, args in ((ops_parser(), ["status", text]), (yclients_parser(), ["uninstall", text])):
+        with pytest.raises(SystemExit) as refused:
+            parser.parse_args(args)
+        assert refused.value.code == 2
+    assert ops_parser().parse_args(["status", "0042"]).salon_id == 42
+    assert yclients_parser().parse_args(["channel", "0042", "whatsapp", "on"]).salon_id == 42

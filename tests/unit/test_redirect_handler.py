@@ -4,18 +4,24 @@ key, and the optional (unverified) second check against the salon's YClients use
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import time
 import uuid
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from aiadmin.models import parse_salon_id
 from aiadmin.observability import metrics
 from aiadmin.store import Store
+from aiadmin.tokens import verify_token
+from aiadmin.yclients import sign_user_data
 from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
 from local.gateway import LambdaContext
 from local.template import ROOT
@@ -59,12 +65,15 @@ def _load(table: Any, marketplace: tuple[FakeYClients, str], monkeypatch: pytest
     return module
 
 
-def _get(module: ModuleType, query: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
-    raw = urlencode(query)
+def _get(module: ModuleType, query: dict[str, Any] | list[tuple[str, Any]],
+         headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """A redirect request; `query` as pairs where a key repeats (`salon_ids[]`)."""
+    pairs = list(query.items()) if isinstance(query, dict) else query
+    raw = urlencode(pairs)
     event = {
         "version": "2.0", "routeKey": "GET /auth/yclients/redirect", "rawPath": "/auth/yclients/redirect",
         "rawQueryString": raw, "headers": headers or {},
-        "queryStringParameters": {k: str(v) for k, v in query.items()},
+        "queryStringParameters": {k: str(v) for k, v in pairs},
         "requestContext": {"http": {"method": "GET", "path": "/auth/yclients/redirect", "sourceIp": "127.0.0.1"},
                            "requestId": "r", "routeKey": "GET /auth/yclients/redirect", "stage": "$default"},
         "isBase64Encoded": False,
@@ -151,3 +160,137 @@ def test_the_page_is_served_in_the_browsers_language_with_both_catalogues(
     assert "Вернуться в YClients" in body  # the Russian catalogue rides along for the switch
     ancestors = response["headers"]["Content-Security-Policy"].split("frame-ancestors ")[1]
     assert ancestors == "https://yclients.com https://*.yclients.com https://app.alteg.io https://*.alteg.io"
+
+
+# ---- salon ids: one parser, duplicates dropped after parsing ----------------------------------
+
+def _status_checks(fake: FakeYClients) -> list[int]:
+    """The salons whose app status the redirect asked YClients for, in order."""
+    return [int(c["path"].split("/salon/")[1].split("/")[0]) for c in fake.calls if c["operation"] == "app_status"]
+
+
+def _tokens(response: dict[str, Any]) -> list[str]:
+    fragment = response["headers"]["Location"].split("#", 1)[1]
+    return [value for key, value in parse_qsl(fragment) if key == "token"]
+
+
+@pytest.mark.parametrize("salon_id", [
+    "²",     # a superscript: isdigit() is true, int() raises (was a 503)
+    "１０１",  # fullwidth 101: int() reads it
+    "١٠١",   # Arabic-Indic 101
+    "101²", "-101", "+101", " 101", "101 ", "1e2", "", "0", "00", str(2**53), "9" * 17,
+])
+def test_a_salon_id_that_is_not_ascii_digits_in_range_gets_the_bad_salon_page(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients, monkeypatch: pytest.MonkeyPatch,
+        salon_id: str) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    query = {**fake.signed_user_data(fake.salons[101]), "salon_id": salon_id}
+    response = _get(module, query, {"accept-language": "en"})
+    assert response["statusCode"] == 400
+    assert "<h1>Wrong salon number</h1>" in response["body"]
+    assert fake.calls == [] and Store(table).get_salon(101) is None  # nothing asked, nothing written
+
+
+def test_one_bad_location_among_good_ones_refuses_the_whole_redirect(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    query = [("salon_ids[]", "101"), ("salon_ids[]", "１０２"), *fake.signed_user_data(fake.salons[101]).items()]
+    assert _get(module, query)["statusCode"] == 400
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("ids", [
+    [("salon_ids[]", "101"), ("salon_ids[]", "0101"), ("salon_id", "00101")],
+    [("salon_id", "101"), ("salon_id", "101")],
+    [("salon_ids[0]", "000000000000101"), ("salon_ids[1]", "101")],
+])
+def test_leading_zeros_and_repeats_are_one_salon_and_one_token(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients, monkeypatch: pytest.MonkeyPatch,
+        ids: list[tuple[str, str]]) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    response = _get(module, [*ids, *fake.signed_user_data(fake.salons[101]).items()])
+    assert response["statusCode"] == 302
+    [token] = _tokens(response)
+    assert verify_token(token, "j" * 40) == 101
+    assert _status_checks(fake) == [101]
+
+
+def test_duplicates_are_dropped_after_parsing_in_order_before_the_locations_limit(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    # Eleven values but two salons (each under several spellings): within the limit of ten.
+    ids = [("salon_ids[]", "0" * n + "102") for n in range(6)] + [("salon_ids[]", "0" * n + "101") for n in range(5)]
+    response = _get(module, [*ids, *fake.signed_user_data(fake.salons[101]).items()])
+    assert response["statusCode"] == 302
+    assert [verify_token(t, "j" * 40) for t in _tokens(response)] == [102, 101]
+    assert _status_checks(fake) == [102, 101]
+    # Eleven distinct salons are still too many.
+    many = [("salon_ids[]", str(200 + n)) for n in range(11)]
+    assert _get(module, [*many, *fake.signed_user_data(fake.salons[101]).items()])["statusCode"] == 400
+
+
+@pytest.fixture
+def redirect_module(table: Any, marketplace: tuple[FakeYClients, str], monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    return _load(table, marketplace, monkeypatch)
+
+
+# Fixtures are set up once per test, not per example: `_salon_ids` reads only its argument.
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.one_of(
+    st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=6),
+    st.integers(min_value=0, max_value=2**54).map(str),
+    st.tuples(st.integers(min_value=0, max_value=4), st.integers(min_value=1, max_value=999)).map(
+        lambda zeros_id: "0" * zeros_id[0] + str(zeros_id[1])),
+    st.text(max_size=20)), max_size=8))
+def test_the_query_reads_to_distinct_canonical_ids_or_none(redirect_module: ModuleType, values: list[str]) -> None:
+    ids = redirect_module._salon_ids(urlencode([("salon_ids[]", value) for value in values]))
+    expected = [parse_salon_id(value) for value in values]
+    if None in expected:
+        assert ids is None
+    else:
+        assert ids == list(dict.fromkeys(expected))
+        assert all(value.isascii() for value in values)
+
+
+# ---- user data that is signed but unreadable ------------------------------------------------
+
+def _signed_raw(raw: bytes) -> dict[str, str]:
+    return {"user_data": base64.urlsafe_b64encode(raw).decode(), "user_data_sign": sign_user_data(raw, TOKEN)}
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id":5101,"name":"Lily\\udfff"}',                                 # a lone surrogate (was a 503)
+    b'{"id":5101,"x":' + b"[" * 2_000 + b"]" * 2_000 + b"}",              # 2,000 deep (was a 503): too large
+    b'{"id":5101,"x":' + b"[" * 1_490 + b"]" * 1_490 + b"}",              # RecursionError deep, within 4 KiB
+    b'{"id":5101,"name":"' + b"x" * 3_500 + b'"}',                        # over 4 KiB once in base64
+    b"[1,2,3]", b"\xff\xfe",
+])
+def test_signed_user_data_we_cannot_read_gets_the_bad_user_data_page(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients, monkeypatch: pytest.MonkeyPatch,
+        raw: bytes) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    response = _get(module, {"salon_id": 101, **_signed_raw(raw)}, {"accept-language": "ru"})
+    assert response["statusCode"] == 400
+    assert "<h1>Ссылка повреждена</h1>" in response["body"] and "RedirectRefused" in metrics.metric_set
+    assert fake.calls == [] and Store(table).get_salon(101) is None
+
+
+def test_a_forged_signature_still_gets_the_bad_sign_page(table: Any, marketplace: tuple[FakeYClients, str],
+                                                        fake: FakeYClients, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    query = {"salon_id": 101, **_signed_raw(b'{"id":5101,"name":"Lily\\udfff"}'), "user_data_sign": "00"}
+    response = _get(module, query, {"accept-language": "en"})
+    assert response["statusCode"] == 400 and "<h1>Invalid link</h1>" in response["body"]
+
+
+def test_a_name_with_an_escaped_surrogate_pair_is_stored_as_utf8(
+        table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load(table, marketplace, monkeypatch)
+    raw = b'{"id":5101,"name":"Lily \\ud83c\\udf38","salon_name":"\\u041b\\u043e\\u0442\\u043e\\u0441"}'
+    assert _get(module, {"salon_id": 101, **_signed_raw(raw)})["statusCode"] == 302
+    salon = Store(table).get_salon(101)
+    assert salon is not None and salon.user_name == "Lily \U0001f338"
+    salon.user_name.encode("utf-8")

@@ -183,3 +183,28 @@ def test_pairing_limits_are_answered_and_counted(handler: ModuleType, store: Sto
 def test_an_unknown_connection_is_refused(handler: ModuleType, counted: list[str]) -> None:
     assert _send(handler, "never-connected", {"action": "sync"}) == 403
     assert counted == ["SocketUnknownConnection"]
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 100_000 + "]" * 100_000,                        # json.loads' RecursionError: caught in _message
+    '{"action": "sync", "x": ' + "[" * 5_000 + "]" * 5_000 + "}",
+    '{"action": "sync", "n": ' + "7" * 5_000 + "}",        # an integer int() refuses to read
+])
+def test_a_message_json_cannot_read_is_a_bad_request(handler: ModuleType, store: Store, counted: list[str],
+                                                     body: str) -> None:
+    page = _page(store)
+    counted.clear()  # the setup's own transitions
+    assert _send(handler, page, body) == 400
+    [refusal] = _pushed(page)
+    assert refusal["code"] == "bad_request" and refusal["action"] == "unknown"
+    assert counted == ["SocketBadMessage"]
+
+
+def test_a_phone_with_a_lone_surrogate_is_refused_and_not_stored(handler: ModuleType, store: Store,
+                                                                  counted: list[str]) -> None:
+    page = _page(store)
+    counted.clear()  # the setup's own transitions
+    assert _send(handler, page, '{"action": "pairing_code", "phone": "7900123456\\udfff7"}') == 400
+    [refusal] = _pushed(page)
+    assert refusal["code"] == "invalid_phone"
+    assert store.get_session(SALON).pair_phone is None  # type: ignore[union-attr]

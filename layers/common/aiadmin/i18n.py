@@ -139,6 +139,8 @@ RU: Final[dict[str, str]] = {
     "error.unsigned.message": "Ссылка не подписана YClients, мы не можем ей доверять.",
     "error.bad_sign.title": "Ссылка недействительна",
     "error.bad_sign.message": "Подпись YClients не сходится.",
+    "error.bad_user_data.title": "Ссылка повреждена",
+    "error.bad_user_data.message": "Данные владельца в ссылке из YClients не читаются.",
     "error.refused.title": "Салон подключает другой пользователь",
     "error.refused.message": "Этот салон уже подключён к AI Admin другим пользователем YClients. Подключить его "
                              "заново может только он. Если это ошибка, напишите в поддержку AI Admin.",
@@ -279,6 +281,8 @@ EN: Final[dict[str, str]] = {
     "error.unsigned.message": "YClients did not sign the link, so we cannot trust it.",
     "error.bad_sign.title": "Invalid link",
     "error.bad_sign.message": "The YClients signature does not match.",
+    "error.bad_user_data.title": "Damaged link",
+    "error.bad_user_data.message": "The owner's details in the link from YClients cannot be read.",
     "error.refused.title": "Another user is connecting this salon",
     "error.refused.message": "Another YClients user has already connected this salon to AI Admin. Only they can "
                              "connect it again. If this is a mistake, write to AI Admin support.",

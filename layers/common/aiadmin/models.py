@@ -11,11 +11,20 @@ from aiadmin.states import OWNER_TEXT, SalonState
 
 # Salon ids are positive integers; JSON and DynamoDB keep them exact below 2**53.
 SALON_ID_LIMIT = 2**53
+# 2**53 has 16 digits: a longer text is refused before int() reads it.
+SALON_ID_MAX_CHARS = 16
 
 
 def parse_salon_id(text: str) -> int | None:
-    """A salon id as it comes in a URL or a query string; None when it is not one."""
-    return int(text) if text.isdigit() and 0 < int(text) < SALON_ID_LIMIT else None
+    """The one reading of a salon id from text (a URL path, a query string, an ops argument);
+    None when it is not one. ASCII digits only: `str.isdigit()` and `int()` also take
+    superscripts (which int() then refuses with an error), fullwidth and Arabic-Indic digits,
+    none of which YClients sends. Leading zeros are read away (`009203` is 9203), so callers
+    that drop duplicates after parsing never see one salon twice."""
+    if not (0 < len(text) <= SALON_ID_MAX_CHARS and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 0 < value < SALON_ID_LIMIT else None
 
 
 class Salon(BaseModel):

@@ -13,7 +13,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pydantic import ValidationError
 
 from aiadmin.models import UserData
 from aiadmin.observability import logger, metrics
+from aiadmin.untrusted_json import UntrustedJsonError, load_json
 
 if TYPE_CHECKING:
     from pyrate_limiter import Limiter
@@ -77,6 +77,20 @@ class BadUserData(ValueError):
     """The redirect's user data is missing, malformed or not signed by YClients."""
 
 
+class UserDataSignatureMismatch(BadUserData):
+    """`user_data_sign` matches no form of `user_data` under our key: not signed by YClients."""
+
+
+# `user_data` is a flat profile of a few hundred bytes (id, name, phone, email, avatar URL, salon
+# name). 4 KiB of base64 text (3 KiB of JSON) is ten times that, room for long names and new
+# fields, and bounds what a request nobody has authenticated yet makes us decode and hash: checked
+# before anything else. Not 8 KiB: front ends refuse a URL that long before we see it (the local
+# gateway past 8,190 bytes), so such a bound would never be met, nor tested, end to end.
+MAX_USER_DATA_CHARS = 4 * 1024
+# The profile is one object (depth 1); a few levels spare for a nested field YClients may add.
+MAX_USER_DATA_DEPTH = 8
+
+
 def decode_base64_lenient(value: str) -> bytes:
     """Standard or URL-safe alphabet, padding optional: YClients has sent URL-safe, padded. A space
     is a `+` that a query-string decoder turned into a space (an unescaped standard-alphabet value)."""
@@ -113,7 +127,11 @@ def check_user_data(user_data: str, user_data_sign: str, signing_key: str) -> Ve
     """Verify `user_data_sign` over the decoded bytes first, then over the string as received
     (also with spaces read back as `+`, in case a query decoder turned them into spaces). Every
     comparison is constant-time and every candidate is tried, so timing tells nothing about
-    which form, if any, came close. The JSON is parsed as signed, never re-serialised."""
+    which form, if any, came close. The JSON is parsed as signed, never re-serialised, and only
+    once the signature matched: shallow (MAX_USER_DATA_DEPTH) and valid Unicode text throughout,
+    so every name stored is valid UTF-8."""
+    if len(user_data) > MAX_USER_DATA_CHARS:
+        raise BadUserData("user_data is too large")
     raw = decode_base64_lenient(user_data)
     signature = user_data_sign.strip().lower().encode()
     as_received = user_data.encode("utf-8", "surrogatepass")
@@ -122,11 +140,13 @@ def check_user_data(user_data: str, user_data_sign: str, signing_key: str) -> Ve
         candidates.append((user_data.replace(" ", "+").encode("utf-8", "surrogatepass"), SignatureForm.STRING))
     matched = [form for message, form in candidates if _matches(message, signature, signing_key)]
     if not matched:
-        raise BadUserData("user_data_sign does not match")
+        raise UserDataSignatureMismatch("user_data_sign does not match")
     try:
-        parsed = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadUserData("user_data is not UTF-8 JSON") from exc
+        parsed = load_json(raw.decode("utf-8"), MAX_USER_DATA_DEPTH)
+    except UnicodeDecodeError as exc:
+        raise BadUserData("user_data is not UTF-8") from exc
+    except UntrustedJsonError as exc:
+        raise BadUserData(f"user_data: {exc}") from exc
     if not isinstance(parsed, dict):
         raise BadUserData("user_data is not a JSON object")
     try:
