@@ -247,10 +247,11 @@ _socket_message = st.one_of(
 
 
 def _domain_snapshot(probe: Probe) -> tuple[int, int]:
-    """Everything but the connection items (each example opens and closes a socket): item
-    count, and the salon's state version."""
+    """Everything but the sockets' own items (each example opens and closes a socket, and its token's
+    messages are counted): item count, and the salon's state version."""
     items = probe.dynamodb.scan(TableName="AppTable")["Items"]
-    domain = [i for i in items if not i["pk"]["S"].startswith("CONN#") and not i["sk"]["S"].startswith("CONN#")]
+    domain = [i for i in items if not i["pk"]["S"].startswith(("CONN#", "TOKEN#"))
+              and not i["sk"]["S"].startswith("CONN#")]
     [state] = [i for i in items if i["pk"]["S"] == f"SALON#{SALON}" and i["sk"]["S"] == "STATE"]
     return len(domain), int(state["version"]["N"])
 
@@ -293,7 +294,9 @@ def test_socket_messages_never_fail_and_refusals_write_nothing(probe: Probe, mes
     """The salon is active: no message from its page may change anything; each one gets exactly
     one answer, its state or a refusal in Russian."""
     before = _domain_snapshot(probe)
-    token = issue_token(SALON, DEFAULT_JWT_SECRET, 600)
+    [consent] = [i["consent_id"]["S"] for i in probe.dynamodb.scan(TableName="AppTable")["Items"]
+                 if i["pk"]["S"] == f"SALON#{SALON}" and i["sk"]["S"] == "STATE"]
+    token = issue_token(SALON, DEFAULT_JWT_SECRET, 600, consent_id=consent)
     replies = asyncio.run(_exchange(probe, token, messages))
     assert len(replies) == len(messages), replies
     for raw in replies:
