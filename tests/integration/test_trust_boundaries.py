@@ -97,7 +97,7 @@ async def _replies(ws: websockets.ClientConnection, seconds: float) -> list[dict
     while (left := deadline - time.monotonic()) > 0:
         try:
             got.append(json.loads(await asyncio.wait_for(ws.recv(), left)))
-        except TimeoutError:
+        except (TimeoutError, websockets.ConnectionClosed):
             break
     return got
 

@@ -105,6 +105,14 @@ def test_the_sockets_of_one_token_share_its_message_budget(store: Store) -> None
     assert admit_message(store, "d1", NOW + 0.5).verdict == Verdict.ALLOWED
 
 
+def test_one_message_in_each_of_two_windows_is_counted_in_each(store: Store) -> None:
+    """A new window's count starts at one where the last window's also ended at one (the update
+    leaves `msg_count` as it was: the count must still be read back)."""
+    claims = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800, consent_id="consent-7", token_id="t-3")
+    open_socket(store, "c1", claims, NOW)
+    assert [admit_message(store, "c1", NOW + 10 * i).verdict for i in range(3)] == [Verdict.ALLOWED] * 3
+
+
 def test_a_token_of_an_ended_consent_opens_no_socket_and_writes_nothing(store: Store, table: Any) -> None:
     items = table.scan()["Count"]
     old = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800, consent_id="consent-before-the-uninstall")

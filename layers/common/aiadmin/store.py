@@ -531,7 +531,7 @@ class Store:
                 try:
                     item = self._table.update_item(
                         Key=dict(key), UpdateExpression=update, ConditionExpression=condition,
-                        ExpressionAttributeValues=values, ReturnValues="UPDATED_NEW", **extra,
+                        ExpressionAttributeValues=values, ReturnValues="ALL_NEW", **extra,
                     )["Attributes"]
                 except ClientError as exc:
                     if _is_condition_failure(exc):
