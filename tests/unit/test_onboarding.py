@@ -196,19 +196,18 @@ def _consent(store: Store, salon_id: int = 101) -> str | None:
 
 def test_a_salons_consent_changes_with_its_binding_and_not_with_a_repeat_visit(store: Store) -> None:
     """Issue 15: every token names the consent; a new one ends every older token. A repeat
-    "Подключить" by the bound owner keeps it (their other tabs go on); an uninstall ends it, a
-    new owner's consent and a first binding each start a new one."""
+    "Подключить" by the bound owner keeps it (their other tabs go on); an uninstall, a new
+    owner's consent and a first binding each start a new one."""
     first = start_onboarding(store, 101, OWNER, time.time()).consent_id
     assert first is not None and first == _consent(store)
     assert start_onboarding(store, 101, OWNER, time.time()).consent_id == first
-    assert store.get_salon(101).accepts_token_of(first)  # type: ignore[union-attr]
     assert apply_lifecycle_event(store, 101, "uninstall") == "uninstalled"
-    assert not store.get_salon(101).accepts_token_of(first)  # type: ignore[union-attr]
+    after_uninstall = _consent(store)
+    assert after_uninstall not in (None, first)
     # Another YClients user, after YClients reported the app uninstalled.
     reinstalled = start_onboarding(store, 101, STRANGER, time.time())
-    assert reinstalled.consent_id not in (None, first)
+    assert reinstalled.consent_id not in (None, first, after_uninstall)
     assert reinstalled.consent_id == _consent(store)
-    assert not store.get_salon(101).accepts_token_of(first)  # type: ignore[union-attr]
     # A salon a consent without a user id started binds nobody; its first binding starts a new consent.
     unbound = start_onboarding(store, 102, NO_ID, time.time()).consent_id
     bound = start_onboarding(store, 102, OWNER, time.time())

@@ -143,11 +143,15 @@ def test_a_push_reaches_only_current_tokens_and_ends_the_others(store: Store, ma
 
 
 def test_an_uninstall_is_the_last_state_its_pages_receive(store: Store, management_url: str) -> None:
+    """The uninstall ended the consent (a new consent id): the pages of the old one get the
+    `uninstalled` state as their last message, then are closed; an expired page gets no state."""
     _open(store, "u-page")
-    uninstalled = SALON.model_copy(update={"state": SalonState.UNINSTALLED})
-    assert Pusher(management_url).fan_out(store, uninstalled, '{"type": "state", "state": "uninstalled"}') == 1
+    _open(store, "u-expired", token_exp=time.time() - 1)
+    uninstalled = SALON.model_copy(update={"state": SalonState.UNINSTALLED, "consent_id": "after-the-uninstall"})
+    assert Pusher(management_url).fan_out(store, uninstalled, '{"type": "state", "state": "uninstalled"}') == 0
     assert ManagementApi.payloads["u-page"] == [{"type": "state", "state": "uninstalled"}]
-    assert "u-page" in ManagementApi.closed and store.connections_of(9) == []
+    assert [m["code"] for m in ManagementApi.payloads["u-expired"]] == ["token_expired"]
+    assert {"u-page", "u-expired"} <= set(ManagementApi.closed) and store.connections_of(9) == []
 
 
 def test_who_pushes_a_change_is_one_rule() -> None:

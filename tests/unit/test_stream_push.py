@@ -15,6 +15,7 @@ from boto3.dynamodb.types import TypeSerializer
 from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 
+from aiadmin.lifecycle import apply_lifecycle_event
 from aiadmin.push import Pusher
 from aiadmin.states import SalonState
 from aiadmin.store import Store
@@ -58,7 +59,7 @@ def test_an_outdated_change_is_not_pushed_over_a_newer_one(ws_notify: ModuleType
     store.transition(7, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})  # pushed by the runner
     ws_notify.stream_handler({"Records": [consent]}, context)
     assert _pushed("page-1") == b""
-    store.transition(7, SalonState.UNINSTALLED, actor="yclients")
+    assert apply_lifecycle_event(store, 7, "uninstall") == "uninstalled"
     ws_notify.stream_handler({"Records": [consent, _record(table, 7)]}, context)
     assert b'"state":"uninstalled"' in _pushed("page-1") and b"pending_whatsapp" not in _pushed("page-1")
     # The uninstall ended the consent: its page got that state last, and was closed and forgotten.

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiadmin.models import SessionDesire
-from aiadmin.onboarding import NO_CODES
+from aiadmin.onboarding import NO_CODES, new_consent_id
 from aiadmin.states import IllegalTransition, SalonState
 from aiadmin.store import PAIRING_SK, SECRETS_SK, ConcurrentUpdate, SessionCommand, Store
 
@@ -59,10 +59,10 @@ def apply_lifecycle_event(store: Store, salon_id: int, event: str, details: Mapp
     command = SessionCommand(desired) if store.get_session(salon_id) is not None else None
     uninstall = target == SalonState.UNINSTALLED
     try:
-        # Uninstalled: the consent ends (`Salon.accepts_token_of`), and with it every token of the
-        # salon: its pages get this state as their last message and are closed.
+        # Uninstalled: the consent ends, and with it every token of the salon: its open pages get
+        # this state as their last message and are closed (`aiadmin.push`).
         store.transition(salon_id, target, actor=ACTOR, reason=f"lifecycle {event}", command=command,
-                         attrs=NO_CODES if uninstall else None,
+                         attrs={**NO_CODES, "consent_id": new_consent_id()} if uninstall else None,
                          remove=OWNER_PERSONAL_FIELDS if uninstall else (),
                          forget=(SECRETS_SK, PAIRING_SK) if uninstall else ())
     except IllegalTransition:

@@ -42,9 +42,9 @@ class Salon(BaseModel):
     owner_user_id: str | None = None
     # The salon's current consent: every page token names the consent it was issued for, and
     # only tokens of this one may open or use a socket (`aiadmin.tokens`, `accepts_token_of`). A
-    # new one ends every older token: on a binding to another user (or the first binding) and
-    # the owner's re-link. A repeat "Подключить" by the bound owner keeps it (their other tabs go
-    # on). An uninstall ends it too (see `accepts_token_of`). None: recorded before consents had ids.
+    # new one ends every older token: on an uninstall, a binding to another user (or the first
+    # binding) and the owner's re-link. A repeat "Подключить" by the bound owner keeps it (their
+    # other tabs go on). None: recorded before consents had ids.
     consent_id: str | None = None
     # When the owner last consented in YClients (or asked to re-link WhatsApp on the page):
     # activation is tried until YClients refuses it, or for 12 hours from here at most.
@@ -72,10 +72,8 @@ class Salon(BaseModel):
 
 
     def accepts_token_of(self, consent_id: str | None) -> bool:
-        """Whether a token of consent `consent_id` may still open or use the salon's page. An
-        uninstalled salon accepts none: the uninstall ended its consent (its pages receive the
-        `uninstalled` state as their last message), and the next consent has a new id."""
-        return self.state != SalonState.UNINSTALLED and self.consent_id == consent_id
+        """Whether a token of consent `consent_id` may still open or use the salon's page."""
+        return self.consent_id == consent_id
 
 
 SessionDesire = Literal["link", "run", "pause", "stop"]

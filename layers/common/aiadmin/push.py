@@ -15,8 +15,8 @@ Whom a push reaches: only the salon's sockets whose token is current, that is, o
 of the salon being pushed, and not expired. Any other socket of the salon gets one last
 message saying why (`aiadmin.sockets.ending_message`) instead of the state, is closed and
 forgotten: a QR or pairing code never reaches an old owner's or an expired page. An uninstall
-ends the consent itself: its pages get the `uninstalled` state as their last message (it shows
-no code), then are closed.
+ends the salon's consent: its pages get the `uninstalled` state itself as their last message (it
+shows no code, and the owner reads what happened), then are closed.
 """
 
 from __future__ import annotations
@@ -82,14 +82,14 @@ class Pusher:
             if exc.response.get("Error", {}).get("Code") not in ("GoneException", "410"):
                 raise
 
-    def end(self, store: Store, connection_id: str, salon_id: int, reason: str | None, action: str = "") -> None:
-        """One last message saying why (`reason`: `token_expired`, `token_revoked`; None: the page
-        has just received its consent's last state), then close the socket and forget it: its
-        token may receive nothing more."""
+    def end(self, store: Store, connection_id: str, salon_id: int, reason: str, action: str = "",
+            last: str | None = None) -> None:
+        """One last message, then close the socket and forget it: its token may receive nothing
+        more. The message says why (`reason`: `token_expired`, `token_revoked`), or is `last`
+        (the uninstall's state, which the owner's page shows)."""
         metrics.add_metric(name="SocketEnded", unit="Count", value=1)
         try:
-            if reason is not None:
-                self.send(connection_id, ending_message(reason, action))
+            self.send(connection_id, last if last is not None else ending_message(reason, action))
             self.close(connection_id)
         except (ClientError, BotoCoreError):
             logger.exception("closing an ended socket failed", extra={"salon_id": salon_id})
@@ -114,7 +114,8 @@ class Pusher:
         just as its QR was pushed would never get another message."""
         salon_id = salon.salon_id
         deadline = clock() + deadline_seconds
-        current, ending = self._current(store, salon, store.sockets_of(salon_id), time.time() if now is None else now)
+        current, ending = self._current(store, salon, payload, store.sockets_of(salon_id),
+                                        time.time() if now is None else now)
         delivered, gone, complete = self._send_all(current, payload, salon_id, deadline, clock)
         forgotten: list[str] = []
         if gone and clock() + HANDSHAKE_SECONDS < deadline:
@@ -124,10 +125,6 @@ class Pusher:
             complete = complete and again_complete
             for connection_id in forgotten:
                 store.remove_connection(connection_id, salon_id)
-        if salon.state == SalonState.UNINSTALLED:
-            # The consent ended with this state, its last message: its pages are closed now.
-            ending += [self._executor().submit(self.end, store, c, salon_id, None)
-                       for c in current if c not in forgotten]
         # Ended sockets are closed before returning (a Lambda is frozen once its handler returns).
         if ending and wait(ending, timeout=max(0.0, deadline - clock())).not_done:
             complete = False
@@ -135,17 +132,20 @@ class Pusher:
             logger.warning("push deadline passed", extra={"salon_id": salon_id})
         return delivered, complete
 
-    def _current(self, store: Store, salon: Salon, sockets: list[PageSocket],
+    def _current(self, store: Store, salon: Salon, payload: str, sockets: list[PageSocket],
                  now: float) -> tuple[list[str], list[Future[None]]]:
         """The sockets that may receive the salon's state; the others are ended on the pool (their
         last message, the close and the forgetting never hold up the current ones)."""
         current, ending = [], []
+        uninstalled = salon.state == SalonState.UNINSTALLED
         for socket in sockets:
             reason = socket.ended(salon.consent_id, now)
             if reason is None:
                 current.append(socket.connection_id)
             else:
-                ending.append(self._executor().submit(self.end, store, socket.connection_id, salon.salon_id, reason))
+                last = payload if uninstalled and reason == "token_revoked" else None
+                ending.append(self._executor().submit(self.end, store, socket.connection_id, salon.salon_id, reason,
+                                                      last=last))
         return current, ending
 
     def _send_all(self, connection_ids: list[str], payload: str, salon_id: int, deadline: float,

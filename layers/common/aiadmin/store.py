@@ -129,10 +129,10 @@ class PageSocket:
         """Why this socket may receive nothing of the salon whose consent is `consent_id`:
         `token_expired`, `token_revoked`; None while it is of that consent and unexpired. A
         socket recorded without its token's expiry counts as expired."""
-        if self.consent_id != consent_id:
-            return "token_revoked"
         if self.token_exp is None or self.token_exp <= now:
             return "token_expired"
+        if self.consent_id != consent_id:
+            return "token_revoked"
         return None
 
 
