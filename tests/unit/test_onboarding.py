@@ -8,7 +8,7 @@ import time
 import pytest
 
 from aiadmin.lifecycle import apply_lifecycle_event
-from aiadmin.models import UserData
+from aiadmin.models import Salon, UserData
 from aiadmin.onboarding import (
     ConsentEnded,
     ConsentRefused,
@@ -239,3 +239,25 @@ def test_a_relink_starts_a_new_consent(store: Store) -> None:
     salon = request_relink(store, 101, time.time(), page)
     assert salon is not None and salon.consent_id not in (None, page.consent_id)
     assert salon.consent_id == _consent(store)
+
+
+def test_two_consents_racing_for_an_uninstalled_salon_share_one_consent(store: Store,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A double press on "Подключить" after a reinstall: both redirects read the salon as
+    uninstalled; the one that writes second must join the attempt the first started, not give
+    the salon yet another consent (which would end the first page's token at once)."""
+    start_onboarding(store, 101, OWNER, time.time())
+    apply_lifecycle_event(store, 101, "uninstall")
+    transition = store.transition
+    raced: list[Salon] = []
+
+    def first_the_other_press(*args: object, **kwargs: object) -> Salon:
+        if not raced:
+            raced.append(Salon(salon_id=0, state=S.PENDING_WHATSAPP))  # only once
+            raced[0] = start_onboarding(store, 101, OWNER, time.time())  # lands between the read and the write
+        return transition(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "transition", first_the_other_press)
+    mine = start_onboarding(store, 101, OWNER, time.time())
+    assert mine.consent_id == raced[0].consent_id == _consent(store)
+    assert mine.state == S.PENDING_WHATSAPP

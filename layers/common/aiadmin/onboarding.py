@@ -26,7 +26,14 @@ from aiadmin.models import Salon, StateMessage, UserData
 from aiadmin.observability import logger, metrics
 from aiadmin.phones import InvalidPhone, normalise_phone, phone_digits
 from aiadmin.qr import render_svg
-from aiadmin.states import LINKED_STATES, LINKING_STATES, PAIRING_CODE_STATES, RETRY_STATES, SalonState
+from aiadmin.states import (
+    LINKED_STATES,
+    LINKING_STATES,
+    PAIRING_CODE_STATES,
+    RETRY_STATES,
+    IllegalTransition,
+    SalonState,
+)
 from aiadmin.store import SessionCommand, Store
 
 # YClients' help pages ask for the activation within one hour of the owner's consent: the page
@@ -195,7 +202,7 @@ def start_locations(store: Store, locations: Sequence[Location], user: UserData,
 
 
 def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
-                     marketplace_status: str = "pending") -> Salon:
+                     marketplace_status: str = "pending", _rejoin: bool = True) -> Salon:
     """Record the owner's consent and make sure a linking attempt runs.
 
     A repeat visit while linking joins the running attempt; a visit to a linked salon only
@@ -241,10 +248,18 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
                 or bound_user != salon.owner_user_id:
             # A new binding (or the first): every token of an earlier one ends.
             bound["consent_id"] = new_consent_id()
-        salon = store.transition(
-            salon_id, SalonState.PENDING_WHATSAPP, actor="redirect", reason="owner consent",
-            attrs={**profile, **consent, **NO_CODES, **bound}, guard=guard,
-        )
+        try:
+            salon = store.transition(
+                salon_id, SalonState.PENDING_WHATSAPP, actor="redirect", reason="owner consent",
+                attrs={**profile, **consent, **NO_CODES, **bound}, guard=guard,
+                # Only from the state read: a consent that raced this one (a double press) and
+                # started the attempt first is joined below, never overwritten with a new consent.
+                expected=[salon.state if salon is not None else None] if "consent_id" in bound else None,
+            )
+        except IllegalTransition:
+            if not _rejoin:
+                raise
+            return start_onboarding(store, salon_id, user, now, marketplace_status, _rejoin=False)
         store.request_session(salon_id, "link")
         return salon
     if user_id is not None and not salon.owner_user_id:

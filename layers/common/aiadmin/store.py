@@ -189,7 +189,7 @@ class Store:
         actor: str,
         reason: str = "",
         attrs: Mapping[str, Any] | None = None,
-        expected: Iterable[SalonState] | None = None,
+        expected: Iterable[SalonState | None] | None = None,
         fence: Fence | None = None,
         remove: Iterable[str] = (),
         command: SessionCommand | None = None,
