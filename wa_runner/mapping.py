@@ -57,9 +57,9 @@ def _refusal(state: SalonState, expected: tuple[SalonState, ...]) -> Reaction:
 
 
 _TABLE: dict[EventKind, Reaction] = {
-    EventKind.QR: Reaction(phase=Phase.LINKING, state=S.QR_READY, reason="new QR code", expected=LINKING,
+    EventKind.QR: Reaction(phase=Phase.AWAITING_PHONE, state=S.QR_READY, reason="new QR code", expected=LINKING,
                            of_attempt=True),
-    EventKind.PAIRING_CODE: Reaction(phase=Phase.LINKING, state=S.CODE_READY,
+    EventKind.PAIRING_CODE: Reaction(phase=Phase.AWAITING_PHONE, state=S.CODE_READY,
                                      reason="pairing code for the owner's number",
                                      expected=(S.PENDING_WHATSAPP, S.QR_READY), of_attempt=True),
     EventKind.QR_TIMEOUT: Reaction(follow_up=FollowUp.END_LINKING, reason="no scan within 160 s"),
@@ -88,7 +88,7 @@ def react(event: EngineEvent, linking_by_code: bool = False) -> Reaction:
     reaction = _TABLE[event.kind]
     if event.kind == EventKind.QR:
         if linking_by_code:
-            return Reaction(phase=Phase.LINKING)
+            return Reaction(phase=Phase.AWAITING_PHONE)
         return _with(reaction, attrs={"qr": event.code, "qr_expires_at": event.expires_at})
     if event.kind == EventKind.PAIR_SUCCESS:
         # The linked device's JID carries the WhatsApp number: the owner's page shows it (masked).

@@ -25,9 +25,9 @@ def test_a_qr_is_shown_with_its_expiry_unless_the_attempt_links_by_code() -> Non
     event = EngineEvent(EventKind.QR, 1, 1, code="qr-code", expires_at=12.5)
     shown = react(event)
     assert shown.state == S.QR_READY and shown.attrs == {"qr": "qr-code", "qr_expires_at": 12.5}
-    assert shown.phase == Phase.LINKING
+    assert shown.phase == Phase.AWAITING_PHONE
     hidden = react(event, linking_by_code=True)
-    assert hidden.state is None and hidden.phase == Phase.LINKING
+    assert hidden.state is None and hidden.phase == Phase.AWAITING_PHONE
 
 
 def test_refusals_stop_the_attempt_and_clear_the_codes() -> None:
