@@ -1,4 +1,5 @@
 import itertools
+import json
 
 import pytest
 
@@ -27,6 +28,7 @@ from aiadmin.states import (
     IllegalTransition,
     SalonState,
     check_transition,
+    page_view,
 )
 
 
@@ -165,3 +167,47 @@ def test_each_named_set_may_move_where_its_users_move_it(states: frozenset[Salon
 def test_a_session_connected_while_its_attempt_showed_a_code_connects_the_salon(state: SalonState) -> None:
     """Issue 16: WhatsApp connected the device, but no pairing event moved the salon first."""
     check_transition(state, SalonState.WHATSAPP_CONNECTED)
+
+
+# ---- what the page offers in each state ------------------------------------------------------
+
+# What the page showed in each state when it kept its own copies of these sets (before issue 16):
+# (actions, step, linked, on the clock, status card, phone form first).
+_PAGE: dict[str, tuple[set[str], int | None, bool, bool, bool, bool]] = {
+    "pending_whatsapp": ({"by_phone"}, 1, False, True, False, True),
+    "qr_ready": ({"by_phone"}, 2, False, True, False, True),
+    "qr_expired": ({"new_code", "by_phone"}, 2, False, True, False, False),
+    "code_ready": ({"new_code", "by_phone"}, 2, False, True, False, False),
+    "code_failed": ({"new_code", "by_phone"}, 2, False, True, False, False),
+    "link_refused": ({"new_code", "by_phone"}, 2, False, True, False, False),
+    "passkey_required": ({"new_code", "by_phone"}, 2, False, True, False, False),
+    "pairing": (set(), 3, False, True, False, False),
+    "whatsapp_connected": (set(), 3, True, True, True, False),
+    "activating": (set(), 3, True, True, True, False),
+    "active": ({"relink", "back"}, 4, True, False, True, False),
+    "activation_failed": ({"relink", "back"}, None, True, False, True, False),
+    "frozen": ({"back"}, None, True, False, True, False),
+    "uninstalled": ({"back"}, None, False, False, True, False),
+    "whatsapp_logged_out": ({"link_again"}, None, False, False, True, False),
+    "banned": ({"link_again"}, None, False, False, True, False),
+    "client_outdated": ({"back"}, None, False, False, True, False),
+    "expired_consent": ({"back"}, None, False, False, True, False),
+}
+
+
+@pytest.mark.parametrize("state", list(SalonState))
+def test_the_page_is_told_what_to_offer_in_each_state(state: SalonState) -> None:
+    actions, step, linked, on_the_clock, status_card, phone_form_first = _PAGE[state.value]
+    view = page_view(state)
+    assert {action.value for action in view.actions} == actions
+    assert (view.step, view.linked, view.on_the_clock, view.status_card, view.phone_form_first) == \
+        (step, linked, on_the_clock, status_card, phone_form_first)
+
+
+def test_the_state_message_carries_the_page_view() -> None:
+    message = StateMessage.of(Salon(salon_id=1, state=SalonState.ACTIVE), now=10.0)
+    dumped = json.loads(message.model_dump_json())
+    assert (dumped["actions"], dumped["step"], dumped["linked"], dumped["on_the_clock"], dumped["status_card"],
+            dumped["phone_form_first"]) == (["relink", "back"], 4, True, False, True, False)
+    expired = json.loads(StateMessage.of(Salon(salon_id=1, state=SalonState.QR_EXPIRED), now=10.0).model_dump_json())
+    assert expired["actions"] == ["new_code", "by_phone"] and expired["step"] == 2

@@ -1,5 +1,6 @@
 """The salon state machine: one table of allowed transitions, every named set of states the
-rest of the system acts on, and the owner-facing texts.
+rest of the system acts on, what the owner's page may offer in each state, and the
+owner-facing texts.
 
 Every state change in the system goes through `check_transition`; an illegal one raises
 `IllegalTransition` and is logged by the caller, never silently applied. A set of states
@@ -9,6 +10,7 @@ them from here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from aiadmin.i18n import DEFAULT_LANGUAGE, t
@@ -135,6 +137,65 @@ PASSKEY_ASKED_FROM = SHOWING_CODE | {S.PAIRING}
 # A salon whose session connects in one of these is now `whatsapp_connected` (see
 # `_CONNECTED_UNANNOUNCED` for the states other than `pairing`).
 CONNECTS_FROM = frozenset({S.PAIRING, S.PENDING_WHATSAPP, S.QR_READY, S.CODE_READY})
+
+# ---- what the owner's page offers in each state ----------------------------------------------
+
+# Where "Back to YClients" is the one next action.
+_BACK_TO_YCLIENTS = frozenset({S.ACTIVE, S.CLIENT_OUTDATED, S.ACTIVATION_FAILED, S.EXPIRED_CONSENT, S.FROZEN,
+                               S.UNINSTALLED})
+# States of a salon past linking (or whose link ended): the page's status card shows them.
+_STATUS_CARD = LINKED_STATES | _SESSION_ENDS | {S.EXPIRED_CONSENT, S.UNINSTALLED}
+# An attempt not yet showing a pairing code: on a phone, the number form is shown at once
+# (the QR cannot be scanned from the phone's own screen).
+_PHONE_FORM_FIRST = frozenset({S.PENDING_WHATSAPP, S.QR_READY})
+# The page's three steps (open WhatsApp, scan or enter the code, done); 4: all done.
+_STEP: dict[SalonState, int] = {
+    S.PENDING_WHATSAPP: 1, S.QR_READY: 2, S.CODE_READY: 2, S.QR_EXPIRED: 2, S.CODE_FAILED: 2, S.LINK_REFUSED: 2,
+    S.PASSKEY_REQUIRED: 2, S.PAIRING: 3, S.WHATSAPP_CONNECTED: 3, S.ACTIVATING: 3, S.ACTIVE: 4,
+}
+
+
+class PageAction(StrEnum):
+    """What the page may offer the owner; the page shows the control of each action it is given."""
+
+    NEW_CODE = "new_code"      # a new attempt ("Получить новый код"; "link by QR" while a pairing code shows)
+    BY_PHONE = "by_phone"      # a pairing code for a phone number instead of a QR
+    RELINK = "relink"          # link a linked salon to another WhatsApp, after a confirmation
+    LINK_AGAIN = "link_again"  # link again after WhatsApp unlinked or blocked the device (no confirmation)
+    BACK = "back"              # "Back to YClients" is the one next action
+
+
+@dataclass(frozen=True)
+class PageView:
+    """What the page shows for a state, beyond its texts: it copies no set of states."""
+
+    actions: tuple[PageAction, ...]
+    step: int | None            # the step shown as current (None: no steps shown)
+    linked: bool                # WhatsApp is linked: the walk moves on to the next location
+    on_the_clock: bool          # the owner is asked to finish within YClients' hour
+    status_card: bool           # the status card (state, number, since) is shown
+    phone_form_first: bool      # on a phone, the number form is shown at once
+
+
+_ACTION_STATES: dict[PageAction, frozenset[SalonState]] = {
+    PageAction.NEW_CODE: RETRY_STATES,
+    PageAction.BY_PHONE: PAIRING_CODE_STATES,
+    PageAction.RELINK: CONFIRMED_RELINK_STATES,
+    PageAction.LINK_AGAIN: LINK_AGAIN_STATES,
+    PageAction.BACK: _BACK_TO_YCLIENTS,
+}
+
+
+def page_view(state: SalonState) -> PageView:
+    return PageView(
+        actions=tuple(action for action, states in _ACTION_STATES.items() if state in states),
+        step=_STEP.get(state),
+        linked=state in LINKED_STATES,
+        on_the_clock=state in ON_THE_OWNERS_CLOCK,
+        status_card=state in _STATUS_CARD,
+        phone_form_first=state in _PHONE_FORM_FIRST,
+    )
+
 
 class IllegalTransition(ValueError):
     def __init__(self, current: SalonState | None, new: SalonState) -> None:
