@@ -8,18 +8,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiadmin.onboarding import OPERATOR, request_new_qr
-from aiadmin.states import LINKED_STATES, LINKING_STATES, RETRY_STATES, SalonState
+from aiadmin.states import (
+    ACTIVATION_UNDER_WAY,
+    FAILED_STATES,
+    IN_PROGRESS_STATES,
+    LINKED_STATES,
+    LINKING_STATES,
+    RETRY_STATES,
+    SalonState,
+)
 from aiadmin.store import Store
 
 S = SalonState
 ACTOR = "ops"
 # A heartbeat older than this means the runner is gone (the health check uses the same bound).
 RUNNER_STALE_SECONDS = 60
-# Ended in a way the owner or ops must act on.
-FAILED_STATES = frozenset({S.ACTIVATION_FAILED, S.EXPIRED_CONSENT, S.LINK_REFUSED, S.PASSKEY_REQUIRED,
-                           S.CODE_FAILED, S.WHATSAPP_LOGGED_OUT, S.BANNED, S.CLIENT_OUTDATED})
-# Moving towards active: too long in one of these is stuck.
-IN_PROGRESS_STATES = frozenset(LINKING_STATES | {S.WHATSAPP_CONNECTED, S.ACTIVATING})
 
 
 class NotApplicable(RuntimeError):
@@ -111,9 +114,9 @@ class Stuck:
 def _hint(state: SalonState) -> str:
     if state == S.ACTIVATION_FAILED:
         return "read the refusal (status); fix, then retry-activation"
-    if state in (S.PENDING_WHATSAPP, S.QR_READY, S.CODE_READY, S.PAIRING):
+    if state in LINKING_STATES:
         return "status (is a runner owning it?); new-pairing"
-    if state in (S.WHATSAPP_CONNECTED, S.ACTIVATING):
+    if state in ACTIVATION_UNDER_WAY:
         return "status (runner, YClients' answers); YClients reachable? (doctor)"
     return "the owner starts over from YClients («Подключить»)"
 

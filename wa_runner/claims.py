@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
-from aiadmin.ownership import LIGHT, LINKING, LINKING_PARTITION, RESUME, RESUME_PARTITIONS, Fence, Ownership
+from aiadmin.ownership import LIGHT, LINK_ATTEMPT, LINKING_PARTITION, RESUME, RESUME_PARTITIONS, Fence, Ownership
 from wa_runner.supervisor import Supervisor
 
 CLAIM_BATCH = 25
@@ -54,7 +54,7 @@ class Claimer:
         if not self._holds(now):
             return 0
         self._polls += 1
-        linking_classes = {LIGHT} | ({LINKING} if self._supervisor.pairing_room() > 0 else set())
+        linking_classes = {LIGHT} | ({LINK_ATTEMPT} if self._supervisor.pairing_room() > 0 else set())
         waiting = self._resumes_waiting
         shard = self._resume_shard()
         queries = []
@@ -66,7 +66,7 @@ class Claimer:
         pages = await asyncio.gather(*queries)
         if shard is not None:
             self._resumes_waiting = bool(pages[-1])
-        room = {LINKING: self._supervisor.pairing_room(), RESUME: self._supervisor.backlog_room()}
+        room = {LINK_ATTEMPT: self._supervisor.pairing_room(), RESUME: self._supervisor.backlog_room()}
         chosen: list[int] = []
         resumes: list[int] = []
         for candidate in [c for page in pages for c in page]:

@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 from aiadmin.observability import logger, metrics
 from aiadmin.ownership import Fence, Ownership
-from aiadmin.states import IllegalTransition, SalonState
+from aiadmin.states import CONNECTS_FROM, IllegalTransition, SalonState
 from aiadmin.store import LeaseLost
 from wa_runner.activations import ActivationWorker
 from wa_runner.engine import EngineEvent, WhatsAppEngine
-from wa_runner.mapping import CONNECTING, FollowUp, react
+from wa_runner.mapping import FollowUp, react
 from wa_runner.salons import SalonWriter
 from wa_runner.sessions import LIVE_PHASES, OwnedSession
 from wa_runner.supervisor import Supervisor
@@ -104,7 +104,7 @@ class EventHandler:
                 owned.lease = owned.lease.model_copy(update={"desired": "run", "pair_phone": None})
         elif follow_up == FollowUp.CONNECTED:
             salon = owned.take_known_salon(now) or await self._writer.get_salon(salon_id)
-            if salon is not None and salon.state in CONNECTING:
+            if salon is not None and salon.state in CONNECTS_FROM:
                 salon = await self._writer.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "session connected")
             await self._activations.consider(owned, salon)  # one read of the salon for both (a mass resume)
         elif follow_up == FollowUp.RETIRE:

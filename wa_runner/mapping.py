@@ -12,16 +12,18 @@ from typing import Any
 
 from aiadmin.onboarding import NO_CODES
 from aiadmin.phones import phone_of_jid
-from aiadmin.states import SalonState
+from aiadmin.states import (
+    ACTIVATION_UNDER_WAY,
+    NEW_QR_FROM,
+    PAIRING_CODE_ANSWER_FROM,
+    PASSKEY_ASKED_FROM,
+    SHOWING_CODE,
+    SalonState,
+)
 from wa_runner.engine import EngineEvent, EventKind
 from wa_runner.sessions import Phase
 
 S = SalonState
-LINKING = (S.PENDING_WHATSAPP, S.QR_READY, S.QR_EXPIRED)
-# States in which an attempt shows the owner a code (a QR or a pairing code).
-SHOWING_CODE = (S.QR_READY, S.CODE_READY)
-# A salon connected in one of these states is now `whatsapp_connected`.
-CONNECTING = (S.PAIRING, S.PENDING_WHATSAPP, S.QR_READY)
 
 
 class FollowUp(StrEnum):
@@ -42,7 +44,7 @@ class Reaction:
     state: SalonState | None = None      # the salon state to write
     reason: str = ""
     attrs: dict[str, Any] | None = None
-    expected: tuple[SalonState, ...] | None = None  # states it may be written from
+    expected: frozenset[SalonState] | None = None  # states it may be written from
     metric: str | None = None
     follow_up: FollowUp = FollowUp.NONE
     only_if_live: bool = False           # only while the session should be running
@@ -51,24 +53,25 @@ class Reaction:
     of_attempt: bool = False
 
 
-def _refusal(state: SalonState, expected: tuple[SalonState, ...]) -> Reaction:
+def _refusal(state: SalonState, expected: frozenset[SalonState]) -> Reaction:
     return Reaction(phase=Phase.IDLE, stop=True, state=state, attrs=NO_CODES, expected=expected,
                     metric=f"Linking_{state.value}", of_attempt=True)
 
 
 _TABLE: dict[EventKind, Reaction] = {
-    EventKind.QR: Reaction(phase=Phase.LINKING, state=S.QR_READY, reason="new QR code", expected=LINKING,
-                           of_attempt=True),
-    EventKind.PAIRING_CODE: Reaction(phase=Phase.LINKING, state=S.CODE_READY,
+    EventKind.QR: Reaction(phase=Phase.AWAITING_PHONE, state=S.QR_READY, reason="new QR code",
+                           expected=NEW_QR_FROM, of_attempt=True),
+    EventKind.PAIRING_CODE: Reaction(phase=Phase.AWAITING_PHONE, state=S.CODE_READY,
                                      reason="pairing code for the owner's number",
-                                     expected=(S.PENDING_WHATSAPP, S.QR_READY), of_attempt=True),
+                                     expected=PAIRING_CODE_ANSWER_FROM, of_attempt=True),
     EventKind.QR_TIMEOUT: Reaction(follow_up=FollowUp.END_LINKING, reason="no scan within 160 s"),
     # Ends of a linking attempt that WhatsApp decided: the owner reads what to do and retries.
     EventKind.LINK_REFUSED: _refusal(S.LINK_REFUSED, SHOWING_CODE),
-    EventKind.PASSKEY_REQUIRED: _refusal(S.PASSKEY_REQUIRED, (*SHOWING_CODE, S.PAIRING)),
-    EventKind.PAIRING_CODE_FAILED: _refusal(S.CODE_FAILED, (S.PENDING_WHATSAPP, S.QR_READY)),
+    EventKind.PASSKEY_REQUIRED: _refusal(S.PASSKEY_REQUIRED, PASSKEY_ASKED_FROM),
+    EventKind.PAIRING_CODE_FAILED: _refusal(S.CODE_FAILED, PAIRING_CODE_ANSWER_FROM),
     EventKind.PAIR_SUCCESS: Reaction(phase=Phase.STARTING, state=S.PAIRING, reason="phone accepted the code",
                                      attrs=NO_CODES, follow_up=FollowUp.MARK_LINKED),
+    # The salon becomes `whatsapp_connected` from `states.CONNECTS_FROM` only (the follow-up reads it first).
     EventKind.CONNECTED: Reaction(phase=Phase.CONNECTED, follow_up=FollowUp.CONNECTED),
     EventKind.LOGGED_OUT: Reaction(phase=Phase.HALTED, stop=True, logout=True, state=S.WHATSAPP_LOGGED_OUT,
                                    reason="device unlinked on the phone", metric="SessionsLoggedOut",
@@ -88,7 +91,7 @@ def react(event: EngineEvent, linking_by_code: bool = False) -> Reaction:
     reaction = _TABLE[event.kind]
     if event.kind == EventKind.QR:
         if linking_by_code:
-            return Reaction(phase=Phase.LINKING)
+            return Reaction(phase=Phase.AWAITING_PHONE)
         return _with(reaction, attrs={"qr": event.code, "qr_expires_at": event.expires_at})
     if event.kind == EventKind.PAIR_SUCCESS:
         # The linked device's JID carries the WhatsApp number: the owner's page shows it (masked).
@@ -108,6 +111,6 @@ def activation_wanted(state: SalonState, retry_requested: bool) -> bool:
     """Whether a connected salon in `state` is activated now: a fresh link, or an activation
     under way (another process's lock may have expired). A failed one only on an explicit
     retry (a new consent, an ops retry): never because the session (re)connected."""
-    if state in (S.WHATSAPP_CONNECTED, S.ACTIVATING):
+    if state in ACTIVATION_UNDER_WAY:
         return True
     return state == S.ACTIVATION_FAILED and retry_requested

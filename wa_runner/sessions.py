@@ -20,7 +20,9 @@ KNOWN_SALON_SECONDS = 30.0
 class Phase(StrEnum):
     QUEUED = "queued"          # linked, waiting for a resume slot (resumes are staggered)
     STARTING = "starting"      # engine started, not connected yet
-    LINKING = "linking"        # a linking attempt (QR codes) runs: a pairing in flight
+    # A linking attempt runs (QR codes or a pairing code) and waits for the owner's phone to scan
+    # or enter a code: a pairing in flight. Heartbeats count it as "linking" (ops read that).
+    AWAITING_PHONE = "linking"
     CONNECTED = "connected"    # the linked session is up
     RETRYING = "retrying"      # crashed or dropped: restarts at `retry_at`
     PAUSED = "paused"          # frozen by YClients: disconnected, keys kept
@@ -29,7 +31,7 @@ class Phase(StrEnum):
 
 
 # Phases in which the engine should have a live session task for the salon.
-LIVE_PHASES = frozenset({Phase.STARTING, Phase.LINKING, Phase.CONNECTED})
+LIVE_PHASES = frozenset({Phase.STARTING, Phase.AWAITING_PHONE, Phase.CONNECTED})
 
 
 @dataclass
@@ -59,7 +61,7 @@ class OwnedSession:
     @property
     def pairing(self) -> bool:
         """A linking attempt that holds (or is about to hold) an engine session."""
-        return self.lease.desired == "link" and self.phase in (Phase.STARTING, Phase.LINKING, Phase.RETRYING)
+        return self.lease.desired == "link" and self.phase in (Phase.STARTING, Phase.AWAITING_PHONE, Phase.RETRYING)
 
     def take_known_salon(self, now: float) -> Salon | None:
         """The salon read at the claim, once, while it is recent; else None (read it)."""

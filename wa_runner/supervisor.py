@@ -143,7 +143,7 @@ class Supervisor:
 
     async def start_linking(self, owned: OwnedSession, now: float) -> None:
         owned.page_seen_at = now  # the page's grace period starts with the attempt
-        owned.enter(Phase.LINKING, now)
+        owned.enter(Phase.AWAITING_PHONE, now)
         if self._engine.has_credentials(owned.salon_id):
             # A new linking (a reinstall, a relink) starts clean even when it overtook the
             # `stop` that would have logged the old device out.

@@ -66,6 +66,37 @@ def test_a_linking_attempt_from_qr_to_active(store: Store) -> None:
     assert len({m["version"] for m in messages}) == len(messages)
 
 
+@pytest.mark.parametrize("linking_state", [S.QR_READY, S.PENDING_WHATSAPP, S.CODE_READY])
+def test_a_session_that_connects_without_a_pairing_event_is_connected_and_activated(
+        store: Store, linking_state: SalonState) -> None:
+    """Issue 16's bug: the mapping moved a salon connected in `qr_ready` or `pending_whatsapp`
+    to `whatsapp_connected`, which the state machine forbade: the CONNECTED event was logged as
+    ignored and the linked salon was never activated."""
+    clock = FakeClock()
+    yclients = ScriptedYClients()
+    runner = make_runner(store, clock, yclients=yclients)
+    runner.membership.join(clock.now)
+    start_onboarding(store, 5, UserData(name="Анна"), clock.now)
+
+    async def scenario() -> None:
+        await claim_all(runner, clock)
+        if linking_state == S.QR_READY:
+            await handle(runner, EventKind.QR, 5, code="qr-1", expires_at=clock.now + 60)
+        elif linking_state == S.CODE_READY:
+            await handle(runner, EventKind.PAIRING_CODE, 5, code="ABCD-EFGH", expires_at=clock.now + 60)
+        salon = store.get_salon(5)
+        assert salon is not None and salon.state == linking_state
+        await handle(runner, EventKind.CONNECTED, 5)  # WhatsApp connected; no PAIR_SUCCESS came first
+        runner.activations.join(10)
+        await runner.writer.drain()
+
+    asyncio.run(scenario())
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.ACTIVE and yclients.activated == [5]
+    states = [m["state"] for m in sorted(_pushed(runner.writer._pusher, 5), key=lambda m: int(m["version"]))]  # type: ignore[arg-type]
+    assert states[-3:] == ["whatsapp_connected", "activating", "active"]
+
+
 def test_a_failed_activation_is_not_retried_on_reconnect_only_on_an_explicit_retry(store: Store) -> None:
     """Issue 10's bug: `activation_failed` was activated again on every CONNECTED event, calling
     YClients and firing the ActivationFailed alarm each time."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aiadmin.states import SalonState, is_allowed
+from aiadmin.states import CONNECTS_FROM, SalonState, is_allowed
 from wa_runner.engine import EngineEvent, EventKind
 from wa_runner.mapping import FollowUp, activation_wanted, react
 from wa_runner.sessions import Phase
@@ -25,9 +25,9 @@ def test_a_qr_is_shown_with_its_expiry_unless_the_attempt_links_by_code() -> Non
     event = EngineEvent(EventKind.QR, 1, 1, code="qr-code", expires_at=12.5)
     shown = react(event)
     assert shown.state == S.QR_READY and shown.attrs == {"qr": "qr-code", "qr_expires_at": 12.5}
-    assert shown.phase == Phase.LINKING
+    assert shown.phase == Phase.AWAITING_PHONE
     hidden = react(event, linking_by_code=True)
-    assert hidden.state is None and hidden.phase == Phase.LINKING
+    assert hidden.state is None and hidden.phase == Phase.AWAITING_PHONE
 
 
 def test_refusals_stop_the_attempt_and_clear_the_codes() -> None:
@@ -66,3 +66,17 @@ def test_a_pairing_success_keeps_the_linked_number_and_clears_the_codes() -> Non
     assert reaction.state == S.PAIRING and reaction.follow_up == FollowUp.MARK_LINKED
     assert reaction.attrs is not None and reaction.attrs["linked_phone"] == "79001234567"
     assert reaction.attrs["qr"] is None
+
+
+def test_every_move_the_mapping_makes_is_one_the_state_machine_allows() -> None:
+    """The mapping and ALLOWED_TRANSITIONS are one rule. Issue 16: the mapping moved a salon
+    connected in `qr_ready` or `pending_whatsapp` to `whatsapp_connected`, which the state
+    machine forbade, so the CONNECTED event was ignored and the salon never activated."""
+    moves = {(source, reaction.state)
+             for kind in EventKind
+             for reaction in [react(EngineEvent(kind, 1, 1, code="c", expires_at=5.0, detail="why"))]
+             if reaction.state is not None and reaction.expected is not None
+             for source in reaction.expected}
+    moves |= {(source, S.WHATSAPP_CONNECTED) for source in CONNECTS_FROM}  # the CONNECTED follow-up
+    assert {(source, target) for source, target in moves if not is_allowed(source, target)} == set()
+    assert {S.QR_READY, S.PENDING_WHATSAPP, S.CODE_READY, S.PAIRING} <= CONNECTS_FROM

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiadmin.ownership import CLAIM_PARTITIONS, LIGHT, LINKING, RESUME
+from aiadmin.ownership import CLAIM_PARTITIONS, LIGHT, LINK_ATTEMPT, RESUME
 from aiadmin.store import Store
 from wa_runner.migrate import migrate
 
@@ -16,7 +16,7 @@ def test_old_sessions_become_claimable_and_new_ones_are_left_alone(store: Store)
     assert migrate(table) == 2
     assert migrate(table) == 0
     claimable = {c.salon_id: c.klass for partition in CLAIM_PARTITIONS
-                 for c in store.ownership.claimable(partition, {LINKING, LIGHT, RESUME})}
-    assert claimable == {1: RESUME, 2: LINKING, 3: RESUME}
+                 for c in store.ownership.claimable(partition, {LINK_ATTEMPT, LIGHT, RESUME})}
+    assert claimable == {1: RESUME, 2: LINK_ATTEMPT, 3: RESUME}
     lease = store.get_session(1)
     assert lease is not None and lease.owner is None and lease.generation == 3

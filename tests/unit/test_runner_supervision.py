@@ -81,7 +81,7 @@ def test_an_attempt_nobody_watches_is_stopped_and_retired(store: Store) -> None:
         await claim_all(runner, clock)
         await handle(runner, EventKind.QR, 5, code="qr", expires_at=clock.now + 60)
         await runner.supervisor.check_pages(clock.advance(8))
-        assert runner.supervisor.owned[5].phase == Phase.LINKING  # the page is open
+        assert runner.supervisor.owned[5].phase == Phase.AWAITING_PHONE  # the page is open
         store.remove_connection("page", 5)
         await runner.supervisor.check_pages(clock.advance(4))
         assert 5 in runner.supervisor.owned

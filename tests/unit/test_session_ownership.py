@@ -11,7 +11,7 @@ import pytest
 from aiadmin.ownership import (
     CLAIM_PARTITIONS,
     LIGHT,
-    LINKING,
+    LINK_ATTEMPT,
     LINKING_PARTITION,
     RESUME,
     RESUME_PARTITIONS,
@@ -36,7 +36,7 @@ def _member(ownership: Ownership, runner_id: str, now: float = NOW) -> Fence:
     return Fence(runner_id, ownership.join(runner_id, now, LEASE, {}))
 
 
-def _all_claimable(ownership: Ownership, classes: set[str] = frozenset({LINKING, LIGHT, RESUME})) -> list[int]:
+def _all_claimable(ownership: Ownership, classes: set[str] = frozenset({LINK_ATTEMPT, LIGHT, RESUME})) -> list[int]:
     return [c.salon_id for partition in CLAIM_PARTITIONS for c in ownership.claimable(partition, set(classes), 100)]
 
 
@@ -74,8 +74,8 @@ def test_linking_attempts_never_wait_behind_resumes_and_a_page_is_never_empty(ow
         ownership.request_session(salon_id, "link", now=NOW + 1)
     ownership.request_session(40, "stop", now=NOW + 20)  # an uninstall, the newest of all
     # The linking partition holds no resume: new owners are claimed first, whatever the backlog.
-    first = ownership.claimable(LINKING_PARTITION, {LINKING, LIGHT}, limit=2)
-    assert [c.klass for c in first] == [LINKING, LINKING]
+    first = ownership.claimable(LINKING_PARTITION, {LINK_ATTEMPT, LIGHT}, limit=2)
+    assert [c.klass for c in first] == [LINK_ATTEMPT, LINK_ATTEMPT]
     # A runner at its pairing bound still gets what it may take, however many links are ahead.
     assert [c.salon_id for c in ownership.claimable(LINKING_PARTITION, {LIGHT}, limit=1)] == [40]
     # Resumes: a full page of each shard.
@@ -87,7 +87,7 @@ def test_resumes_are_spread_over_shards(ownership: Ownership) -> None:
         ownership.request_session(salon_id, "run", now=NOW)
     per_shard = [len(ownership.claimable(p, {RESUME}, 100)) for p in RESUME_PARTITIONS]
     assert per_shard == [40 // RESUME_SHARDS] * RESUME_SHARDS
-    assert ownership.claimable(LINKING_PARTITION, {LINKING, LIGHT, RESUME}, 100) == []
+    assert ownership.claimable(LINKING_PARTITION, {LINK_ATTEMPT, LIGHT, RESUME}, 100) == []
 
 
 def test_a_command_for_an_owned_session_goes_to_its_owner_only(ownership: Ownership) -> None:

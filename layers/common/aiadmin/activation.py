@@ -34,13 +34,11 @@ from enum import StrEnum
 
 from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
-from aiadmin.states import IllegalTransition, SalonState
+from aiadmin.states import ACTIVATABLE_STATES, IllegalTransition, SalonState
 from aiadmin.store import ConcurrentUpdate, Store
 from aiadmin.yclients import ActivationOutcome, PartnerApiError, YClientsClient
 
 S = SalonState
-# States from which a linked salon is (re)activated.
-ACTIVATABLE_STATES = frozenset({S.WHATSAPP_CONNECTED, S.ACTIVATION_FAILED})
 # YClients' help pages give the owner an hour; past it we ask YClients whether it still waits.
 OWNER_HOUR_SECONDS = 3600.0
 # App statuses in which YClients still accepts the activation (active: "already installed").

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiadmin.phones import mask_phone
-from aiadmin.states import OWNER_TEXT, SalonState
+from aiadmin.states import OWNER_TEXT, PageAction, SalonState, page_view
 
 # Salon ids are positive integers; JSON and DynamoDB keep them exact below 2**53.
 SALON_ID_LIMIT = 2**53
@@ -197,6 +197,17 @@ class StateMessage(BaseModel):
     owner_number_differs: bool | None = None
     # When the salon entered this state (the status card's "since").
     state_since: float | None = None
+    # What the page offers in this state (`aiadmin.states.page_view`), so the page copies no set
+    # of states: the actions whose controls it shows, the step shown as current (None: no steps),
+    # whether WhatsApp is linked (a walk over locations moves on), whether the owner is asked to
+    # finish within YClients' hour, whether the status card shows, and whether a phone shows
+    # the number form first.
+    actions: list[PageAction] = Field(default_factory=list)
+    step: int | None = None
+    linked: bool = False
+    on_the_clock: bool = False
+    status_card: bool = False
+    phone_form_first: bool = False
     server_time: float = Field(default=0)
 
     @classmethod
@@ -204,6 +215,7 @@ class StateMessage(BaseModel):
         title, hint = OWNER_TEXT[salon.state]
         showing_qr = salon.state == SalonState.QR_READY
         showing_code = salon.state == SalonState.CODE_READY
+        view = page_view(salon.state)
         return cls(
             salon_id=salon.salon_id,
             state=salon.state,
@@ -221,6 +233,12 @@ class StateMessage(BaseModel):
             owner_number_differs=(salon.linked_phone != salon.owner_phone
                                   if salon.linked_phone and salon.owner_phone else None),
             state_since=salon.updated_at or None,
+            actions=list(view.actions),
+            step=view.step,
+            linked=view.linked,
+            on_the_clock=view.on_the_clock,
+            status_card=view.status_card,
+            phone_form_first=view.phone_form_first,
             server_time=now,
         )
 

@@ -27,9 +27,11 @@ from aiadmin.observability import logger, metrics
 from aiadmin.phones import InvalidPhone, normalise_phone, phone_digits
 from aiadmin.qr import render_svg
 from aiadmin.states import (
-    LINKED_STATES,
     LINKING_STATES,
     PAIRING_CODE_STATES,
+    REACTIVATED_WHEN_PENDING,
+    RELINK_STATES,
+    RESTART_ON_NEW_CONSENT,
     RETRY_STATES,
     IllegalTransition,
     SalonState,
@@ -44,12 +46,6 @@ ACTIVATION_WINDOW_SECONDS = 3600
 # linking attempt, and the page shows them all.
 MAX_LOCATIONS = 10
 
-# States from which a new consent (the owner pressed "Подключить" again) starts over.
-_RESTART_STATES = frozenset({
-    SalonState.UNINSTALLED, SalonState.QR_EXPIRED, SalonState.EXPIRED_CONSENT,
-    SalonState.WHATSAPP_LOGGED_OUT, SalonState.BANNED,
-    SalonState.CODE_FAILED, SalonState.LINK_REFUSED, SalonState.PASSKEY_REQUIRED,
-})
 # Pairing codes make WhatsApp notify the phone they are for: an owner's page may ask for at
 # most this many distinct numbers per hour, and wait `PAIRING_MIN_INTERVAL_SECONDS` (setting,
 # default 30 s) between two requests.
@@ -69,11 +65,6 @@ class PairingLimited(Exception):
         self.retry_after = retry_after
 
 
-# Salons the owner may explicitly link again from the page: linked ones ("Перепривязать WhatsApp",
-# after a confirmation) and ones whose device WhatsApp unlinked or blocked ("Привязать WhatsApp
-# снова": nothing is left to lose, and the owner need not go back through YClients for it).
-RELINK_STATES = frozenset({SalonState.ACTIVE, SalonState.ACTIVATION_FAILED, SalonState.WHATSAPP_LOGGED_OUT,
-                           SalonState.BANNED})
 # A salon item with no code to show (set on every new attempt and when one ends).
 NO_CODES = {"qr": None, "qr_expires_at": None, "pairing_code": None, "code_expires_at": None}
 
@@ -231,7 +222,7 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
             raise ConsentRefused(salon_id, reason)
 
     guard(salon)
-    if salon is None or salon.state in _RESTART_STATES:
+    if salon is None or salon.state in RESTART_ON_NEW_CONSENT:
         if salon is not None and salon.state == SalonState.EXPIRED_CONSENT and _still_linked(store, salon_id):
             # The consent ran out while the linked session waited for YClients: a new consent
             # activates that session again; it never logs a working device out (issue 10).
@@ -272,7 +263,7 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
         store.update_profile(salon_id, {"consent_id": new_consent_id()})
         salon = store.get_salon(salon_id) or salon
     if salon.state == SalonState.ACTIVATION_FAILED or (
-            salon.state in (SalonState.FROZEN, SalonState.ACTIVE) and marketplace_status == "pending"):
+            salon.state in REACTIVATED_WHEN_PENDING and marketplace_status == "pending"):
         # A new consent opens a new hour; the runner owning the linked session activates again.
         # Active here but pending in YClients: the app was reinstalled without an uninstall
         # webhook reaching us (a test stand sends none). The linked device stays; its key is
@@ -393,7 +384,7 @@ def state_message(salon: Salon, now: float) -> str:
     return StateMessage.of(salon, now, qr_svg=svg).model_dump_json()
 
 
-__all__ = ["ACTIVATION_WINDOW_SECONDS", "LINKED_STATES", "MAX_LOCATIONS", "NO_CODES", "OPERATOR", "RELINK_STATES",
+__all__ = ["ACTIVATION_WINDOW_SECONDS", "MAX_LOCATIONS", "NO_CODES", "OPERATOR",
            "ConsentEnded", "ConsentRefused", "InvalidPhone", "KeptSocket", "Location", "PairingLimited", "Requester",
            "binding_refusal", "check_consent", "consenting_user", "new_consent_id", "request_new_qr",
            "request_pairing_code", "request_relink", "start_locations", "start_onboarding", "state_message"]

@@ -56,7 +56,7 @@ LINKING_PARTITION = "CLAIM#L"
 RESUME_PARTITIONS = tuple(f"CLAIM#R{shard}" for shard in range(RESUME_SHARDS))
 CLAIM_PARTITIONS = (LINKING_PARTITION, *RESUME_PARTITIONS)
 _CLASS: dict[str, str] = {"link": "0", "stop": "1", "pause": "1", "run": "2"}
-LINKING, LIGHT, RESUME = "0", "1", "2"
+LINK_ATTEMPT, LIGHT, RESUME = "0", "1", "2"
 _ATTEMPTS = 5
 
 
@@ -73,7 +73,7 @@ class Fence(NamedTuple):
 
 class Claimable(NamedTuple):
     salon_id: int
-    klass: str  # LINKING, LIGHT or RESUME
+    klass: str  # LINK_ATTEMPT, LIGHT or RESUME
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class Ownership:
         low, high = min(classes), max(classes)
         if low == high:
             key &= Key("session_sk").begins_with(low + "#")
-        elif (low, high) != (LINKING, RESUME):
+        elif (low, high) != (LINK_ATTEMPT, RESUME):
             key &= Key("session_sk").between(low + "#", high + "$")  # "$" sorts right after "#"
         response = self._table.query(IndexName=INDEX, KeyConditionExpression=key, Limit=limit)
         return [Claimable(int(str(item["pk"]).removeprefix("SALON#")), str(item["session_sk"])[0])
