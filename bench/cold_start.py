@@ -71,7 +71,8 @@ import sys, time, types
 t0 = time.process_time()
 import app
 t1 = time.process_time()
-for name in ("settings", "store", "yclients", "pusher", "entity_queue", "process_lifecycle", "idempotency_store"):
+for name in ("settings", "store", "yclients", "pusher", "entity_queue", "process_lifecycle", "processor",
+             "idempotency_store"):
     client = getattr(app, name, None)
     if isinstance(client, types.FunctionType) or hasattr(client, "cache_info"):
         client = client()

@@ -10,9 +10,6 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
@@ -23,10 +20,14 @@ from aiadmin.push import Pusher, pushed_by_stream
 from aiadmin.store import Store
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch import BatchProcessor
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
     from aiadmin.settings import StateStreamSettings
 
-# Imported by the first batch (the settings, with pydantic-settings), not with this module (cold
-# start); a state showing a QR draws it with qrcode.
+# Imported by the first batch (the settings, with pydantic-settings; powertools' batch utility), not
+# with this module (cold start); a state showing a QR draws it with qrcode.
 FIRST_USE_IMPORTS = ("aiadmin.settings", "qrcode.image.svg")
 
 
@@ -47,7 +48,11 @@ def pusher() -> Pusher:
     return Pusher(settings().websocket_management_url)
 
 
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+@cache
+def processor() -> BatchProcessor:
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+
+    return BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 
 def push_change(record: DynamoDBRecord) -> None:
@@ -76,4 +81,6 @@ def push_change(record: DynamoDBRecord) -> None:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    return process_partial_response(event=event, record_handler=push_change, processor=processor, context=context)
+    from aws_lambda_powertools.utilities.batch import process_partial_response
+
+    return process_partial_response(event=event, record_handler=push_change, processor=processor(), context=context)
