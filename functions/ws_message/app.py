@@ -65,6 +65,7 @@ def store() -> Store:
 def pusher() -> Pusher:
     return Pusher(settings().websocket_management_url)
 
+
 ACTIONS = ("sync", "new_qr", "pairing_code", "relink")
 
 
