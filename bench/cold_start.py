@@ -9,16 +9,18 @@ interpreters (`-n`, taken round-robin with the floor), each with the
 layer and the function's directory on the path as Lambda arranges them, and settings in the
 environment (no SSM call: the network is not what is measured). Figures per handler:
 
-- import: `import app` alone (clients are built on first use): the figure held to 1.3x the floor;
-- cold: `import app` plus the first use of every client the handler holds (what a first request
-  pays before its own work), for information;
+- import: `import app` alone (settings and clients are made on first use): the figure held to
+  1.3x the floor;
+- cold: `import app` plus the first use of the settings and every client the handler holds (what
+  a first request pays before its own work), for information;
 - first: cold plus the work a handler leaves to the first request that needs it, for
   information: the modules its `FIRST_USE_IMPORTS` names (imported by the routes that use them:
   the YClients client, pyjwt, qrcode, phonenumbers, and in the redirect and callback functions
-  the store with its pydantic models) and the validators of its pydantic models
+  the store with its pydantic models; pydantic-settings with aiadmin.settings) and the validators
+  of its pydantic models
   (`defer_build`). That work moved from the import to the first request using it: it is paid
   once per process, never per request, and the redirect function (SnapStart) does it before its
-  snapshot (`aiadmin.lazy.preload_before_snapshot`). The probe does it here itself, not through
+  snapshot (`aiadmin.preload.preload_before_snapshot`). The probe does it here itself, not through
   aiadmin, so it measures older code the same way.
 
 Tracing off (POWERTOOLS_TRACE_DISABLED=true) is the target; tracing on (as in Lambda with
@@ -40,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = ROOT / ".aws-sam" / "bench-layer"
-FUNCTIONS = ["redirect", "callback", "ws_connect", "ws_notify"]
+FUNCTIONS = ["redirect", "callback", "ws_connect", "ws_message", "state_stream"]
 TARGET = 1.3
 ENV = {
     "AWS_DEFAULT_REGION": "eu-central-1", "AWS_REGION": "eu-central-1",
@@ -62,14 +64,18 @@ boto3.resource("dynamodb").Table("bench-table")
 print(time.process_time() - t0)
 """
 
-# The clients a handler may hold, created on first use: touch whichever the module has.
+# The settings and clients a handler may hold, made on first use: make whichever the module has
+# (a factory is called; an older handler's lazy proxy is touched).
 HANDLER = """
-import sys, time
+import sys, time, types
 t0 = time.process_time()
 import app
 t1 = time.process_time()
-for name in ("store", "yclients", "pusher", "entity_queue", "idempotency_store"):
+for name in ("settings", "store", "yclients", "pusher", "entity_queue", "process_lifecycle", "processor",
+             "idempotency_store"):
     client = getattr(app, name, None)
+    if isinstance(client, types.FunctionType) or hasattr(client, "cache_info"):
+        client = client()
     if client is not None:
         getattr(client, "__dict__", None)  # a lazy client builds itself on any attribute access
         for attr in ("_table", "_client", "_session", "table"):

@@ -331,12 +331,16 @@ class Gateway:
 
 class StreamPoller:
     """Reads the DynamoDB stream of each table a function subscribes to (as declared in the
-    template) and invokes the function with the batch, like Lambda's event source mapping."""
+    template) and invokes the function with the batch, like Lambda's event source mapping: a
+    batch that failed is retried, from the first record the function reported failed
+    (`batchItemFailures`, ReportBatchItemFailures) or whole when the function raised, up to
+    `retries` times (the template's MaximumRetryAttempts), then dropped."""
 
-    def __init__(self, template: Template, host: LambdaHost, interval: float = 0.1) -> None:
+    def __init__(self, template: Template, host: LambdaHost, interval: float = 0.1, retries: int = 3) -> None:
         self._sources = template.streams
         self._host = host
         self._interval = interval
+        self._retries = retries
         self._streams = boto3.client("dynamodbstreams")
         self._dynamodb = boto3.client("dynamodb")
 
@@ -354,13 +358,27 @@ class StreamPoller:
                 iterators[index] = (function, response.get("NextShardIterator") or iterator)
                 records = response.get("Records", [])
                 if records:
-                    event = {"Records": [_stream_record(r) for r in records]}
-                    try:
-                        await self._host.invoke(function, event)
-                    except Exception as exc:
-                        print(f"[streams] {function} raised {type(exc).__name__}: {exc}", file=sys.stderr)
+                    await self.deliver(function, [_stream_record(r) for r in records])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval)
+
+    async def deliver(self, function: str, records: list[dict[str, Any]]) -> None:
+        """One batch, retried as Lambda retries it (see the class)."""
+        for _attempt in range(1 + self._retries):
+            try:
+                result = await self._host.invoke(function, {"Records": records})
+            except Exception as exc:
+                print(f"[streams] {function} raised {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
+            failures = result.get("batchItemFailures") if isinstance(result, Mapping) else None
+            if not failures:
+                return
+            failed = {failure.get("itemIdentifier") for failure in failures}
+            first = next((index for index, record in enumerate(records)
+                          if record["dynamodb"].get("SequenceNumber") in failed), 0)
+            print(f"[streams] {function} failed {len(failed)} record(s); retrying from the first", file=sys.stderr)
+            records = records[first:]
+        print(f"[streams] {function}: dropped {len(records)} record(s) after {self._retries} retries", file=sys.stderr)
 
 
 def _stream_record(record: dict[str, Any]) -> dict[str, Any]:

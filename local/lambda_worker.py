@@ -23,13 +23,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from local import rate_priority
+
 # Imported once in the forkserver (see `multiprocessing.set_forkserver_preload`): what every
 # handler imports sooner or later. A missing module here only makes a new worker slower.
 PRELOAD = [
-    "boto3", "botocore.client", "pydantic", "jwt", "requests",
+    "boto3", "botocore.client", "pydantic", "pydantic_settings", "jwt", "requests",
     "aws_lambda_powertools", "aws_lambda_powertools.event_handler",
     "aws_lambda_powertools.utilities.idempotency", "aws_lambda_powertools.utilities.batch",
-    "aiadmin.store", "aiadmin.onboarding", "aiadmin.push", "aiadmin.yclients",
+    "aiadmin.settings", "aiadmin.store", "aiadmin.onboarding", "aiadmin.consent", "aiadmin.push",
+    "aiadmin.yclients",
 ]
 
 _modules: dict[str, ModuleType] = {}
@@ -71,11 +74,13 @@ class HandlerFailed(RuntimeError):
 
 def start_worker(environment: dict[str, str], targets: list[Target]) -> None:
     """Pool initializer: the functions' settings (as the stack resolved them when the pool was
-    made; the forkserver's own environment is older), then every handler module, warm.
+    made; the forkserver's own environment is older), the stack's shared YClients limit (owners
+    first: local.rate_priority), then every handler module, warm.
     Ctrl-C in a terminal reaches the whole process group: the stack stops its workers itself,
     so a worker ignores SIGINT rather than print a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(environment)
+    rate_priority.install()
     for target in targets:
         _module(target)
 

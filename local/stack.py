@@ -143,7 +143,8 @@ def stack_settings(moto_url: str, base: str, dynamodb_url: str | None = None) ->
 
 def rate_limit_file(data_dir: Path) -> Path:
     """YClients' limit is per address: every process of the stack calls from this machine's, so
-    they share one limiter through this file (see aiadmin.yclients.process_limiter)."""
+    they share one limiter through this file (see aiadmin.yclients.process_limiter), owners first
+    (local.rate_priority)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return data_dir / "yclients-rate-limit.sqlite"
 
@@ -169,7 +170,9 @@ def runner_environment(moto_url: str, base: str, data_dir: Path, time_scale: flo
 def start_runner(runner_id: str, environment: dict[str, str],
                  output: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
     heartbeat = Path(environment["SESSIONS_DIR"]).parent / f"{runner_id}.heartbeat"
-    process = subprocess.Popen([sys.executable, "-m", "wa_runner"], cwd=ROOT, stdout=output, stderr=output,
+    # The runner's own entry point, with the stack's shared YClients limit (local.wa_runner_main).
+    process = subprocess.Popen([sys.executable, "-m", "local.wa_runner_main"], cwd=ROOT,
+                               stdout=output, stderr=output,
                                env={**environment, "RUNNER_ID": runner_id, "RUNNER_HEARTBEAT_FILE": str(heartbeat)})
     print(f"LOCAL_RUNNER {runner_id} {process.pid}", flush=True)
     return process

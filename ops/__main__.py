@@ -25,7 +25,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from aiadmin.config import SettingsError, load_settings
+from aiadmin.config import ComponentSettings, SettingsError, TableName
 from ops import salon_id_argument
 from ops.target import TargetError, local_environment, stack_environment
 
@@ -88,13 +88,16 @@ def _print_status(found: dict[str, Any]) -> None:
         print(f"    {_when(event['at'])}  {change:<40} {event['actor'] or '':<10} {event['reason'] or ''}")
 
 
+class TableSettings(ComponentSettings):
+    table_name: TableName
+
+
 def _store() -> Any:
     import boto3
 
     from aiadmin.store import Store
 
-    settings = load_settings(["table_name"])
-    return Store(boto3.resource("dynamodb").Table(settings.table_name))
+    return Store(boto3.resource("dynamodb").Table(TableSettings.load().table_name))
 
 
 def run(args: argparse.Namespace) -> int:

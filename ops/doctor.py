@@ -13,14 +13,32 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from aiadmin.config import Settings, SettingsError, load_settings
+from aiadmin.config import (
+    ComponentSettings,
+    JwtSecret,
+    PartnerToken,
+    SettingsError,
+    TableName,
+    WebSocketManagementUrl,
+    YClientsAppId,
+    YClientsBaseUrl,
+)
 from aiadmin.store import Store
 from aiadmin.yclients import PartnerApiError, YClientsClient
 from ops.salons import RUNNER_STALE_SECONDS
 
-# Every setting a handler or the runner refuses to start without.
-SETTINGS = ["table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token", "jwt_secret",
-            "websocket_management_url"]
+
+class DoctorSettings(ComponentSettings):
+    """Every setting a handler or the runner refuses to start without."""
+
+    table_name: TableName
+    yclients_base_url: YClientsBaseUrl
+    yclients_app_id: YClientsAppId
+    yclients_partner_token: PartnerToken
+    jwt_secret: JwtSecret
+    websocket_management_url: WebSocketManagementUrl
+
+
 SECRET_PARAMETERS = ("YCLIENTS_PARTNER_TOKEN_PARAM", "JWT_SECRET_PARAM")
 _QUICK = Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1})
 
@@ -44,12 +62,17 @@ def _error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def check_settings(environ: Mapping[str, str]) -> tuple[Check, Settings | None]:
+def check_settings(environ: Mapping[str, str]) -> tuple[Check, DoctorSettings | None]:
     try:
-        settings = load_settings(SETTINGS, environ)
+        settings = DoctorSettings.load(environ)
+        # Secrets in SSM are read on use: read them here, so that one that cannot be read or does not
+        # fit fails this check.
+        for secret in (settings.yclients_partner_token, settings.jwt_secret):
+            secret.reveal()
     except SettingsError as exc:
         return Check("settings", False, str(exc), "set them (the stack's parameters, or the environment)"), None
-    return Check("settings", True, f"{len(SETTINGS)} present and well-formed (values not shown)"), settings
+    count = len(DoctorSettings.model_fields)
+    return Check("settings", True, f"{count} present and well-formed (values not shown)"), settings
 
 
 def check_secret_parameters(environ: Mapping[str, str], ssm_client: Callable[[], Any]) -> list[Check]:

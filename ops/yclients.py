@@ -21,7 +21,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from aiadmin.config import SettingsError, load_settings
+from aiadmin.config import ComponentSettings, PartnerToken, SettingsError, YClientsAppId, YClientsBaseUrl
 from aiadmin.yclients import PartnerApiError, YClientsClient
 from ops import salon_id_argument
 
@@ -87,15 +87,23 @@ def run(args: argparse.Namespace, client: YClientsClient) -> Any:
     return {"salon_id": args.salon_id, "channel": args.channel, "available": args.state == "on"}
 
 
+class PartnerApiSettings(ComponentSettings):
+    """What partner operations need."""
+
+    yclients_base_url: YClientsBaseUrl
+    yclients_app_id: YClientsAppId
+    yclients_partner_token: PartnerToken
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(["yclients_base_url", "yclients_app_id", "yclients_partner_token"])
+        settings = PartnerApiSettings.load()
+        client = YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
+                                settings.yclients_app_id)
     except SettingsError as exc:
         print(f"ops.yclients: {exc}", file=sys.stderr)
         return 2
-    client = YClientsClient(settings.yclients_base_url, settings.yclients_partner_token.reveal(),
-                            settings.yclients_app_id)
     try:
         result = run(args, client)
     except PartnerApiError as exc:

@@ -12,7 +12,30 @@ import boto3
 from botocore.config import Config
 
 from aiadmin.activation import ActivationPolicy
-from aiadmin.config import SettingsError, load_settings
+from aiadmin.config import (
+    ActivationRetrySeconds,
+    ComponentSettings,
+    PartnerToken,
+    PublicBaseUrl,
+    RunnerAbandonSeconds,
+    RunnerActivationWorkers,
+    RunnerCommandPollSeconds,
+    RunnerLeaseSeconds,
+    RunnerMaxPairings,
+    RunnerPollSeconds,
+    RunnerReconcileSeconds,
+    RunnerResumeConcurrency,
+    SessionsDir,
+    SettingsError,
+    TableName,
+    WaEngine,
+    WaKeysPostgresUrl,
+    WaSimServerUrl,
+    WebSocketManagementUrl,
+    YClientsAppId,
+    YClientsBaseUrl,
+    YClientsChannels,
+)
 from aiadmin.observability import logger
 from aiadmin.ownership import Ownership
 from aiadmin.push import Pusher
@@ -23,19 +46,51 @@ from wa_runner.keys import KeyStore, PostgresKeys, SqliteKeyFiles
 from wa_runner.runner import IO_THREADS, RELEASE_THREADS, Runner, RunnerLimits
 
 
+class RunnerSettings(ComponentSettings):
+    """What the runner reads (never the onboarding-token secret: it issues and checks no token)."""
+
+    table_name: TableName
+    yclients_base_url: YClientsBaseUrl
+    yclients_app_id: YClientsAppId
+    yclients_partner_token: PartnerToken
+    websocket_management_url: WebSocketManagementUrl
+    public_base_url: PublicBaseUrl
+    wa_engine: WaEngine
+    runner_poll_seconds: RunnerPollSeconds
+    runner_lease_seconds: RunnerLeaseSeconds
+    activation_retry_seconds: ActivationRetrySeconds
+    yclients_channels: YClientsChannels
+    runner_max_pairings: RunnerMaxPairings
+    runner_resume_concurrency: RunnerResumeConcurrency
+    runner_abandon_seconds: RunnerAbandonSeconds
+    runner_command_poll_seconds: RunnerCommandPollSeconds
+    runner_reconcile_seconds: RunnerReconcileSeconds
+    runner_activation_workers: RunnerActivationWorkers
+
+
+class SimulatedEngineSettings(ComponentSettings):
+    wa_sim_server_url: WaSimServerUrl
+    sessions_dir: SessionsDir
+
+
+class NeonizeEngineSettings(ComponentSettings):
+    sessions_dir: SessionsDir
+    wa_keys_postgres_url: WaKeysPostgresUrl
+
+
 def _engine(name: str, store: Store) -> WhatsAppEngine:
     if name == "simulated":
         from wa_runner.simulated import SimulatedEngine
 
-        settings = load_settings(["wa_sim_server_url", "sessions_dir"])
-        return SimulatedEngine(settings.wa_sim_server_url, settings.sessions_dir)
+        simulated = SimulatedEngineSettings.load()
+        return SimulatedEngine(simulated.wa_sim_server_url, simulated.sessions_dir)
     if name == "neonize":
         # Imported only here: it loads neonize's Go library (~0.3 s, ~60 MB).
         from wa_runner.neonize_engine import NeonizeEngine
 
-        settings = load_settings(["sessions_dir", "wa_keys_postgres_url"])
-        postgres = settings.wa_keys_postgres_url
-        keys: KeyStore = SqliteKeyFiles(settings.sessions_dir) if postgres is None else PostgresKeys(
+        neonize = NeonizeEngineSettings.load()
+        postgres = neonize.wa_keys_postgres_url
+        keys: KeyStore = SqliteKeyFiles(neonize.sessions_dir) if postgres is None else PostgresKeys(
             postgres.reveal(), load_jid=lambda salon_id: _device_jid(store, salon_id),
             save_jid=store.set_session_device)
         return NeonizeEngine(keys)
@@ -48,13 +103,7 @@ def _device_jid(store: Store, salon_id: int) -> str | None:
 
 
 async def main() -> None:
-    settings = load_settings([
-        "table_name", "yclients_base_url", "yclients_app_id", "yclients_partner_token",
-        "websocket_management_url", "public_base_url", "wa_engine", "runner_poll_seconds",
-        "runner_lease_seconds", "activation_retry_seconds", "yclients_channels",
-        "runner_max_pairings", "runner_resume_concurrency", "runner_abandon_seconds",
-        "runner_command_poll_seconds", "runner_reconcile_seconds", "runner_activation_workers",
-    ])
+    settings = RunnerSettings.load()
     # Enough connections for every I/O thread (and the parallel hand-back at shutdown).
     store = Store(boto3.resource("dynamodb", config=Config(max_pool_connections=IO_THREADS + RELEASE_THREADS))
                   .Table(settings.table_name))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from collections.abc import Callable
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -24,39 +26,43 @@ from aws_lambda_powertools.utilities.idempotency import (
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from aiadmin.config import load_settings
-from aiadmin.lazy import lazy
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.untrusted_json import load_json
 
 if TYPE_CHECKING:
     from aiadmin.entity_queue import EntityQueue
+    from aiadmin.settings import CallbackSettings
     from aiadmin.store import Store
 
-SETTINGS = ["table_name", "yclients_partner_token", "yclients_app_id", "entity_queue_url"]
-# Settings are loaded at start-up and the function refuses to start without them.
-settings = load_settings(SETTINGS)
-# Cold start: the store (with the pydantic models under it) is imported by the first request,
-# with the store itself, not with this module; the queue by the first entity webhook, the
-# lifecycle rules by the first lifecycle webhook. Each route imports what it uses.
-FIRST_USE_IMPORTS = ("aiadmin.store", "aiadmin.models", "aiadmin.entity_queue", "aiadmin.lifecycle")
+# Cold start: the settings (pydantic-settings) and the store (with the pydantic models under it)
+# are imported by the first request, not with this module; the queue by the first entity
+# webhook, the lifecycle rules by the first lifecycle webhook. Each route imports what it uses.
+FIRST_USE_IMPORTS = ("aiadmin.settings", "aiadmin.store", "aiadmin.models", "aiadmin.entity_queue",
+                     "aiadmin.lifecycle")
 RUNNER_STALE_SECONDS = 60
 
 
-def _store() -> Store:
+@cache
+def settings() -> CallbackSettings:
+    from aiadmin.settings import CallbackSettings
+
+    return CallbackSettings.load()
+
+
+@cache
+def store() -> Store:
     from aiadmin.store import Store
 
-    return Store(boto3.resource("dynamodb").Table(settings.table_name))
+    return Store(boto3.resource("dynamodb").Table(settings().table_name))
 
 
-def _entity_queue() -> EntityQueue:
+@cache
+def entity_queue() -> EntityQueue:
     from aiadmin.entity_queue import EntityQueue
 
-    return EntityQueue(boto3.client("sqs"), settings.entity_queue_url)
+    return EntityQueue(boto3.client("sqs"), settings().entity_queue_url)
 
 
-store = lazy(_store)
-entity_queue = lazy(_entity_queue)
 app = APIGatewayHttpResolver()
 # SQS takes 256 KiB per message; an entity webhook is a few KiB.
 MAX_ENTITY_WEBHOOK_BYTES = 128 * 1024
@@ -72,22 +78,29 @@ MAX_LIFECYCLE_WEBHOOK_DEPTH = 16
 # freeze -> payment -> freeze) has a new key and is processed. A replay that arrives after the
 # state moved is processed too: it finds the salon in the event's state already, changes
 # nothing and gets the first delivery's answer.
-idempotency_store = lazy(lambda: DynamoDBPersistenceLayer(
-    table_name=settings.table_name, key_attr="pk", sort_key_attr="sk", expiry_attr="ttl"))
 idempotency_config = IdempotencyConfig(
     event_key_jmespath="[salon_id, application_id, event, details.period_from, details.period_to, salon_version]",
     expires_after_seconds=3600)
 
 
-@idempotent_function(data_keyword_argument="webhook", persistence_store=idempotency_store,
-                     config=idempotency_config)
-def process_lifecycle(webhook: dict[str, Any]) -> dict[str, Any]:
+def _apply_lifecycle(webhook: dict[str, Any]) -> dict[str, Any]:
     from aiadmin.lifecycle import apply_lifecycle_event  # FIRST_USE_IMPORTS
 
-    result = apply_lifecycle_event(store, int(webhook["salon_id"]), str(webhook["event"]), webhook["details"])
+    result = apply_lifecycle_event(store(), int(webhook["salon_id"]), str(webhook["event"]), webhook["details"])
     logger.info("lifecycle webhook", extra={"salon_id": webhook["salon_id"], "event": webhook["event"],
                                             "result": result})
     return {"success": True, "result": result}
+
+
+@cache
+def process_lifecycle() -> Callable[..., dict[str, Any]]:
+    """`_apply_lifecycle` once per delivery: its records (powertools Idempotency) in the table,
+    whose client is made here, on first use."""
+    persistence = DynamoDBPersistenceLayer(table_name=settings().table_name, key_attr="pk", sort_key_attr="sk",
+                                           expiry_attr="ttl")
+    process: Callable[..., dict[str, Any]] = idempotent_function(
+        data_keyword_argument="webhook", persistence_store=persistence, config=idempotency_config)(_apply_lifecycle)
+    return process
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -110,7 +123,7 @@ def lifecycle() -> Response:
         return _json(400, {"success": False, "message": "body is not a JSON object"})
     token = payload.get("partner_token")
     if not isinstance(token, str) or not hmac.compare_digest(
-        token.encode(), settings.yclients_partner_token.reveal().encode()
+        token.encode(), settings().yclients_partner_token.reveal().encode()
     ):
         metrics.add_metric(name="WebhookRefused", unit="Count", value=1)
         return _json(401, {"success": False, "message": "bad partner_token"})
@@ -122,11 +135,11 @@ def lifecycle() -> Response:
         webhook = LifecycleWebhook.model_validate(payload)
     except ValidationError:
         return _json(400, {"success": False, "message": "salon_id, application_id and event are required"})
-    if webhook.application_id != settings.yclients_app_id:
+    if webhook.application_id != settings().yclients_app_id:
         return _json(400, {"success": False, "message": "unknown application_id"})
-    salon = store.get_salon(webhook.salon_id)
+    salon = store().get_salon(webhook.salon_id)
     try:
-        answer = process_lifecycle(webhook={
+        answer = process_lifecycle()(webhook={
             "salon_id": webhook.salon_id, "application_id": webhook.application_id, "event": webhook.event,
             "details": webhook.details(), "salon_version": salon.version if salon else 0})
     except IdempotencyAlreadyInProgressError:
@@ -147,7 +160,7 @@ def entity_webhook(salon_id: str, secret: str) -> Response:
     salon = parse_salon_id(salon_id)
     if salon is None:
         return not_found
-    stored = store.get_salon_secrets(salon).get("webhook_secret")
+    stored = store().get_salon_secrets(salon).get("webhook_secret")
     if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
         # The same answer for an unknown salon and a wrong secret: nothing to learn by probing.
         metrics.add_metric(name="EntityWebhookRefused", unit="Count", value=1)
@@ -162,7 +175,7 @@ def entity_webhook(salon_id: str, secret: str) -> Response:
                            "message": "expected JSON with company_id, resource, resource_id, status"})
     if webhook.company_id != salon:
         return _json(400, {"success": False, "message": "company_id does not match this URL"})
-    message_id = entity_queue.put(salon, webhook)
+    message_id = entity_queue().put(salon, webhook)
     metrics.add_metric(name="EntityWebhookQueued", unit="Count", value=1)
     logger.info("entity webhook queued", extra={"salon_id": salon, "resource": webhook.resource,
                                                 "status": webhook.status, "message_id": message_id})
@@ -175,7 +188,7 @@ def health_check() -> Response:
     runner's heartbeat is fresh, not ok (503) otherwise, and nothing more. Which part failed,
     the heartbeat's age and the store's details are for ops only (`python -m ops doctor`, logs)."""
     try:
-        heartbeat = store.latest_heartbeat()  # also the reachability probe: one read, not two
+        heartbeat = store().latest_heartbeat()  # also the reachability probe: one read, not two
     except Exception:
         logger.exception("health check: store unreachable")
         heartbeat = None

@@ -5,35 +5,48 @@ connection, free its slot)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from aiadmin.config import load_settings
-from aiadmin.lazy import lazy
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.sockets import MAX_SOCKETS_PER_SALON, Opening, open_socket
 from aiadmin.store import Store
 from aiadmin.tokens import InvalidToken, verify_token_claims
 
-# Imported by the first $connect (to check its token), not with this module (cold start).
-FIRST_USE_IMPORTS = ("jwt",)
-settings = load_settings(["table_name", "jwt_secret"])
-store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
+if TYPE_CHECKING:
+    from aiadmin.settings import SocketConnectSettings
+
+# Imported by the first request (the settings, with pydantic-settings) and the first $connect (to
+# check its token), not with this module (cold start).
+FIRST_USE_IMPORTS = ("aiadmin.settings", "jwt")
+
+
+@cache
+def settings() -> SocketConnectSettings:
+    from aiadmin.settings import SocketConnectSettings
+
+    return SocketConnectSettings.load()
+
+
+@cache
+def store() -> Store:
+    return Store(boto3.resource("dynamodb").Table(settings().table_name))
 
 
 def _connect(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
     token = (event.query_string_parameters or {}).get("token")
     try:
-        claims = verify_token_claims(token, settings.jwt_secret.reveal())
+        claims = verify_token_claims(token, settings().jwt_secret.reveal())
     except InvalidToken as exc:
         # API Gateway refuses the upgrade with this status; the token itself is never logged.
         logger.info("connection refused", extra={"reason": str(exc)})
         metrics.add_metric(name="SocketRefused", unit="Count", value=1)
         return {"statusCode": 401}
-    opening = open_socket(store, event.request_context.connection_id, claims, time.time())
+    opening = open_socket(store(), event.request_context.connection_id, claims, time.time())
     if opening == Opening.CONSENT_ENDED:
         # A token of an ended consent (uninstalled, bound to another user, re-linked since): 403,
         # where a bad or expired token gets 401. Nothing written.
@@ -60,6 +73,6 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
     if route == "$connect":
         return _connect(event)
     if route == "$disconnect":
-        store.remove_connection(event.request_context.connection_id)
+        store().remove_connection(event.request_context.connection_id)
         return {"statusCode": 200}
     return {"statusCode": 400}

@@ -1,20 +1,22 @@
-"""Cold start: a handler's import builds no AWS client, builds no pydantic validator, imports none
-of the heavy modules only some routes use (they are named in its FIRST_USE_IMPORTS and imported
-by those routes) and, with tracing off, never imports the X-Ray SDK. (The import-time figures
-themselves come from bench/cold_start.py.)"""
+"""Cold start: a handler's import builds no AWS client, reads no setting and no secret, builds no
+pydantic validator, imports none of the heavy modules only some routes use (they are named in its
+FIRST_USE_IMPORTS and imported by those routes) and, with tracing off, never imports the X-Ray
+SDK. (The import-time figures themselves come from bench/cold_start.py.)"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
-from aiadmin.lazy import built, lazy, preload
 from aiadmin.observability import tracer, tracing_enabled
+from aiadmin.preload import preload
 from local.template import ROOT
 
 ENV = {
@@ -25,12 +27,12 @@ ENV = {
 # Imported by some routes only (drawing a QR, checking a phone number, issuing or checking a
 # token, calling YClients): never by importing a handler.
 HEAVY = ("qrcode", "phonenumbers", "jwt", "requests", "aiadmin.yclients", "aws_xray_sdk")
+FUNCTIONS = ["redirect", "callback", "ws_connect", "ws_message", "state_stream"]
 PROBE = """
 import json, sys
 import app
-from aiadmin.lazy import built
-names = ("store", "yclients", "pusher", "entity_queue", "idempotency_store")
-clients = {n: built(getattr(app, n)) for n in names if hasattr(app, n)}
+# The handler's cached factories (settings, clients): whether each has built its object.
+clients = {n: f.cache_info().currsize > 0 for n, f in vars(app).items() if callable(f) and hasattr(f, "cache_info")}
 built_models = [f"{m.__name__}.{k}" for m in (sys.modules.get("aiadmin.models"), app) if m is not None
                 for k, v in vars(m).items()
                 if isinstance(v, type) and v.__module__ == m.__name__ and getattr(v, "__pydantic_complete__", False)]
@@ -42,8 +44,10 @@ print(json.dumps({"xray": "aws_xray_sdk" in sys.modules, "clients": clients,
 """
 
 
-def _import(function: str, tracing: bool, code: str = PROBE, extra_path: str = "") -> dict[str, object]:
-    env = {**os.environ, **ENV}
+def _import(function: str, tracing: bool, code: str = PROBE, extra_path: str = "",
+            env: dict[str, str] | None = None) -> dict[str, object]:
+    env = {**os.environ, **ENV, **(env or {})}
+    env = {key: value for key, value in env.items() if value}
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH", "")) if p)
     env.pop("POWERTOOLS_TRACE_DISABLED", None)
@@ -56,7 +60,7 @@ def _import(function: str, tracing: bool, code: str = PROBE, extra_path: str = "
     return result
 
 
-@pytest.mark.parametrize("function", ["redirect", "callback", "ws_connect", "ws_notify"])
+@pytest.mark.parametrize("function", FUNCTIONS)
 def test_importing_a_handler_builds_no_client_and_no_xray_when_tracing_is_off(function: str) -> None:
     result = _import(function, tracing=False)
     assert result["xray"] is False
@@ -64,7 +68,7 @@ def test_importing_a_handler_builds_no_client_and_no_xray_when_tracing_is_off(fu
     assert result["botocore_clients"] is False
 
 
-@pytest.mark.parametrize("function", ["redirect", "callback", "ws_connect", "ws_notify"])
+@pytest.mark.parametrize("function", FUNCTIONS)
 def test_importing_a_handler_leaves_route_only_modules_and_validators_to_first_use(function: str) -> None:
     result = _import(function, tracing=False)
     modules = set(result["modules"])  # type: ignore[call-overload]
@@ -80,21 +84,39 @@ def test_importing_a_handler_leaves_route_only_modules_and_validators_to_first_u
 
 def test_redirect_preloads_its_first_use_work_before_a_snapstart_snapshot(tmp_path: Path) -> None:
     """Lambda's runtime calls the registered hooks before the snapshot (`snapshot_restore_py`,
-    present in Lambda's Python runtimes only; played here by a module that records them)."""
+    present in Lambda's Python runtimes only; played here by a module that records them). The
+    snapshot then holds the imports, the built validators and the settings, but no client and no
+    secret: with the secrets in SSM (as in AWS), nothing calls SSM until a request needs one."""
     (tmp_path / "snapshot_restore_py.py").write_text(
         "hooks = []\n"
         "def register_before_snapshot(func, *args, **kwargs):\n"
         "    hooks.append((func, args, kwargs))\n"
         "    return func\n")
-    probe = PROBE.replace("import app\n", "import app\nimport snapshot_restore_py\n"
+    probe = PROBE.replace("import app\n", "from aws_lambda_powertools.utilities import parameters\n"
+                          "ssm_calls = []\n"
+                          "def get_parameter(name, **options):\n"
+                          "    ssm_calls.append((name, options))\n"
+                          "    return 'secret-from-ssm-' + 'x' * 32\n"
+                          "parameters.get_parameter = get_parameter\n"
+                          "import app\nimport snapshot_restore_py\n"
                           "assert 'aiadmin.yclients' not in sys.modules\n"
                           "for func, args, kwargs in snapshot_restore_py.hooks:\n"
-                          "    func(*args, **kwargs)\n", 1)
-    result = _import("redirect", tracing=False, code=probe, extra_path=str(tmp_path))
+                          "    func(*args, **kwargs)\n"
+                          "assert ssm_calls == [], ssm_calls\n"
+                          "held = repr(app.settings()) + repr(vars(app))\n"
+                          "assert 'secret-from-ssm' not in held and '/aiadmin/jwt' in repr(app.settings())\n"
+                          "assert app.settings().jwt_secret.reveal().startswith('secret-from-ssm')\n"
+                          "assert ssm_calls == [('/aiadmin/jwt', {'decrypt': True, 'max_age': 300})], ssm_calls\n", 1)
+    secrets_in_ssm = {"JWT_SECRET": "", "YCLIENTS_PARTNER_TOKEN": "", "JWT_SECRET_PARAM": "/aiadmin/jwt",
+                      "YCLIENTS_PARTNER_TOKEN_PARAM": "/aiadmin/partner-token"}
+    result = _import("redirect", tracing=False, code=probe, extra_path=str(tmp_path), env=secrets_in_ssm)
     modules = set(result["modules"])  # type: ignore[call-overload]
-    assert {"aiadmin.store", "aiadmin.onboarding", "aiadmin.yclients", "requests", "jwt", "phonenumbers"} <= modules
+    assert {"aiadmin.store", "aiadmin.onboarding", "aiadmin.consent", "aiadmin.yclients", "requests", "jwt",
+            "phonenumbers", "pydantic_settings"} <= modules
     assert {"aiadmin.models.Salon", "aiadmin.models.UserData"} <= set(result["built_models"])  # type: ignore[arg-type]
-    assert not any(result["clients"].values())  # type: ignore[union-attr]  # a snapshot holds no client
+    clients: dict[str, bool] = result["clients"]  # type: ignore[assignment]
+    assert clients.pop("settings") is True  # built before the snapshot (no secret in it: see above)
+    assert clients and not any(clients.values())  # a snapshot holds no client
 
 
 def test_preload_imports_and_builds_deferred_models_only() -> None:
@@ -126,18 +148,15 @@ def test_with_tracing_off_the_tracer_decorates_as_usual_without_xray() -> None:
     assert handler(1) == "done 1"
 
 
-def test_lazy_builds_once_on_first_use() -> None:
-    calls: list[int] = []
-
-    class Client:
-        def ping(self) -> str:
-            return "pong"
-
-    def factory() -> Client:
-        calls.append(1)
-        return Client()
-
-    client = lazy(factory)
-    assert not built(client) and calls == []
-    assert client.ping() == "pong" and client.ping() == "pong"
-    assert built(client) and calls == [1]
+def test_a_handlers_settings_and_clients_are_built_once_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location(f"ws_connect_{uuid.uuid4().hex}",
+                                                  ROOT / "functions" / "ws_connect" / "app.py")
+    assert spec and spec.loader
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert app.settings.cache_info().currsize == 0 and app.store.cache_info().currsize == 0
+    store = app.store()
+    assert app.store() is store and app.settings() is app.settings()
+    assert app.settings.cache_info().currsize == 1 and app.store.cache_info().currsize == 1

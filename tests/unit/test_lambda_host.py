@@ -1,4 +1,5 @@
-"""The local Lambda host runs invocations as Lambda does: never two at once in one interpreter.
+"""The local Lambda host runs invocations as Lambda does: never two at once in one interpreter
+(and the stream poller retries a batch as Lambda's event source mapping does).
 
 Powertools' resolver keeps the current request on a class shared by every resolver
 (`BaseRouter.current_event`); two concurrent requests in one interpreter read each other's.
@@ -10,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from local.gateway import HandlerFailed, LambdaHost
+from local.gateway import HandlerFailed, LambdaHost, StreamPoller
 from local.template import FunctionSpec, Template
 
 HANDLER = '''
@@ -108,3 +110,41 @@ def test_one_functions_busy_invocations_never_hold_another_functions(host: Lambd
     other, still_held, bodies = asyncio.run(run())
     assert other["body"] == '{"before":"9","after":"9"}'
     assert still_held and bodies == ['{"held":true}'] * 4
+
+
+class StreamHost:
+    """Answers each stream invocation from a script; records the sequence numbers it was given."""
+
+    def __init__(self, answers: list[object]) -> None:
+        self.answers = answers
+        self.batches: list[list[str]] = []
+
+    async def invoke(self, function: str, event: dict[str, Any]) -> object:
+        self.batches.append([r["dynamodb"]["SequenceNumber"] for r in event["Records"]])
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _stream_poller(host: StreamHost) -> StreamPoller:
+    template = Template(resources={}, globals_env={}, http_routes=[], ws_routes={}, ws_route_selection="",
+                        streams=[], functions={})
+    return StreamPoller(template, host, retries=3)  # type: ignore[arg-type]
+
+
+def _records(*sequences: str) -> list[dict[str, Any]]:
+    return [{"dynamodb": {"SequenceNumber": sequence}} for sequence in sequences]
+
+
+def test_the_stream_poller_retries_a_batch_from_its_first_failed_record() -> None:
+    host = StreamHost([{"batchItemFailures": [{"itemIdentifier": "3"}, {"itemIdentifier": "4"}]},
+                       {"batchItemFailures": []}])
+    asyncio.run(_stream_poller(host).deliver("Stream", _records("1", "2", "3", "4", "5")))
+    assert host.batches == [["1", "2", "3", "4", "5"], ["3", "4", "5"]]
+
+
+def test_the_stream_poller_retries_a_failed_invocation_whole_then_drops_the_batch() -> None:
+    host = StreamHost([HandlerFailed("boom")] * 4)
+    asyncio.run(_stream_poller(host).deliver("Stream", _records("1", "2")))
+    assert host.batches == [["1", "2"]] * 4  # the first try and three retries (MaximumRetryAttempts)

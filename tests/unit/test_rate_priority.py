@@ -1,12 +1,14 @@
 """Background YClients calls yield to interactive ones under a limit shared by processes
-(aiadmin.rate_priority): a fake limiter and a fake clock, announcements in a real directory."""
+(local.rate_priority): a fake limiter and a fake clock, announcements in a real directory."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from aiadmin.rate_priority import STALE_SECONDS, PriorityLimiter
+import pytest
+
+from local.rate_priority import STALE_SECONDS, PriorityLimiter
 
 
 class Clock:
@@ -82,3 +84,20 @@ def test_a_crashed_waiters_stale_announcement_is_ignored_and_removed(tmp_path: P
     gate = PriorityLimiter(limiter, tmp_path, background=True, clock=clock, sleep=lambda _s: None)
     assert gate.try_acquire("yclients") and limiter.granted == [("yclients", [])]
     assert gate.bucket_factory == "the wrapped limiter's"  # the rest of the Limiter is the wrapped one's
+
+
+def test_the_local_stack_installs_the_order_and_the_layer_never_imports_local_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiadmin import yclients
+    from local import rate_priority
+    from local.template import ROOT
+
+    monkeypatch.setattr(yclients, "_limiter_factories", [])
+    monkeypatch.delenv(yclients.RATE_LIMIT_FILE_ENV, raising=False)
+    assert not rate_priority.install() and not isinstance(yclients.client_limiter(True), PriorityLimiter)
+    monkeypatch.setenv(yclients.RATE_LIMIT_FILE_ENV, str(tmp_path / "limit.sqlite"))
+    monkeypatch.setattr(yclients, "process_limiter", lambda: RecordingLimiter(tmp_path))
+    assert rate_priority.install()
+    assert isinstance(yclients.client_limiter(background=True), PriorityLimiter)
+    shipped = (ROOT / "layers" / "common" / "aiadmin").rglob("*.py")
+    assert not [path.name for path in shipped if "from local" in path.read_text() or "import local" in path.read_text()]

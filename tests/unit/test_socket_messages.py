@@ -42,7 +42,7 @@ def handler(table: Any, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("TABLE_NAME", table.name)
     monkeypatch.setenv("WEBSOCKET_MANAGEMENT_URL", f"https://abc123.execute-api.{REGION}.amazonaws.com/prod")
     monkeypatch.setenv("JWT_SECRET", JWT_SECRET)
-    spec = importlib.util.spec_from_file_location("ws_default_under_test", ROOT / "functions" / "ws_notify" / "app.py")
+    spec = importlib.util.spec_from_file_location("ws_default_under_test", ROOT / "functions" / "ws_message" / "app.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -60,7 +60,7 @@ def _send(handler: ModuleType, connection_id: str, body: object) -> int:
     event = {"requestContext": {"routeKey": "$default", "eventType": "MESSAGE", "connectionId": connection_id,
                                 "stage": "prod", "apiId": "abc123", "requestId": "r", "messageId": "m"},
              "body": body if isinstance(body, str) else json.dumps(body), "isBase64Encoded": False}
-    result: dict[str, Any] = handler.lambda_handler(event, LambdaContext("WsNotifyFunction", str(uuid.uuid4())))
+    result: dict[str, Any] = handler.lambda_handler(event, LambdaContext("WsMessageFunction", str(uuid.uuid4())))
     return int(result["statusCode"])
 
 

@@ -12,7 +12,7 @@ def test_http_and_websocket_routes_come_from_the_template() -> None:
     assert routes[("GET", "/marketplace/onboarding")] == "RedirectFunction"
     assert routes[("POST", "/callback/yclients")] == "CallbackFunction"
     assert template.ws_routes == {"$connect": "WsConnectFunction", "$disconnect": "WsConnectFunction",
-                                  "$default": "WsNotifyFunction"}
+                                  "$default": "WsMessageFunction"}
     assert [(s.function, s.table) for s in template.streams] == [("StateStreamFunction", "AppTable")]
 
 

@@ -64,7 +64,7 @@ def test_manage_connections_is_post_and_delete_of_connections_only() -> None:
                     else [statement["Resource"]]
                 endings = sorted(r["Fn::Sub"].rsplit("/${Stage}/", 1)[1] for r in resources)
                 assert endings == ["DELETE/@connections/*", "POST/@connections/*"], name
-    assert found >= 3  # WsNotify, StateStream, the runner
+    assert found >= 3  # WsMessage, StateStream, the runner
 
 
 def test_no_websocket_log_can_record_the_token_in_the_query() -> None:

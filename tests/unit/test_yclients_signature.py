@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiadmin.config import load_settings
+from aiadmin.config import ComponentSettings, SigningKey
 from aiadmin.untrusted_json import is_valid_text, nesting_depth
 from aiadmin.yclients import (
     MAX_USER_DATA_CHARS,
@@ -68,14 +68,18 @@ def test_a_separate_signing_key_and_the_partner_token_are_not_interchangeable() 
         verify_user_data(encoded, sign_user_data(RAW, signing_key), TOKEN)
 
 
-def test_the_signing_key_setting_is_optional_and_defaults_to_none() -> None:
+class SigningKeySettings(ComponentSettings):
+    yclients_signing_key: SigningKey
+
+
+def test_the_signing_key_setting_is_optional_and_defaults_to_none(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"YCLIENTS_PARTNER_TOKEN": TOKEN}
-    assert load_settings(["yclients_signing_key"], env).yclients_signing_key is None
-    settings = load_settings(["yclients_signing_key"], {**env, "YCLIENTS_SIGNING_KEY": "k" * 20})
-    assert settings.yclients_signing_key.reveal() == "k" * 20
-    from_ssm = load_settings(["yclients_signing_key"], {"YCLIENTS_SIGNING_KEY_PARAM": "/aiadmin/signing-key"},
-                             read_parameter=lambda _name: "from-ssm")
-    assert from_ssm.yclients_signing_key.reveal() == "from-ssm"
+    assert SigningKeySettings.load(env).yclients_signing_key is None
+    key = SigningKeySettings.load({**env, "YCLIENTS_SIGNING_KEY": "k" * 20}).yclients_signing_key
+    assert key is not None and key.reveal() == "k" * 20
+    monkeypatch.setattr("aiadmin.config.read_secret_parameter", lambda _name: "from-ssm")
+    from_ssm = SigningKeySettings.load({"YCLIENTS_SIGNING_KEY_PARAM": "/aiadmin/signing-key"}).yclients_signing_key
+    assert from_ssm is not None and from_ssm.reveal() == "from-ssm"
 
 
 def test_forged_signature_is_refused() -> None:

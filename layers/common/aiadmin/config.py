@@ -1,21 +1,33 @@
-"""Settings read from the environment, validated all at once.
+"""Settings read from the environment: typed, checked all at once, secrets read when used.
 
-A component declares which settings it needs; `load_settings` reports *every* missing or
-malformed value in one message, so a bad deploy fails at start with the whole list.
-Secrets come either from the variable itself or, in AWS, from SSM Parameter Store
-(`<NAME>_PARAM` holds the parameter name; read with powertools Parameters, decrypted and
-cached). Secret values are wrapped in `Secret`, whose repr never shows the value.
+Every setting is defined here once, as a type that carries its variable's name, its default and
+its check (`TableName`, `JwtSecret`, ...). A component's settings class (`aiadmin.settings`, the
+runner's in `wa_runner.__main__`) is a `ComponentSettings` naming exactly the settings it reads;
+`load()` reports *every* missing or malformed value in one `SettingsError`, so a bad deploy fails
+with the whole list.
+
+A secret (`Secret`) is given either in its variable (the local stack, tests) or, in AWS, as the
+name of an SSM SecureString in `<NAME>_PARAM`. That one is read (decrypted, with powertools
+Parameters) when a request first needs it and again once it is `SECRET_MAX_AGE_SECONDS` old:
+never at load, so a SnapStart snapshot holds no secret, and a rotated one is used within minutes.
+The local stack's built-in secrets are refused wherever the code runs in Lambda or on ECS.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Self
 from urllib.parse import urlparse
 
+from pydantic import Field, PlainValidator, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
 DEFAULT_YCLIENTS_BASE_URL = "https://api.yclients.com"
+# A secret read from SSM is read again once this old (powertools' cache): rotation takes effect.
+SECRET_MAX_AGE_SECONDS = 300
 
 # The local stack's built-in credentials (local/stack.py uses these): fine on a developer's
 # machine, refused wherever the code runs in AWS (see `_in_aws`). Any secret containing the
@@ -28,31 +40,212 @@ _AWS_RUNTIME_VARIABLES = ("AWS_LAMBDA_FUNCTION_NAME", "ECS_CONTAINER_METADATA_UR
 
 
 class SettingsError(RuntimeError):
-    """Raised at start-up with every problem found in the environment."""
+    """Raised with every problem found in the environment (or, for a secret in SSM, in its value)."""
 
+
+def _in_aws(env: Mapping[str, str]) -> bool:
+    """Running in Lambda or on ECS (Fargate), where only real secrets belong."""
+    return any(env.get(name) for name in _AWS_RUNTIME_VARIABLES)
+
+
+def read_secret_parameter(name: str) -> str:
+    """An SSM SecureString, decrypted; powertools keeps it for `SECRET_MAX_AGE_SECONDS`."""
+    # Imported here: only AWS deployments use SSM, and no import pays for it.
+    from aws_lambda_powertools.utilities import parameters
+
+    return str(parameters.get_parameter(name, decrypt=True, max_age=SECRET_MAX_AGE_SECONDS))
+
+
+# ---- what the environment gives a secret or local-only setting ----------------------------------
+
+@dataclass(frozen=True)
+class _Given:
+    """A secret or local-only setting as the environment gives it: the variable's value, or (a
+    secret) the name of the SSM parameter holding it; and whether the code runs in AWS."""
+
+    env: str
+    value: str | None
+    parameter: str | None
+    in_aws: bool
+
+
+class _SecretMarker:
+    """In a setting type's metadata: a secret (`<NAME>_PARAM` is read too)."""
+
+
+class _LocalOnlyMarker:
+    """In a setting type's metadata: for the local stack only (any value is refused in AWS)."""
+
+
+_SECRET = _SecretMarker()
+_LOCAL_ONLY = _LocalOnlyMarker()
+
+
+def _is(field: FieldInfo, marker: object) -> bool:
+    return any(item is marker for item in field.metadata)
+
+
+def _env_name(field: FieldInfo) -> str:
+    alias = field.validation_alias
+    assert isinstance(alias, str), "every setting type names its variable"
+    return alias
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """Each setting's variable; for a secret whose variable is unset, its `<NAME>_PARAM` (the
+    parameter's name only: its value is read on use)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        env = _env_name(field)
+        raw = self._environ.get(env)
+        secret, local_only = _is(field, _SECRET), _is(field, _LOCAL_ONLY)
+        parameter = self._environ.get(env + "_PARAM") or None if secret and raw is None else None
+        if raw is None and parameter is None:
+            return None, env, False
+        if secret or local_only:
+            return _Given(env, raw, parameter, _in_aws(self._environ)), env, False
+        return raw, env, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, env, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[env] = value
+        return values
+
+
+class ComponentSettings(BaseSettings):
+    """The settings one component reads: a subclass names them as fields typed with the setting
+    types below. Read from the environment only (no .env file, no secrets directory)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _Environment(settings_cls, os.environ))
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """The settings from `environ` (default: the process's environment), or SettingsError
+        naming every problem. No secret is read here: see `Secret`."""
+        values = _Environment(cls, os.environ if environ is None else environ)()
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError("Invalid configuration: " + "; ".join(_problems(cls, exc))) from None
+
+
+def _problems(cls: type[BaseSettings], error: ValidationError) -> list[str]:
+    """One line per setting, named by its variable. The value itself is never echoed: it may be a
+    secret."""
+    secrets = {_env_name(f) for f in cls.model_fields.values() if _is(f, _SECRET)}
+    problems = []
+    for detail in error.errors(include_input=False, include_url=False):
+        env = str(detail["loc"][0]) if detail["loc"] else "settings"
+        if detail["type"] == "missing":
+            problems.append(f"{env} (or {env}_PARAM): missing" if env in secrets else f"{env}: missing")
+        else:
+            problems.append(f"{env}: {detail['msg'].removeprefix('Value error, ')}")
+    return problems
+
+
+# ---- secrets ----------------------------------------------------------------------------------
 
 class Secret:
-    """A string that does not print itself."""
+    """A secret setting. From its variable, the value is checked at load and kept as a SecretStr;
+    from SSM (`<NAME>_PARAM`), it is read and checked by `reveal()`, when a request needs it."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_check", "_env", "_in_aws", "_parameter", "_value")
 
-    def __init__(self, value: str) -> None:
-        self._value = value
+    def __init__(self, env: str, check: Callable[[str, bool], str], in_aws: bool,
+                 value: SecretStr | None = None, parameter: str | None = None) -> None:
+        self._env, self._check, self._in_aws = env, check, in_aws
+        self._value, self._parameter = value, parameter
+
+    @property
+    def parameter(self) -> str | None:
+        """The SSM parameter's name, when the value is read from there."""
+        return self._parameter
 
     def reveal(self) -> str:
-        return self._value
+        """The value: from SSM, read now unless powertools has it from the last
+        `SECRET_MAX_AGE_SECONDS`. Raises SettingsError when it cannot be read or is not fit."""
+        if self._value is not None:
+            return self._value.get_secret_value()
+        assert self._parameter is not None
+        try:
+            raw = read_secret_parameter(self._parameter)
+        except Exception as exc:  # the parameter's name is not secret; the cause is in the type
+            raise SettingsError(f"{self._env}_PARAM: cannot read the parameter ({type(exc).__name__})") from None
+        try:
+            return self._check(raw, self._in_aws)
+        except ValueError as exc:
+            raise SettingsError(f"{self._env}_PARAM: the parameter's value {exc}") from None
 
     def __repr__(self) -> str:
-        return "Secret('***')"
+        return f"Secret({self._env}, {'from ' + self._parameter if self._parameter else '***'})"
 
     __str__ = __repr__
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
 
-    def __hash__(self) -> int:
-        return hash(self._value)
+def _refuse_local_value(raw: str, in_aws: bool, env: str) -> None:
+    if in_aws and (_LOCAL_SECRET_MARKER in raw or raw in (LOCAL_PARTNER_TOKEN, LOCAL_JWT_SECRET)):
+        raise ValueError(f"is the local stack's built-in test value, refused in AWS "
+                         f"(set {env}_PARAM to a SecureString parameter holding the real one)")
 
+
+def _secret(check: Callable[[str], str], optional: bool = False) -> PlainValidator:
+    """A Secret from what the environment gives (`_Given`); with `optional`, an empty variable
+    (or none at all: the field's default) is None."""
+
+    def validate(given: _Given | None) -> Secret | None:
+        if given is None:
+            return None
+        if optional and given.parameter is None and not (given.value or "").strip():
+            return None
+
+        def checked(raw: str, in_aws: bool) -> str:
+            _refuse_local_value(raw, in_aws, given.env)
+            return check(raw)
+
+        if given.value is None:  # in SSM: read and checked on use
+            return Secret(given.env, checked, given.in_aws, parameter=given.parameter)
+        return Secret(given.env, checked, given.in_aws, value=SecretStr(checked(given.value, given.in_aws)))
+
+    return PlainValidator(validate)
+
+
+def _min_length(length: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if len(value) < length:
+            raise ValueError(f"must be at least {length} characters")
+        return value
+
+    return check
+
+
+def _any_secret(value: str) -> str:
+    return value
+
+
+def _postgres_url(value: str) -> str:
+    """A postgres:// URL (it holds a password)."""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("postgres", "postgresql") or not parsed.netloc:
+        raise ValueError("must be a postgres:// or postgresql:// URL")
+    return value
+
+
+# ---- checks of plain settings (each takes the variable's text) --------------------------------
 
 def _url(value: str) -> str:
     parsed = urlparse(value)
@@ -70,15 +263,21 @@ def _link(value: str) -> str:
 
 
 def _positive_int(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
     if number <= 0:
         raise ValueError("must be a positive integer")
     return number
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
         raise ValueError("must be a positive number")
     return number
 
@@ -99,21 +298,6 @@ def _non_empty(value: str) -> str:
     return value
 
 
-def _optional_postgres_url(value: str) -> Secret | None:
-    """Empty: not configured. Otherwise a postgres:// URL, which holds a password."""
-    if not value.strip():
-        return None
-    parsed = urlparse(value)
-    if parsed.scheme not in ("postgres", "postgresql") or not parsed.netloc:
-        raise ValueError("must be a postgres:// or postgresql:// URL")
-    return Secret(value)
-
-
-def _optional_secret(value: str) -> Secret | None:
-    """Empty: not configured (the caller falls back to another value)."""
-    return Secret(value) if value.strip() else None
-
-
 def _flag(value: str) -> bool:
     if value.strip().lower() in ("1", "true", "yes", "on"):
         return True
@@ -122,138 +306,80 @@ def _flag(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _secret(min_length: int) -> Callable[[str], Secret]:
-    def parse(value: str) -> Secret:
-        if len(value) < min_length:
-            raise ValueError(f"must be at least {min_length} characters")
-        return Secret(value)
-
-    return parse
-
-
-@dataclass(frozen=True)
-class _Field:
-    env: str
-    parse: Callable[[str], Any]
-    default: str | None = None
-    secret: bool = False
-    local_only: bool = False  # any non-empty value is refused in AWS
+def _local_frame_ancestors(given: _Given | str) -> list[str]:
+    if isinstance(given, str):  # the default
+        return given.split()
+    value = given.value or ""
+    if given.in_aws and value.strip():
+        raise ValueError("is for the local stack only, refused in AWS")
+    return value.split()
 
 
-_FIELDS: dict[str, _Field] = {
-    "table_name": _Field("TABLE_NAME", _non_empty),
-    "yclients_base_url": _Field("YCLIENTS_BASE_URL", _url, DEFAULT_YCLIENTS_BASE_URL),
-    "yclients_app_id": _Field("YCLIENTS_APP_ID", _positive_int),
-    "yclients_partner_token": _Field("YCLIENTS_PARTNER_TOKEN", _secret(8), secret=True),
-    # The key of `user_data_sign`, when YClients gives one apart from the partner token.
-    "yclients_signing_key": _Field("YCLIENTS_SIGNING_KEY", _optional_secret, "", secret=True),
-    # Unverified: ask YClients for the salon's users and refuse a consent from anyone else.
-    "yclients_check_salon_users": _Field("YCLIENTS_CHECK_SALON_USERS", _flag, "false"),
-    "jwt_secret": _Field("JWT_SECRET", _secret(32), secret=True),
-    "websocket_url": _Field("WEBSOCKET_URL", _url),
-    "websocket_management_url": _Field("WEBSOCKET_MANAGEMENT_URL", _url),
-    "public_base_url": _Field("PUBLIC_BASE_URL", _url),
-    "token_ttl_seconds": _Field("ONBOARDING_TOKEN_TTL_SECONDS", _positive_int, "1800"),
-    "wa_engine": _Field("WA_ENGINE", _non_empty, "simulated"),
-    "wa_sim_server_url": _Field("WA_SIM_SERVER_URL", _url),
-    "wa_time_scale": _Field("WA_TIME_SCALE", _positive_float, "1"),
-    "sessions_dir": _Field("SESSIONS_DIR", _non_empty, "./.local-data/sessions"),
-    # Keys of every salon in one Postgres database instead of one SQLite file per salon.
-    "wa_keys_postgres_url": _Field("WA_KEYS_POSTGRES_URL", _optional_postgres_url, "", secret=True),
-    # How often a runner looks for unowned sessions: half of it is the average wait before a
-    # new linking attempt starts (one small index Query each time).
-    "runner_poll_seconds": _Field("RUNNER_POLL_SECONDS", _positive_float, "0.1"),
-    # A runner's membership lease: it renews every sixth of it; a runner that cannot renew
-    # stops its sessions, and the others take them over a tenth of it after it ended.
-    "runner_lease_seconds": _Field("RUNNER_LEASE_SECONDS", _positive_int, "20"),
-    # How often a runner looks for commands for its sessions (one index query each time).
-    "runner_command_poll_seconds": _Field("RUNNER_COMMAND_POLL_SECONDS", _positive_float, "0.5"),
-    # The safety net behind the command index: every owned session compared this often.
-    "runner_reconcile_seconds": _Field("RUNNER_RECONCILE_SECONDS", _positive_float, "300"),
-    # Activations (YClients calls with their retries) one runner runs at once.
-    "runner_activation_workers": _Field("RUNNER_ACTIVATION_WORKERS", _positive_int, "16"),
-    # Linking attempts one runner runs at once; over it, others take the new ones.
-    "runner_max_pairings": _Field("RUNNER_MAX_PAIRINGS", _positive_int, "20"),
-    # Linked sessions a runner connects at the same time when resuming (start, takeover).
-    "runner_resume_concurrency": _Field("RUNNER_RESUME_CONCURRENCY", _positive_int, "5"),
-    # A linking attempt with no page open and no scan for this long is stopped.
-    "runner_abandon_seconds": _Field("RUNNER_ABANDON_SECONDS", _positive_float, "160"),
-    "activation_retry_seconds": _Field("ACTIVATION_RETRY_SECONDS", _positive_float, "1"),
-    # Channels announced at activation (chat-bot category apps): comma-separated, or `none`.
-    "yclients_channels": _Field("YCLIENTS_CHANNELS", _channels, "whatsapp"),
-    "entity_queue_url": _Field("ENTITY_QUEUE_URL", _url),
-    # Least time between two pairing-code requests of one salon (each makes WhatsApp notify a phone).
-    "pairing_min_interval_seconds": _Field("PAIRING_MIN_INTERVAL_SECONDS", _positive_float, "30"),
-    # Where the owner's page sends them back to: YClients' web app (the local stack: its fake).
-    "yclients_app_url": _Field("YCLIENTS_APP_URL", _link, "https://yclients.com/"),
-    # Origins besides YClients' that may frame the owner's page: the local stack's test pages
-    # only (space-separated CSP sources), refused in AWS.
-    "page_local_frame_ancestors": _Field("PAGE_LOCAL_FRAME_ANCESTORS", str.split, "", local_only=True),
-}
+def _text(check: Callable[[str], Any]) -> PlainValidator:
+    """`check` applied to the variable's text (a default is written as text too)."""
+
+    def validate(value: object) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("must be text")
+        return check(value)
+
+    return PlainValidator(validate)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The values a component asked for; asking for one it did not declare is a bug."""
-
-    values: Mapping[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(f"setting {name!r} was not loaded by this component") from None
+def _var(env: str, default: str | None = None) -> Any:
+    return Field(validation_alias=env) if default is None else Field(validation_alias=env, default=default)
 
 
-def _read_secret_parameter(name: str) -> str:
-    # Imported lazily: only AWS deployments use SSM, and tests of the parsing need no boto3 call.
-    from aws_lambda_powertools.utilities import parameters
+# ---- the settings ----------------------------------------------------------------------------
 
-    value = parameters.get_parameter(name, decrypt=True, max_age=300)
-    return str(value)
-
-
-def _in_aws(env: Mapping[str, str]) -> bool:
-    """Running in Lambda or on ECS (Fargate), where only real secrets belong."""
-    return any(env.get(name) for name in _AWS_RUNTIME_VARIABLES)
-
-
-def load_settings(
-    names: Iterable[str],
-    environ: Mapping[str, str] | None = None,
-    read_parameter: Callable[[str], str] = _read_secret_parameter,
-) -> Settings:
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for name in names:
-        spec = _FIELDS[name]
-        raw = env.get(spec.env)
-        if raw is None and spec.secret and env.get(spec.env + "_PARAM"):
-            try:
-                raw = read_parameter(env[spec.env + "_PARAM"])
-            except Exception as exc:  # any failure to fetch is reported with the rest
-                problems.append(f"{spec.env}_PARAM: cannot read the parameter ({type(exc).__name__})")
-                continue
-        if raw is None:
-            raw = spec.default
-        if raw is None:
-            hint = f" (or {spec.env}_PARAM)" if spec.secret else ""
-            problems.append(f"{spec.env}{hint}: missing")
-            continue
-        if spec.secret and _in_aws(env) and (_LOCAL_SECRET_MARKER in raw or raw in (LOCAL_PARTNER_TOKEN,
-                                                                                   LOCAL_JWT_SECRET)):
-            problems.append(f"{spec.env}: is the local stack's built-in test value, refused in AWS "
-                            f"(set {spec.env}_PARAM to a SecureString parameter holding the real one)")
-            continue
-        if spec.local_only and _in_aws(env) and raw.strip():
-            problems.append(f"{spec.env}: is for the local stack only, refused in AWS")
-            continue
-        try:
-            values[name] = spec.parse(raw)
-        except ValueError as exc:
-            # The value itself is never echoed: it may be a secret.
-            problems.append(f"{spec.env}: {exc}")
-    if problems:
-        raise SettingsError("Invalid configuration: " + "; ".join(problems))
-    return Settings(values)
+TableName = Annotated[str, _var("TABLE_NAME"), _text(_non_empty)]
+YClientsBaseUrl = Annotated[str, _var("YCLIENTS_BASE_URL", DEFAULT_YCLIENTS_BASE_URL), _text(_url)]
+YClientsAppId = Annotated[int, _var("YCLIENTS_APP_ID"), _text(_positive_int)]
+PartnerToken = Annotated[Secret, _var("YCLIENTS_PARTNER_TOKEN"), _SECRET, _secret(_min_length(8))]
+# The key of `user_data_sign`, when YClients gives one apart from the partner token.
+SigningKey = Annotated[Secret | None, Field(validation_alias="YCLIENTS_SIGNING_KEY", default=None),
+                       _SECRET, _secret(_any_secret, optional=True)]
+# Unverified: ask YClients for the salon's users and refuse a consent from anyone else.
+CheckSalonUsers = Annotated[bool, _var("YCLIENTS_CHECK_SALON_USERS", "false"), _text(_flag)]
+JwtSecret = Annotated[Secret, _var("JWT_SECRET"), _SECRET, _secret(_min_length(32))]
+WebSocketUrl = Annotated[str, _var("WEBSOCKET_URL"), _text(_url)]
+WebSocketManagementUrl = Annotated[str, _var("WEBSOCKET_MANAGEMENT_URL"), _text(_url)]
+PublicBaseUrl = Annotated[str, _var("PUBLIC_BASE_URL"), _text(_url)]
+TokenTtlSeconds = Annotated[int, _var("ONBOARDING_TOKEN_TTL_SECONDS", "1800"), _text(_positive_int)]
+WaEngine = Annotated[str, _var("WA_ENGINE", "simulated"), _text(_non_empty)]
+WaSimServerUrl = Annotated[str, _var("WA_SIM_SERVER_URL"), _text(_url)]
+WaTimeScale = Annotated[float, _var("WA_TIME_SCALE", "1"), _text(_positive_float)]
+SessionsDir = Annotated[str, _var("SESSIONS_DIR", "./.local-data/sessions"), _text(_non_empty)]
+# Keys of every salon in one Postgres database instead of one SQLite file per salon.
+WaKeysPostgresUrl = Annotated[Secret | None, Field(validation_alias="WA_KEYS_POSTGRES_URL", default=None),
+                              _SECRET, _secret(_postgres_url, optional=True)]
+# How often a runner looks for unowned sessions: half of it is the average wait before a new
+# linking attempt starts (one small index Query each time).
+RunnerPollSeconds = Annotated[float, _var("RUNNER_POLL_SECONDS", "0.1"), _text(_positive_float)]
+# A runner's membership lease: it renews every sixth of it; a runner that cannot renew stops its
+# sessions, and the others take them over a tenth of it after it ended.
+RunnerLeaseSeconds = Annotated[int, _var("RUNNER_LEASE_SECONDS", "20"), _text(_positive_int)]
+# How often a runner looks for commands for its sessions (one index query each time).
+RunnerCommandPollSeconds = Annotated[float, _var("RUNNER_COMMAND_POLL_SECONDS", "0.5"), _text(_positive_float)]
+# The safety net behind the command index: every owned session compared this often.
+RunnerReconcileSeconds = Annotated[float, _var("RUNNER_RECONCILE_SECONDS", "300"), _text(_positive_float)]
+# Activations (YClients calls with their retries) one runner runs at once.
+RunnerActivationWorkers = Annotated[int, _var("RUNNER_ACTIVATION_WORKERS", "16"), _text(_positive_int)]
+# Linking attempts one runner runs at once; over it, others take the new ones.
+RunnerMaxPairings = Annotated[int, _var("RUNNER_MAX_PAIRINGS", "20"), _text(_positive_int)]
+# Linked sessions a runner connects at the same time when resuming (start, takeover).
+RunnerResumeConcurrency = Annotated[int, _var("RUNNER_RESUME_CONCURRENCY", "5"), _text(_positive_int)]
+# A linking attempt with no page open and no scan for this long is stopped.
+RunnerAbandonSeconds = Annotated[float, _var("RUNNER_ABANDON_SECONDS", "160"), _text(_positive_float)]
+ActivationRetrySeconds = Annotated[float, _var("ACTIVATION_RETRY_SECONDS", "1"), _text(_positive_float)]
+# Channels announced at activation (chat-bot category apps): comma-separated, or `none`.
+YClientsChannels = Annotated[tuple[str, ...], _var("YCLIENTS_CHANNELS", "whatsapp"), _text(_channels)]
+EntityQueueUrl = Annotated[str, _var("ENTITY_QUEUE_URL"), _text(_url)]
+# Least time between two pairing-code requests of one salon (each makes WhatsApp notify a phone).
+PairingMinIntervalSeconds = Annotated[float, _var("PAIRING_MIN_INTERVAL_SECONDS", "30"), _text(_positive_float)]
+# Where the owner's page sends them back to: YClients' web app (the local stack: its fake).
+YClientsAppUrl = Annotated[str, _var("YCLIENTS_APP_URL", "https://yclients.com/"), _text(_link)]
+# Origins besides YClients' that may frame the owner's page: the local stack's test pages only
+# (space-separated CSP sources), refused in AWS.
+LocalFrameAncestors = Annotated[list[str], _var("PAGE_LOCAL_FRAME_ANCESTORS", ""), _LOCAL_ONLY,
+                                PlainValidator(_local_frame_ancestors)]

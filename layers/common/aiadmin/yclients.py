@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -42,9 +43,8 @@ PAYMENT_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 # not squeeze six of them into one second on YClients' side.
 # `YCLIENTS_RATE_LIMIT_FILE` (a path) shares the limit between the processes of one host through
 # pyrate-limiter's SQLite bucket with a file lock: the local stack sets it, since its function
-# workers and runners all call from one address, as they would from behind one NAT. There,
-# background callers (the runner's activations) yield to interactive ones (an owner's redirect):
-# `aiadmin.rate_priority`.
+# workers and runners all call from one address, as they would from behind one NAT (and there
+# installs its own `LimiterFactory`: local.rate_priority).
 RATE_LIMIT_FILE_ENV = "YCLIENTS_RATE_LIMIT_FILE"
 
 
@@ -60,17 +60,20 @@ def process_limiter() -> Limiter:
     return Limiter(SQLiteBucket.init_from_file(rates, db_path=shared_file, use_file_lock=True))
 
 
+# A client's limiter, given whether its calls are background ones (no owner waits on them).
+LimiterFactory = Callable[[bool], Any]
+_limiter_factories: list[LimiterFactory] = []
+
+
+def install_limiter_factory(factory: LimiterFactory) -> None:
+    """Where clients get their limiter from in this process (instead of `process_limiter`): set
+    once at start-up by a host that orders callers (the local stack)."""
+    _limiter_factories[:] = [factory]
+
+
 def client_limiter(background: bool) -> Any:
-    """The process's limiter for a client; under a limit shared between processes, ordered so
-    that background calls yield to interactive ones."""
-    shared_file = os.environ.get(RATE_LIMIT_FILE_ENV)
-    if not shared_file:
-        return process_limiter()
-    from pathlib import Path
-
-    from aiadmin.rate_priority import PriorityLimiter
-
-    return PriorityLimiter(process_limiter(), Path(shared_file + ".waiting"), background)
+    """The limiter for a new client: the installed factory's, or the process's own."""
+    return _limiter_factories[0](background) if _limiter_factories else process_limiter()
 
 
 class BadUserData(ValueError):

@@ -1,26 +1,19 @@
-"""WebSocket $default (messages from the page: `sync`, `new_qr`, `pairing_code`, `relink`; each
+"""WebSocket $default: messages from the page (`sync`, `new_qr`, `pairing_code`, `relink`), each
 counted against its token's rate limit; a socket whose token has expired, or whose consent is no
-longer the salon's, is told why and closed) and the DynamoDB stream consumer that pushes state
-changes made outside the runner (lifecycle webhooks, the page)."""
+longer the salon's, is told why and closed."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import boto3
-from aws_lambda_powertools.utilities.data_classes import (
-    APIGatewayWebSocketEvent,
-    DynamoDBStreamEvent,
-    event_source,
-)
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import ValidationError
 
-from aiadmin.config import load_settings
-from aiadmin.lazy import lazy
-from aiadmin.models import ErrorMessage, Salon, TokenMessage
+from aiadmin.models import ErrorMessage, TokenMessage
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import (
     ConsentEnded,
@@ -33,7 +26,7 @@ from aiadmin.onboarding import (
     request_relink,
     state_message,
 )
-from aiadmin.push import Pusher, pushed_by_stream
+from aiadmin.push import Pusher
 from aiadmin.sockets import (
     MESSAGE_WINDOW_SECONDS,
     RATE_LIMITED_KEY,
@@ -47,13 +40,31 @@ from aiadmin.sockets import (
 from aiadmin.store import Store
 from aiadmin.tokens import issue_token, new_token_id
 
-# Imported by the first message that needs them (a state showing a QR or a linked number, a
-# pairing-code request, a re-link's new token), not with this module (cold start).
-FIRST_USE_IMPORTS = ("qrcode.image.svg", "phonenumbers", "jwt")
-settings = load_settings(["table_name", "websocket_management_url", "pairing_min_interval_seconds", "jwt_secret",
-                          "token_ttl_seconds"])
-store = lazy(lambda: Store(boto3.resource("dynamodb").Table(settings.table_name)))
-pusher = lazy(lambda: Pusher(settings.websocket_management_url))
+if TYPE_CHECKING:
+    from aiadmin.settings import SocketMessageSettings
+
+# Imported by the first message (the settings, with pydantic-settings) or the first that needs
+# them (a state showing a QR or a linked number, a pairing-code request, a re-link's new token),
+# not with this module (cold start).
+FIRST_USE_IMPORTS = ("aiadmin.settings", "qrcode.image.svg", "phonenumbers", "jwt")
+
+
+@cache
+def settings() -> SocketMessageSettings:
+    from aiadmin.settings import SocketMessageSettings
+
+    return SocketMessageSettings.load()
+
+
+@cache
+def store() -> Store:
+    return Store(boto3.resource("dynamodb").Table(settings().table_name))
+
+
+@cache
+def pusher() -> Pusher:
+    return Pusher(settings().websocket_management_url)
+
 
 ACTIONS = ("sync", "new_qr", "pairing_code", "relink")
 
@@ -67,8 +78,8 @@ def _message(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
 
 
 def _reply(connection_id: str, salon_id: int, payload: str) -> None:
-    if not pusher.send(connection_id, payload):
-        store.remove_connection(connection_id, salon_id)
+    if not pusher().send(connection_id, payload):
+        store().remove_connection(connection_id, salon_id)
 
 
 def _refuse(connection_id: str, salon_id: int, action: str, code: str, text: str, status: int,
@@ -88,7 +99,7 @@ def _refuse(connection_id: str, salon_id: int, action: str, code: str, text: str
 def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> dict[str, Any]:
     connection_id = event.request_context.connection_id
     now = time.time()
-    admission = admit_message(store, connection_id, now)
+    admission = admit_message(store(), connection_id, now)
     if admission.verdict == Verdict.UNKNOWN or admission.salon_id is None:
         metrics.add_metric(name="SocketUnknownConnection", unit="Count", value=1)
         return {"statusCode": 403}
@@ -106,7 +117,7 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
     if admission.verdict == Verdict.TOKEN_EXPIRED:
         # The page reads why; the socket gets nothing more (pushes included) and is closed.
         metrics.add_metric(name="SocketTokenExpired", unit="Count", value=1)
-        pusher.end(store, connection_id, salon_id, "token_expired", action)
+        pusher().end(store(), connection_id, salon_id, "token_expired", action)
         return {"statusCode": 403}
     if action not in ACTIONS:
         return _refuse(connection_id, salon_id, action, "bad_request", UNKNOWN_ACTION_TEXT, 400, "SocketBadMessage",
@@ -114,13 +125,13 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
     requester = Requester(consent_id=admission.consent_id)
     try:
         if action == "new_qr":
-            request_new_qr(store, salon_id, requester)
+            request_new_qr(store(), salon_id, requester)
         elif action == "relink":
             requester = _relink(connection_id, admission, requester, now)
         elif action == "pairing_code":
             try:
-                request_pairing_code(store, salon_id, message.get("phone"), requester, now,
-                                     min_interval=settings.pairing_min_interval_seconds)
+                request_pairing_code(store(), salon_id, message.get("phone"), requester, now,
+                                     min_interval=settings().pairing_min_interval_seconds)
             except InvalidPhone as exc:
                 # Nothing changed; the owner reads why next to the number they typed.
                 return _refuse(connection_id, salon_id, action, "invalid_phone", str(exc), 400,
@@ -129,13 +140,13 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
                 return _refuse(connection_id, salon_id, action, "pairing_limited", str(exc), 429,
                                "PairingCodeLimited", retry_after=round(exc.retry_after, 1), key=exc.key,
                                params=dict(exc.params))
-        salon = store.get_salon(salon_id)
+        salon = store().get_salon(salon_id)
         if not requester.may_act_on(salon):
             raise ConsentEnded(salon_id)
     except ConsentEnded:
         # The token's consent is no longer the salon's: nothing changed, the page reads why, and
         # the socket gets nothing more.
-        pusher.end(store, connection_id, salon_id, "token_revoked", action)
+        pusher().end(store(), connection_id, salon_id, "token_revoked", action)
         return {"statusCode": 403}
     assert salon is not None  # may_act_on said so
     _reply(connection_id, salon_id, state_message(salon, now))
@@ -148,38 +159,13 @@ def _relink(connection_id: str, admission: Admission, requester: Requester, now:
     onto the new one with a new token, which the page keeps for reconnecting. Returns who the
     socket is from now on."""
     assert admission.salon_id is not None
-    token_id, issued = new_token_id(), int(now)
-    kept = KeptSocket(connection_id, admission.slot, token_id, issued + settings.token_ttl_seconds)
-    salon = request_relink(store, admission.salon_id, now, requester, kept)
+    token_id, issued, s = new_token_id(), int(now), settings()
+    kept = KeptSocket(connection_id, admission.slot, token_id, issued + s.token_ttl_seconds)
+    salon = request_relink(store(), admission.salon_id, now, requester, kept)
     if salon is not None:
-        token = issue_token(admission.salon_id, settings.jwt_secret.reveal(), settings.token_ttl_seconds, issued,
+        token = issue_token(admission.salon_id, s.jwt_secret.reveal(), s.token_ttl_seconds, issued,
                             consent_id=salon.consent_id, token_id=token_id)
         _reply(connection_id, admission.salon_id, TokenMessage(salon_id=admission.salon_id,
                                                                token=token).model_dump_json())
         return Requester(consent_id=salon.consent_id)
     return requester
-
-
-@logger.inject_lambda_context
-@metrics.log_metrics
-@event_source(data_class=DynamoDBStreamEvent)
-def stream_handler(event: DynamoDBStreamEvent, context: LambdaContext) -> None:
-    for record in event.records:
-        image = record.dynamodb.new_image if record.dynamodb else None
-        if not image or image.get("sk") != "STATE":
-            continue
-        try:
-            salon: Salon | None = Store.salon_from_image(image)
-        except ValidationError:
-            # A partial image (some stores stream keys only): read the item itself.
-            salon = store.get_salon(int(str(image["pk"]).removeprefix("SALON#")))
-        if salon is None or not pushed_by_stream(salon):  # who pushes what: aiadmin.push
-            continue
-        # The stream lags: by now the runner may have moved the salon on (a QR a few ms after
-        # the consent) and pushed that itself. The page ignores older versions, but a page
-        # cached from before versions did not: only the latest version is pushed; each later
-        # one has its own record or was pushed by the runner.
-        current = store.get_salon(salon.salon_id)
-        if current is None or current.version != salon.version:
-            continue
-        pusher.fan_out(store, current, state_message(current, time.time()))

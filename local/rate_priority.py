@@ -1,5 +1,6 @@
-"""Owners first: background YClients calls yield to interactive ones under a limit shared by
-several processes.
+"""Owners first: background YClients calls yield to interactive ones under the local stack's
+YClients limit, which all its processes share. Installed by the stack's processes at start-up
+(`install`: its Lambda workers and runners); the service's own code never imports it.
 
 Where one rate limit is shared by every process of a host (`YCLIENTS_RATE_LIMIT_FILE`: the
 local stack, whose redirects and runners all call from one address), a burst of owners would
@@ -22,6 +23,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from aiadmin import yclients
 
 # An announcement older than this is a crashed waiter's (API Gateway gives a request 29 s).
 STALE_SECONDS = 30.0
@@ -70,3 +73,16 @@ class PriorityLimiter:
                     return True
                 mark.unlink(missing_ok=True)
         return False
+
+
+def install() -> bool:
+    """Under a limit shared by the host's processes (`YCLIENTS_RATE_LIMIT_FILE` set), every new
+    YClients client of this process takes its place in the order (owners first). Returns whether
+    it was installed."""
+    shared_file = os.environ.get(yclients.RATE_LIMIT_FILE_ENV)
+    if not shared_file:
+        return False
+    waiting_dir = Path(shared_file + ".waiting")
+    yclients.install_limiter_factory(
+        lambda background: PriorityLimiter(yclients.process_limiter(), waiting_dir, background))
+    return True
