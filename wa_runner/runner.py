@@ -43,7 +43,7 @@ from wa_runner.events import EventHandler
 from wa_runner.health import Health
 from wa_runner.intake import CommandIntake
 from wa_runner.membership import Membership, MembershipKeeper
-from wa_runner.salons import FencedStore, SalonWriter
+from wa_runner.salons import SalonWriter
 from wa_runner.supervisor import RunnerLimits, Supervisor
 
 __all__ = ["Runner", "RunnerLimits"]
@@ -83,11 +83,10 @@ class Runner:
         self._push_pool = ThreadPoolExecutor(PUSH_THREADS, thread_name_prefix="push")
         self.writer = SalonWriter(store, pusher, fence, self._push_pool)
         policy = activation_policy or ActivationPolicy()
-        fenced = FencedStore(store, fence)
         self.activations = ActivationWorker(
             store, ownership, fence, workers=activation_workers,
-            make_activator=lambda: Activator(fenced, yclients, public_base_url, runner_id, policy,
-                                             notify=self.writer.notify, actor=RUNNER_ACTOR))
+            make_activator=lambda: Activator(store, yclients, public_base_url, fence, policy,
+                                             notify=self.writer.notify, clock=clock, actor=RUNNER_ACTOR))
         self.supervisor = Supervisor(store, ownership, engine, self.writer, self.activations, fence, holds,
                                      limits)
         times = self.membership.times

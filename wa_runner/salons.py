@@ -20,25 +20,6 @@ from aiadmin.push import PUSH_DEADLINE_SECONDS, RUNNER_ACTOR, Pusher
 from aiadmin.states import SalonState
 from aiadmin.store import Store
 
-
-class FencedStore(Store):
-    """The store with every state change fenced on the runner's membership (what the
-    activation writes through)."""
-
-    def __init__(self, store: Store, fence: Callable[[], Fence]) -> None:
-        super().__init__(store.table)
-        self._fence = fence
-
-    def transition(self, *args: Any, **kwargs: Any) -> Salon:
-        """`Store.transition`, with this runner's fence unless one is given."""
-        if len(args) < _FENCE_POSITION + 1 and kwargs.get("fence") is None:
-            kwargs["fence"] = self._fence()
-        return super().transition(*args, **kwargs)
-
-
-_FENCE_POSITION = 6  # `fence` among Store.transition's positional parameters (after self)
-
-
 # A push that missed its deadline is tried again with the salon's latest state (messages carry
 # the version, so a repeat is harmless), this long later, this many times.
 PUSH_RETRY_SECONDS = 1.0

@@ -193,22 +193,32 @@ def test_a_logout_unlinks_the_device_and_retires_the_session(store: Store) -> No
 
 
 def test_the_activations_writes_are_fenced_too(store: Store) -> None:
-    from aiadmin.store import LeaseLost
-    from wa_runner.salons import FencedStore
+    """A runner that lost the session neither writes the salon's state nor calls YClients."""
+    from aiadmin.activation import ActivationEnd, Activator
 
     clock = FakeClock()
     runner, other = make_runner(store, clock), make_runner(store, clock, runner_id="other")
     runner.membership.join(clock.now)
     other.membership.join(clock.now)
-    linked_sessions(store, [5], state=S.WHATSAPP_CONNECTED)
+    linked_sessions(store, [5, 6, 7], state=S.WHATSAPP_CONNECTED)
     asyncio.run(claim_all(runner, clock))
-    fenced = FencedStore(store, lambda: runner.membership.fence)
-    assert fenced.transition(5, S.ACTIVATING, "runner", "activating").state == S.ACTIVATING
-    assert store.ownership.take_over(5, other.membership.fence, runner.membership.fence, clock.now + 100)
-    with pytest.raises(LeaseLost):  # a runner that lost the session never writes over the new owner
-        fenced.transition(5, S.ACTIVE, "runner", "YClients answered 201")
-    salon = store.get_salon(5)
-    assert salon is not None and salon.state == S.ACTIVATING
+    yclients = ScriptedYClients(ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, 503))
+    activator = Activator(store, yclients, "https://aiadmin.example", lambda: runner.membership.fence)
+    store.transition(5, S.ACTIVATING, "runner", "activating", fence=runner.membership.fence)
+
+    def take_over(salon_id: int) -> bool:
+        return store.ownership.take_over(salon_id, other.membership.fence, runner.membership.fence,
+                                         clock.now + 100) is not None
+
+    assert take_over(5) and take_over(6)
+    assert activator.run(5, lambda _s: True) == ActivationEnd.BUSY   # activating: the new owner goes on
+    assert activator.run(6, lambda _s: True) == ActivationEnd.BUSY   # connected: never moved to activating
+    assert yclients.activated == []
+    # Lost during a backoff: no further call.
+    assert activator.run(7, lambda _s: take_over(7)) == ActivationEnd.INTERRUPTED
+    assert yclients.activated == [7]
+    assert [store.get_salon(s).state for s in (5, 6, 7)] == [  # type: ignore[union-attr]
+        S.ACTIVATING, S.WHATSAPP_CONNECTED, S.ACTIVATING]
 
 
 class SlowFirstPush(RecordingPusher):
