@@ -21,6 +21,7 @@ from aiadmin.store import Store
 from aiadmin.yclients import RATE_LIMIT_FILE_ENV, YClientsClient, process_limiter
 from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
 from tests.helpers import fake_marketplace
+from tests.unit.runner_fakes import FakeClock
 
 TOKEN = "partner-token-for-tests"
 SALON = 101
@@ -158,22 +159,12 @@ def test_transient_answers_are_retried_with_growing_jittered_backoff(store: Stor
     assert salon is not None and salon.state == SalonState.ACTIVE
 
 
-class FakeClock:
-    """Time that moves only when the activator waits."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _clocked(store: Store, client: YClientsClient, clock: FakeClock, **policy: Any) -> tuple[Activator, Waits]:
     waits = Waits()
 
-    def wait(seconds: float) -> bool:
+    def wait(seconds: float) -> bool:  # time moves only when the activator waits
         waits.delays.append(seconds)
-        clock.now += seconds
+        clock.advance(seconds)
         return True
 
     fence = _member(store, "runner-a")

@@ -4,14 +4,12 @@ thread delays nothing else the runner does."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiadmin.states import SalonState
 from aiadmin.store import Store
 from tests.unit.runner_fakes import (
     LEASE,
     FakeClock,
-    RecordingPusher,
     ScriptedYClients,
     claim_all,
     engine_of,
@@ -19,6 +17,7 @@ from tests.unit.runner_fakes import (
     linked_sessions,
     live_through,
     make_runner,
+    pusher_of,
     put_salon,
     resume_and_connect,
 )
@@ -57,9 +56,7 @@ def test_a_yclients_outage_holding_every_activation_delays_nothing_else(store: S
     asyncio.run(scenario())
     salon = store.get_salon(9)
     assert salon is not None and salon.state == S.QR_READY
-    pusher = runner.writer._pusher
-    assert isinstance(pusher, RecordingPusher)
-    assert any(json.loads(payload)["state"] == "qr_ready" for salon_id, payload in pusher.pushed if salon_id == 9)
+    assert any(message["state"] == "qr_ready" for message in pusher_of(runner).states(9))
     # The paused salon's queued activation never started; the others ran to the end.
     assert sorted(yclients.activated) == [1, 2]
     assert {store.get_salon(s).state for s in (1, 2)} == {S.ACTIVE}  # type: ignore[union-attr]
