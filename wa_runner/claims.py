@@ -11,12 +11,14 @@ sessions of the asked classes exist."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
 from aiadmin.ownership import LIGHT, LINK_ATTEMPT, LINKING_PARTITION, RESUME, RESUME_PARTITIONS, Fence, Ownership
-from wa_runner.supervisor import Supervisor
+from wa_runner.commands import CommandApplier
+from wa_runner.linking import LinkingAttempts
+from wa_runner.resumes import ResumePacer
 
 CLAIM_BATCH = 25
 CLAIM_CONCURRENCY = 16
@@ -24,10 +26,14 @@ RESUME_EVERY = 4  # while no resume is waiting, one claim poll in this many also
 
 
 class Claimer:
-    def __init__(self, ownership: Ownership, supervisor: Supervisor, fence: Callable[[], Fence],
+    def __init__(self, ownership: Ownership, commands: CommandApplier, linking: LinkingAttempts, resumes: ResumePacer,
+                 get_salons: Callable[[Iterable[int]], dict[int, Salon]], fence: Callable[[], Fence],
                  holds: Callable[[float], bool], grace: float, batch: int = CLAIM_BATCH) -> None:
         self._ownership = ownership
-        self._supervisor = supervisor
+        self._commands = commands
+        self._linking = linking
+        self._resumes = resumes
+        self._get_salons = get_salons
         self._fence = fence
         self._holds = holds
         self._grace = grace
@@ -40,7 +46,7 @@ class Claimer:
         """The resume shard this poll also looks at, if any: every poll while resumes are
         waiting (a mass resume is not paced by the idle rhythm), else one poll in RESUME_EVERY;
         never while the resume backlog is full (a resume is not waited for by anyone on a page)."""
-        if self._supervisor.backlog_room() <= 0 or not (self._resumes_waiting or self._polls % RESUME_EVERY == 0):
+        if self._resumes.backlog_room() <= 0 or not (self._resumes_waiting or self._polls % RESUME_EVERY == 0):
             return None
         shard = RESUME_PARTITIONS[self._shard]
         self._shard = (self._shard + 1) % len(RESUME_PARTITIONS)
@@ -54,7 +60,7 @@ class Claimer:
         if not self._holds(now):
             return 0
         self._polls += 1
-        linking_classes = {LIGHT} | ({LINK_ATTEMPT} if self._supervisor.pairing_room() > 0 else set())
+        linking_classes = {LIGHT} | ({LINK_ATTEMPT} if self._linking.room() > 0 else set())
         waiting = self._resumes_waiting
         shard = self._resume_shard()
         queries = []
@@ -66,7 +72,7 @@ class Claimer:
         pages = await asyncio.gather(*queries)
         if shard is not None:
             self._resumes_waiting = bool(pages[-1])
-        room = {LINK_ATTEMPT: self._supervisor.pairing_room(), RESUME: self._supervisor.backlog_room()}
+        room = {LINK_ATTEMPT: self._linking.room(), RESUME: self._resumes.backlog_room()}
         chosen: list[int] = []
         resumes: list[int] = []
         for candidate in [c for page in pages for c in page]:
@@ -80,7 +86,7 @@ class Claimer:
         gate = asyncio.Semaphore(CLAIM_CONCURRENCY)
         fence = self._fence()
         # Read alongside the claims (a resume's connect may come before the last claim is answered).
-        salons = asyncio.ensure_future(self._supervisor.read_salons(resumes))
+        salons = asyncio.ensure_future(self._read_salons(resumes))
 
         async def known(salon_id: int) -> Salon | None:
             try:
@@ -96,11 +102,11 @@ class Claimer:
                     # The write may have been done with its answer lost: look.
                     logger.exception("claim failed", extra={"salon_id": salon_id})
                     lease = await asyncio.to_thread(self._ownership.get_session, salon_id)
-                    if lease is None or (lease.owner, lease.owner_epoch) != fence:
+                    if not fence.owns(lease):
                         return False
             if lease is None:
                 return False  # another runner was faster
-            await self._supervisor.adopt(lease, now, await known(salon_id) if lease.desired == "run" else None)
+            await self._commands.adopt(lease, now, await known(salon_id) if lease.desired == "run" else None)
             return True
 
         try:
@@ -110,6 +116,11 @@ class Claimer:
                 salons.cancel()
             elif not salons.cancelled():
                 salons.exception()  # retrieved: a failed read is no unhandled error
+
+    async def _read_salons(self, salon_ids: list[int]) -> dict[int, Salon]:
+        """The salons of sessions about to be claimed, in one call: their connects then need no
+        read of their own (a mass resume costs one read per claim page, not one per session)."""
+        return await asyncio.to_thread(self._get_salons, salon_ids) if salon_ids else {}
 
     async def takeover_step(self, now: float) -> int:
         """Take over sessions of dead memberships, as many as the resume backlog has room for;
@@ -121,7 +132,7 @@ class Claimer:
         for member in await asyncio.to_thread(self._ownership.members):
             if member.runner_id == me.runner_id or not member.dead(now, self._grace):
                 continue
-            room = self._supervisor.backlog_room()
+            room = self._resumes.backlog_room()
             if room <= 0:
                 break
             leases = await asyncio.to_thread(self._ownership.owned_by, member.runner_id, room)
@@ -131,7 +142,7 @@ class Claimer:
             for lease in leases:
                 if lease.owner != member.runner_id or lease.owner_epoch is None or not self._holds(now):
                     continue
-                if lease.desired == "link" and self._supervisor.pairing_room() <= 0:
+                if lease.desired == "link" and self._linking.room() <= 0:
                     continue  # over our pairing bound: left for another runner
                 dead = Fence(member.runner_id, lease.owner_epoch)
                 won = await asyncio.to_thread(self._ownership.take_over, lease.salon_id, me, dead, now - self._grace)
@@ -141,5 +152,5 @@ class Claimer:
                 metrics.add_metric(name="SessionTakenOver", unit="Count", value=1)
                 logger.info("took over a dead runner's session", extra={"salon_id": won.salon_id,
                                                                           "from": member.runner_id})
-                await self._supervisor.adopt(won, now)
+                await self._commands.adopt(won, now)
         return taken

@@ -14,19 +14,24 @@ from aiadmin.ownership import Fence, Ownership
 from aiadmin.states import CONNECTS_FROM, IllegalTransition, SalonState
 from aiadmin.store import LeaseLost
 from wa_runner.activations import ActivationWorker
+from wa_runner.book import SessionBook
 from wa_runner.engine import EngineEvent, WhatsAppEngine
+from wa_runner.linking import LinkingAttempts
 from wa_runner.mapping import FollowUp, react
+from wa_runner.resumes import ResumePacer
 from wa_runner.salons import SalonWriter
 from wa_runner.sessions import LIVE_PHASES, OwnedSession
-from wa_runner.supervisor import Supervisor
 
 
 class EventHandler:
-    def __init__(self, engine: WhatsAppEngine, supervisor: Supervisor, writer: SalonWriter, ownership: Ownership,
-                 activations: ActivationWorker, fence: Callable[[], Fence], holds: Callable[[float], bool],
-                 stale_owner_seconds: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: WhatsAppEngine, book: SessionBook, resumes: ResumePacer, linking: LinkingAttempts,
+                 writer: SalonWriter, ownership: Ownership, activations: ActivationWorker,
+                 fence: Callable[[], Fence], holds: Callable[[float], bool], stale_owner_seconds: float,
+                 clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
-        self._supervisor = supervisor
+        self._book = book
+        self._resumes = resumes
+        self._linking = linking
         self._writer = writer
         self._ownership = ownership
         self._activations = activations
@@ -62,17 +67,17 @@ class EventHandler:
                     logger.info("engine event ignored", extra={"salon_id": salon_id, "kind": event.kind,
                                                                 "reason": str(exc)})
                 except LeaseLost:
-                    await self._supervisor.drop(salon_id, "a write was refused: the session is no longer ours")
+                    await self._book.drop(salon_id, "a write was refused: the session is no longer ours")
                 except Exception:
                     logger.exception("engine event failed", extra={"salon_id": salon_id, "kind": event.kind})
                 finally:
-                    self._supervisor.resume_wakeup.set()
+                    self._resumes.wake()
         finally:
             self._inboxes.pop(salon_id, None)
             self.workers.pop(salon_id, None)
 
     async def handle(self, event: EngineEvent) -> None:
-        owned = self._supervisor.owned.get(event.salon_id)
+        owned = self._book.get(event.salon_id)
         if owned is None or event.generation != owned.started_generation:
             return  # not ours (any more), or left over from an earlier attempt
         now = self._clock()
@@ -90,7 +95,7 @@ class EventHandler:
             owned.enter(reaction.phase, now)
             # A session that left `starting` frees its resume slot now, not after this
             # event's writes (a mass resume is paced by how soon slots free up).
-            self._supervisor.resume_wakeup.set()
+            self._resumes.wake()
         if reaction.state is not None:
             await self._writer.transition(salon_id, reaction.state, reaction.reason, reaction.attrs,
                                           reaction.expected, attempt=event.generation if reaction.of_attempt else None)
@@ -108,9 +113,9 @@ class EventHandler:
                 salon = await self._writer.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "session connected")
             await self._activations.consider(owned, salon)  # one read of the salon for both (a mass resume)
         elif follow_up == FollowUp.RETIRE:
-            await self._supervisor.retire(owned)
+            await self._book.retire(owned)
         elif follow_up == FollowUp.END_LINKING:
-            await self._supervisor.end_linking(owned, now, event.detail or "no scan within 160 s")
+            await self._linking.end(owned, now, event.detail or "no scan within 160 s")
         elif follow_up == FollowUp.STREAM_REPLACED:
             await self._stream_replaced(owned, now)
         elif follow_up == FollowUp.RECONNECT:
@@ -123,8 +128,8 @@ class EventHandler:
         longer ours, the other is the rightful owner; if it is, the other is a stale runner
         that stops itself within its membership margin, so reconnect only after that."""
         lease = await asyncio.to_thread(self._ownership.get_session, owned.salon_id)
-        if lease is None or (lease.owner, lease.owner_epoch) != tuple(self._fence()):
-            await self._supervisor.drop(owned.salon_id, "stream replaced by the session's new owner")
+        if not self._fence().owns(lease):
+            await self._book.drop(owned.salon_id, "stream replaced by the session's new owner")
             return
         delay = owned.schedule_retry(now, at_least=self._stale_owner_seconds)
         logger.error("stream replaced while the session is ours", extra={"salon_id": owned.salon_id,

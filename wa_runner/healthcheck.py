@@ -18,11 +18,12 @@ MAX_AGE_SECONDS = 60
 HEARTBEAT_FILE = Path(os.environ.get("RUNNER_HEARTBEAT_FILE", "/tmp/wa_runner.heartbeat"))  # noqa: S108
 
 
-def beat(status: Mapping[str, Any] | None = None, path: Path | None = None) -> None:
-    """Write the heartbeat atomically: the check never reads half a file."""
+def beat(status: Mapping[str, Any] | None = None, path: Path | None = None, at: float | None = None) -> None:
+    """Write the heartbeat atomically: the check never reads half a file. `at`: the runner's
+    clock (wall time: the check compares it with its own)."""
     target = path or HEARTBEAT_FILE
     temporary = target.with_name(target.name + ".tmp")
-    temporary.write_text(json.dumps({"at": time.time(), **(status or {})}))
+    temporary.write_text(json.dumps({"at": time.time() if at is None else at, **(status or {})}))
     os.replace(temporary, target)
 
 

@@ -20,18 +20,16 @@ from collections.abc import Callable
 from aiadmin.models import SessionLease
 from aiadmin.observability import logger
 from aiadmin.ownership import Fence, Ownership
-from wa_runner.supervisor import Supervisor
-
-
-def _is_ours(lease: SessionLease | None, fence: Fence) -> bool:
-    return lease is not None and lease.owner == fence.runner_id and lease.owner_epoch == fence.epoch
+from wa_runner.book import SessionBook
+from wa_runner.commands import CommandApplier
 
 
 class CommandIntake:
-    def __init__(self, ownership: Ownership, supervisor: Supervisor, fence: Callable[[], Fence],
+    def __init__(self, ownership: Ownership, book: SessionBook, commands: CommandApplier, fence: Callable[[], Fence],
                  holds: Callable[[float], bool]) -> None:
         self._ownership = ownership
-        self._supervisor = supervisor
+        self._book = book
+        self._commands = commands
         self._fence = fence
         self._holds = holds
 
@@ -39,7 +37,7 @@ class CommandIntake:
         """Carry out the pending commands; returns how many sessions had one. A runner that owns
         no session has none to carry out: it does not ask (the reconcile covers a session that is
         ours without the book knowing)."""
-        if not self._holds(now) or not self._supervisor.owned:
+        if not self._holds(now) or not self._book:
             return 0
         fence = self._fence()
         salon_ids = await asyncio.to_thread(self._ownership.pending_commands, fence.runner_id)
@@ -49,15 +47,14 @@ class CommandIntake:
 
     async def _deliver(self, salon_id: int, fence: Fence, now: float) -> None:
         lease = await asyncio.to_thread(self._ownership.get_session, salon_id)
-        if not _is_ours(lease, fence):
-            if salon_id in self._supervisor.owned:
-                await self._supervisor.drop(salon_id, "the session is no longer ours")
+        if not fence.owns(lease):
+            if salon_id in self._book:
+                await self._book.drop(salon_id, "the session is no longer ours")
             return
-        assert lease is not None
         if not self._holds(now):
             return
         try:
-            await self._supervisor.command(lease, now)
+            await self._commands.command(lease, now)
         except Exception:
             logger.exception("command failed, tried again next poll", extra={"salon_id": salon_id})
             return
@@ -77,14 +74,14 @@ class CommandIntake:
                 await self._take_back(lease, fence, now)
                 continue
             seen.add(lease.salon_id)
-            owned = self._supervisor.owned.get(lease.salon_id)
+            owned = self._book.get(lease.salon_id)
             if owned is None or owned.lease.command != lease.command or lease.command_waiting \
                     or (lease.wants_activation_retry and not owned.retry_activation):
                 await self._deliver(lease.salon_id, fence, now)
-        for salon_id in [s for s in self._supervisor.owned if s not in seen]:
+        for salon_id in self._book.salon_ids() - seen:
             # Not in the index (yet: a claim a moment ago is not there), so read it itself.
-            if not _is_ours(await asyncio.to_thread(self._ownership.get_session, salon_id), fence):
-                await self._supervisor.drop(salon_id, "the session is no longer ours")
+            if not fence.owns(await asyncio.to_thread(self._ownership.get_session, salon_id)):
+                await self._book.drop(salon_id, "the session is no longer ours")
 
     async def _take_back(self, lease: SessionLease, fence: Fence, now: float) -> None:
         assert lease.owner_epoch is not None
@@ -93,4 +90,4 @@ class CommandIntake:
         won = await asyncio.to_thread(self._ownership.take_over, lease.salon_id, fence,
                                       Fence(fence.runner_id, lease.owner_epoch), now)
         if won is not None:
-            await self._supervisor.adopt(won, now)
+            await self._commands.adopt(won, now)

@@ -7,10 +7,14 @@ only puts the parts together and runs their loops:
 | membership (one lease per runner) | membership   | its own thread and DynamoDB client        |
 | claims and takeovers           | claims          | the claim loop (RUNNER_POLL_SECONDS)      |
 | command intake, reconcile      | intake          | the command loop (RUNNER_COMMAND_POLL_SECONDS) |
-| session supervision            | supervisor      | the upkeep loop (1 s), the resume loop    |
+| the book of owned sessions     | book            | (kept by the others)                      |
+| applying commands              | commands        | the claim and command loops               |
+| resume pacing                  | resumes         | the resume loop                           |
+| linking attempts (abandoned: qr_expired) | linking | the upkeep loop (1 s)                  |
+| crash restarts (backoff)       | restarts        | the upkeep loop (1 s)                     |
 | engine event -> salon state    | mapping, events | one task per salon with events            |
 | activation in YClients         | activations     | a bounded pool of its own                 |
-| salon writes and pushes        | salons          | I/O threads; pushes on a pool of their own |
+| salon writes and pushes        | salons          | I/O threads; pushes on the pusher's pool (`aiadmin.push`) |
 | health                         | health          | the upkeep loop                           |
 
 Upkeep does not grow with idle sessions: per runner, one membership renewal every few
@@ -37,19 +41,23 @@ from aiadmin.push import RUNNER_ACTOR, Pusher
 from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
 from wa_runner.activations import ACTIVATION_WORKERS, ActivationWorker
+from wa_runner.book import SessionBook
 from wa_runner.claims import Claimer
+from wa_runner.commands import CommandApplier
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.events import EventHandler
 from wa_runner.health import Health
 from wa_runner.intake import CommandIntake
+from wa_runner.limits import RunnerLimits
+from wa_runner.linking import LinkingAttempts
 from wa_runner.membership import Membership, MembershipKeeper
-from wa_runner.salons import FencedStore, SalonWriter
-from wa_runner.supervisor import RunnerLimits, Supervisor
+from wa_runner.restarts import Restarts
+from wa_runner.resumes import ResumePacer
+from wa_runner.salons import SalonWriter
 
 __all__ = ["Runner", "RunnerLimits"]
 
 IO_THREADS = 16
-PUSH_THREADS = 16
 UPKEEP_SECONDS = 1.0
 TAKEOVER_LOOK_SECONDS = 2.0
 # SIGTERM: engine sessions stopped within this, then handed back within RELEASE_SECONDS
@@ -80,21 +88,26 @@ class Runner:
         self.membership = Membership(membership_store or ownership, runner_id, lease_seconds,
                                      status=lambda: self.health.status, on_lapse=self._on_lapse)
         fence, holds = self._fence, self.membership.holds
-        self._push_pool = ThreadPoolExecutor(PUSH_THREADS, thread_name_prefix="push")
-        self.writer = SalonWriter(store, pusher, fence, self._push_pool)
+        self._pusher = pusher
+        self.writer = SalonWriter(store, pusher, fence, clock)
         policy = activation_policy or ActivationPolicy()
-        fenced = FencedStore(store, fence)
         self.activations = ActivationWorker(
             store, ownership, fence, workers=activation_workers,
-            make_activator=lambda: Activator(fenced, yclients, public_base_url, runner_id, policy,
-                                             notify=self.writer.notify, actor=RUNNER_ACTOR))
-        self.supervisor = Supervisor(store, ownership, engine, self.writer, self.activations, fence, holds,
-                                     limits)
+            make_activator=lambda: Activator(store, yclients, public_base_url, fence, policy,
+                                             notify=self.writer.notify, clock=clock, actor=RUNNER_ACTOR))
+        limits = limits or RunnerLimits()
+        self.book = SessionBook(ownership, engine, fence, on_forget=self.activations.cancel)
+        self.restarts = Restarts(self.book, engine, holds)
+        self.resumes = ResumePacer(self.book, self.restarts, holds, limits)
+        self.linking = LinkingAttempts(self.book, engine, self.restarts, self.writer, store, limits)
+        self.commands = CommandApplier(self.book, engine, self.linking, self.resumes, self.activations)
         times = self.membership.times
-        self.events = EventHandler(engine, self.supervisor, self.writer, ownership, self.activations, fence, holds,
-                                   stale_owner_seconds=times.margin + times.grace + 1, clock=clock)
-        self.claimer = Claimer(ownership, self.supervisor, fence, holds, times.grace)
-        self.intake = CommandIntake(ownership, self.supervisor, fence, holds)
+        self.events = EventHandler(engine, self.book, self.resumes, self.linking, self.writer, ownership,
+                                   self.activations, fence, holds, stale_owner_seconds=times.margin + times.grace + 1,
+                                   clock=clock)
+        self.claimer = Claimer(ownership, self.commands, self.linking, self.resumes, store.get_salons, fence, holds,
+                               times.grace)
+        self.intake = CommandIntake(ownership, self.book, self.commands, fence, holds)
         self._ownership = ownership
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lapse_task: asyncio.Task[None] | None = None
@@ -107,10 +120,10 @@ class Runner:
 
     def status(self) -> dict[str, Any]:
         """Sessions by phase and pairings in flight: the heartbeat's content."""
-        return self.supervisor.status()
+        return self.book.status()
 
     def pairings_in_flight(self) -> int:
-        return self.supervisor.pairings_in_flight()
+        return self.book.pairings_in_flight()
 
     # ---- the loops ------------------------------------------------------------------------
 
@@ -124,7 +137,8 @@ class Runner:
                     await asyncio.wait_for(stop.wait(), 1.0)
         keeper = MembershipKeeper(self.membership, self._clock)
         keeper.start()
-        background = [asyncio.create_task(self.events.consume()), asyncio.create_task(self._resume_loop())]
+        background = [asyncio.create_task(self.events.consume()), asyncio.create_task(self._resume_loop()),
+                      asyncio.create_task(self.writer.pump())]
         loops = [asyncio.create_task(self._claim_loop(stop)), asyncio.create_task(self._command_loop(stop)),
                  asyncio.create_task(self._upkeep_loop(stop))]
         try:
@@ -169,21 +183,29 @@ class Runner:
             await self._every(stop, self._command_poll_seconds, now)
 
     async def _upkeep_loop(self, stop: asyncio.Event) -> None:
-        """Once a second: supervision, abandoned pairings, health."""
+        """Once a second: crash restarts, abandoned pairings, health."""
         while not stop.is_set():
             now = self._clock()
-            await _step("supervise", self.supervisor.supervise(now, self.events.quiet))
-            await _step("page check", self.supervisor.check_pages(now))
-            linked = sum(1 for owned in self.supervisor.owned.values() if owned.lease.desired == "run")
-            self.health.update(self.status(), linked, now)
-            self.supervisor.resume_wakeup.set()  # resumes that timed out free their slots
+            await _step("supervise", self.restart_crashed(now))
+            await _step("page check", self.linking.check_pages(now))
+            self.health.update(self.status(), self.book.linked(), now)
+            self.resumes.wake()  # resumes that timed out free their slots
             await self._every(stop, UPKEEP_SECONDS, now)
+
+    async def restart_crashed(self, now: float) -> None:
+        """Crashed sessions are restarted with backoff: a due restart carries out the command again."""
+        for owned in await self.restarts.supervise(now, self.events.quiet):
+            await self.commands.restart(owned, now)
 
     async def _resume_loop(self) -> None:
         while True:
-            await self.supervisor.resume_wakeup.wait()
-            self.supervisor.resume_wakeup.clear()
-            await _step("resume", self.supervisor.resume_step(self._clock()))
+            await self.resumes.woken()
+            await _step("resume", self.resumes.step(self._clock()))
+
+    async def stop_sessions(self, timeout: float | None) -> list[SessionLease]:
+        """Stop every session at once (a lapse, a shutdown); returns the leases they had."""
+        self.resumes.clear()
+        return await self.book.stop_all(timeout)
 
     # ---- a lapsed membership ----------------------------------------------------------------
 
@@ -197,7 +219,7 @@ class Runner:
         self._lapse_task = asyncio.create_task(self._lapsed())
 
     async def _lapsed(self) -> None:
-        stopped = await self.supervisor.stop_all(STOP_SECONDS)
+        stopped = await self.stop_sessions(STOP_SECONDS)
         # Each one dropped: counted as the fence's drops are (the others take them over).
         metrics.add_metric(name="LeaseLost", unit="Count", value=len(stopped))
         logger.error("membership lapsed: every session stopped", extra={"sessions": len(stopped)})
@@ -207,24 +229,22 @@ class Runner:
 
     async def _shutdown(self) -> None:
         """On SIGTERM: stop every session in parallel, hand them back, leave."""
-        started = time.monotonic()
+        started = self._clock()
         self._stopping = True
         self.activations.close()
-        holding = self.membership.holds(self._clock())
-        leases = await self.supervisor.stop_all(STOP_SECONDS)
+        holding = self.membership.holds(started)
+        leases = await self.stop_sessions(STOP_SECONDS)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._engine.close(), max(1.0, STOP_SECONDS - (time.monotonic() - started)))
+            await asyncio.wait_for(self._engine.close(), max(1.0, STOP_SECONDS - (self._clock() - started)))
         released = await self._release(leases) if holding else 0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.writer.drain(), DRAIN_SECONDS)  # the last states reach their pages
+        await self.writer.drain(DRAIN_SECONDS)  # the last states reach their pages
         try:
             await asyncio.to_thread(self.membership.leave, self._clock())
         except Exception:
             logger.exception("leaving the membership failed: the others take over once it ends")
-        self._push_pool.shutdown(wait=False, cancel_futures=True)
+        self._pusher.shutdown()
         logger.info("sessions handed over", extra={"runner_id": self.runner_id, "sessions": len(leases),
-                                                   "released": released,
-                                                   "seconds": round(time.monotonic() - started, 2)})
+                                                   "released": released, "seconds": round(self._clock() - started, 2)})
 
     async def _release(self, leases: list[SessionLease]) -> int:
         fence = self._fence()

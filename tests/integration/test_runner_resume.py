@@ -105,7 +105,7 @@ def test_a_session_claimed_during_the_reconcile_is_kept(table: Any, tmp_path: Pa
             stop = asyncio.Event()
             running = asyncio.create_task(runner.run(stop))
             try:
-                while not (801 in runner.supervisor.owned and slow.reading.is_set()):
+                while not (801 in runner.book and slow.reading.is_set()):
                     await asyncio.sleep(0.01)
                 store.request_session(802, "run")  # claimed while the reconcile's read is under way
                 await asyncio.sleep(3)  # several reconciles later

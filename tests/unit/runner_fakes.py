@@ -1,11 +1,12 @@
-"""Stand-ins for the runner's unit tests: an in-memory WhatsApp engine, a fake clock, a pusher
-and a YClients client that record what they are asked, and a runner built from its parts on
-a moto table (no loops, no subprocesses, no sleeps: the tests call each part's step with the
+"""Stand-ins for the runner's unit tests: an in-memory WhatsApp engine, the one fake clock, a
+pusher and a YClients client that record what they are asked, and a runner built from its parts
+on a moto table (no loops, no subprocesses, no sleeps: the tests call each part's step with the
 clock's time)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Any
@@ -23,7 +24,8 @@ LEASE = 20.0
 
 
 class FakeClock:
-    """Starts at the real time (DynamoDB conditions the store writes compare with it too)."""
+    """Time that moves only when a test moves it. Starts at the real time (DynamoDB conditions
+    the store writes compare with it too)."""
 
     def __init__(self) -> None:
         self.now = time.time()
@@ -82,16 +84,25 @@ class InMemoryEngine:
 
 
 class RecordingPusher(Pusher):
-    def __init__(self) -> None:
-        super().__init__("http://127.0.0.1:9", client=object())
+    """Every salon has one open page, `page-<salon id>`; records what each page receives."""
+
+    def __init__(self, threads: int = 4) -> None:
+        super().__init__("http://127.0.0.1:9", client=object(), threads=threads)
         self.pushed: list[tuple[int, str]] = []
         self._lock = threading.Lock()
 
-    def deliver(self, store: Store, salon: Salon, payload: str, deadline_seconds: float = 5.0,
-                clock: Any = None, now: float | None = None) -> tuple[int, bool]:
+    def audience(self, store: Store, salon: Salon, now: float) -> tuple[list[str], list[tuple[str, str]]]:
+        return [f"page-{salon.salon_id}"], []
+
+    def send(self, connection_id: str, payload: str) -> bool:
         with self._lock:
-            self.pushed.append((salon.salon_id, payload))
-        return 1, True
+            self.pushed.append((int(connection_id.removeprefix("page-")), payload))
+        return True
+
+    def states(self, salon_id: int) -> list[dict[str, Any]]:
+        """The messages the salon's page received, in the order they were sent."""
+        with self._lock:
+            return [json.loads(payload) for pushed_id, payload in self.pushed if pushed_id == salon_id]
 
 
 class ScriptedYClients(YClientsClient):
@@ -130,6 +141,12 @@ def engine_of(runner: Runner) -> InMemoryEngine:
     return engine
 
 
+def pusher_of(runner: Runner) -> RecordingPusher:
+    pusher = runner._pusher
+    assert isinstance(pusher, RecordingPusher)
+    return pusher
+
+
 def put_salon(store: Store, salon_id: int, state: SalonState, **attrs: Any) -> None:
     now = time.time()
     store.put_salon(Salon(salon_id=salon_id, state=state, version=3, updated_at=now,
@@ -155,10 +172,9 @@ async def claim_all(runner: Runner, clock: FakeClock) -> None:
 
 async def resume_and_connect(runner: Runner, clock: FakeClock) -> None:
     """Start every queued linked session (a few at a time, as the runner does) and connect it."""
-    supervisor = runner.supervisor
-    while supervisor.resume_queue:
-        await supervisor.resume_step(clock.now)
-        for salon_id in [s for s, owned in supervisor.owned.items() if owned.phase.value == "starting"]:
+    while runner.resumes.waiting():
+        await runner.resumes.step(clock.now)
+        for salon_id in [owned.salon_id for owned in runner.book.sessions() if owned.phase.value == "starting"]:
             await handle(runner, EventKind.CONNECTED, salon_id)
 
 

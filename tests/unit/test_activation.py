@@ -15,11 +15,13 @@ import requests
 from pyrate_limiter import Limiter, Rate
 
 from aiadmin.activation import ActivationEnd, ActivationPolicy, Activator, backoff_delay
+from aiadmin.ownership import Fence
 from aiadmin.states import SalonState
 from aiadmin.store import Store
 from aiadmin.yclients import RATE_LIMIT_FILE_ENV, YClientsClient, process_limiter
 from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
 from tests.helpers import fake_marketplace
+from tests.unit.runner_fakes import FakeClock
 
 TOKEN = "partner-token-for-tests"
 SALON = 101
@@ -51,12 +53,23 @@ def client(marketplace: tuple[FakeYClients, str]) -> YClientsClient:
     return YClientsClient(marketplace[1], TOKEN, 4242, limiter=Limiter(Rate(1000, 1000)), timeout=(1.0, 0.5))
 
 
+def _member(store: Store, runner_id: str) -> Fence:
+    """The runner's membership (joined once): the activation's writes are fenced on it."""
+    for member in store.ownership.members():
+        if member.runner_id == runner_id:
+            return member.fence
+    return Fence(runner_id, store.ownership.join(runner_id, time.time(), 3600, {}))
+
+
 def _connected_salon(store: Store, salon_id: int = SALON, deadline_in: float = 3600) -> None:
+    """Linked, its session owned by runner-a."""
     now = time.time()
     store.transition(salon_id, SalonState.PENDING_WHATSAPP, "test",
                      attrs={"consent_at": now, "activation_deadline": now + deadline_in})
     store.transition(salon_id, SalonState.PAIRING, "test")
     store.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "test")
+    store.request_session(salon_id, "run")
+    assert store.ownership.claim(salon_id, _member(store, "runner-a")) is not None
 
 
 class Waits:
@@ -78,7 +91,8 @@ def _script(fake: FakeYClients, *answers: dict[str, Any]) -> None:
 def _activate(store: Store, client: YClientsClient, waits: Waits | None = None, owner: str = "runner-a",
               **policy: Any) -> ActivationEnd:
     notified: list[SalonState] = []
-    activator = Activator(store, client, BASE, owner, ActivationPolicy(**policy),
+    fence = _member(store, owner)
+    activator = Activator(store, client, BASE, lambda: fence, ActivationPolicy(**policy),
                           notify=lambda s: notified.append(s.state))
     return activator.run(SALON, waits or Waits())
 
@@ -145,25 +159,16 @@ def test_transient_answers_are_retried_with_growing_jittered_backoff(store: Stor
     assert salon is not None and salon.state == SalonState.ACTIVE
 
 
-class FakeClock:
-    """Time that moves only when the activator waits."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _clocked(store: Store, client: YClientsClient, clock: FakeClock, **policy: Any) -> tuple[Activator, Waits]:
     waits = Waits()
 
-    def wait(seconds: float) -> bool:
+    def wait(seconds: float) -> bool:  # time moves only when the activator waits
         waits.delays.append(seconds)
-        clock.now += seconds
+        clock.advance(seconds)
         return True
 
-    activator = Activator(store, client, BASE, "runner-a", ActivationPolicy(**policy), clock=clock)
+    fence = _member(store, "runner-a")
+    activator = Activator(store, client, BASE, lambda: fence, ActivationPolicy(**policy), clock=clock)
     return activator, wait  # type: ignore[return-value]
 
 
@@ -274,6 +279,7 @@ def _atomic_calls(store: Store) -> None:
 
 def test_two_concurrent_triggers_make_exactly_one_activation(store: Store, client: YClientsClient,
                                                             fake: FakeYClients) -> None:
+    """The session's owner activates; another runner's trigger is BUSY (whichever comes first)."""
     _atomic_calls(store)
     _connected_salon(store)
     _script(fake, {"passthrough": True, "delay": 0.3})  # slow enough for the two to overlap
@@ -294,17 +300,18 @@ def test_two_concurrent_triggers_make_exactly_one_activation(store: Store, clien
     assert len(fake.activations) == 1
 
 
-def test_an_abandoned_activation_is_taken_over_after_its_lock_expires(store: Store, client: YClientsClient,
-                                                                      fake: FakeYClients) -> None:
+def test_an_abandoned_activation_is_finished_by_the_sessions_next_owner(store: Store, client: YClientsClient,
+                                                                        fake: FakeYClients) -> None:
     _connected_salon(store)
     # runner-a started activating and died during a backoff.
     _script(fake, {"status": 503})
-    assert _activate(store, client, Waits(allow=False), owner="runner-a", lock_seconds=0.2) \
-        == ActivationEnd.INTERRUPTED
+    assert _activate(store, client, Waits(allow=False), owner="runner-a") == ActivationEnd.INTERRUPTED
     salon = store.get_salon(SALON)
     assert salon is not None and salon.state == SalonState.ACTIVATING
-    assert _activate(store, client, owner="runner-b") == ActivationEnd.BUSY  # lock still held
-    time.sleep(0.3)
+    assert _activate(store, client, owner="runner-b") == ActivationEnd.BUSY  # the session is still runner-a's
+    assert store.ownership.take_over(SALON, _member(store, "runner-b"), _member(store, "runner-a"),
+                                     time.time() + 7200) is not None
+    assert _activate(store, client, owner="runner-a") == ActivationEnd.BUSY  # no longer its session
     assert _activate(store, client, owner="runner-b") == ActivationEnd.ACTIVE
     # The same key as the first attempt: YClients may have registered it already.
     assert fake.activations[0]["api_key"] == store.get_salon_secrets(SALON)["api_key"]

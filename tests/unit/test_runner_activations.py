@@ -4,13 +4,12 @@ thread delays nothing else the runner does."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiadmin.states import SalonState
 from aiadmin.store import Store
 from tests.unit.runner_fakes import (
+    LEASE,
     FakeClock,
-    RecordingPusher,
     ScriptedYClients,
     claim_all,
     engine_of,
@@ -18,6 +17,7 @@ from tests.unit.runner_fakes import (
     linked_sessions,
     live_through,
     make_runner,
+    pusher_of,
     put_salon,
     resume_and_connect,
 )
@@ -56,9 +56,43 @@ def test_a_yclients_outage_holding_every_activation_delays_nothing_else(store: S
     asyncio.run(scenario())
     salon = store.get_salon(9)
     assert salon is not None and salon.state == S.QR_READY
-    pusher = runner.writer._pusher
-    assert isinstance(pusher, RecordingPusher)
-    assert any(json.loads(payload)["state"] == "qr_ready" for salon_id, payload in pusher.pushed if salon_id == 9)
+    assert any(message["state"] == "qr_ready" for message in pusher_of(runner).states(9))
     # The paused salon's queued activation never started; the others ran to the end.
     assert sorted(yclients.activated) == [1, 2]
     assert {store.get_salon(s).state for s in (1, 2)} == {S.ACTIVE}  # type: ignore[union-attr]
+
+
+def test_a_runner_that_takes_over_mid_activation_finishes_the_activation(store: Store) -> None:
+    """Issue 16: the salon's previous owner died while activating (the salon is `activating`).
+    The runner that takes the session over must finish the activation: the fence says who may
+    act, not a lock the dead runner left behind (it answered BUSY for 120 s, and nothing ever
+    tried again: the salon stayed `activating`)."""
+    clock = FakeClock()
+    dying_yclients, yclients = ScriptedYClients(), ScriptedYClients()
+    dying_yclients.release.clear()  # runner-a's call never comes back: it dies during it
+    dying = make_runner(store, clock, yclients=dying_yclients, runner_id="runner-a")
+    taker = make_runner(store, clock, yclients=yclients, runner_id="runner-b")
+    dying.membership.join(clock.now)
+    taker.membership.join(clock.now)
+    linked_sessions(store, [5], state=S.WHATSAPP_CONNECTED)
+
+    async def scenario() -> None:
+        await claim_all(dying, clock)
+        await resume_and_connect(dying, clock)
+        assert dying_yclients.calling.acquire(timeout=10)  # runner-a is activating
+        salon = store.get_salon(5)
+        assert salon is not None and salon.state == S.ACTIVATING
+        live_through(clock, LEASE + LEASE / 10 + 1, taker)  # runner-a renews no more: dead
+        assert await taker.claimer.takeover_step(clock.now) == 1
+        await resume_and_connect(taker, clock)
+        taker.activations.join(10)
+        await taker.writer.drain()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        dying_yclients.release.set()
+        dying.activations.join(10)
+    assert yclients.activated == [5]
+    salon = store.get_salon(5)
+    assert salon is not None and salon.state == S.ACTIVE

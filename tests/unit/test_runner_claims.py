@@ -38,16 +38,16 @@ def test_new_linking_attempts_are_claimed_first_and_each_runner_keeps_to_its_bou
 
     async def scenario() -> None:
         await a.claimer.claim_step(clock.now)  # shard 0: the linking attempt first, then resumes
-        assert 100 in a.supervisor.owned and a.pairings_in_flight() == 1
-        assert 104 not in a.supervisor.owned   # over a's pairing bound: left for another runner
+        assert 100 in a.book and a.pairings_in_flight() == 1
+        assert 104 not in a.book   # over a's pairing bound: left for another runner
         await claim_all(a, clock)
-        assert len(a.supervisor.resume_queue) == limits.resume_backlog  # no more than it can start soon
+        assert a.resumes.waiting() == limits.resume_backlog  # no more than it can start soon
         await claim_all(b, clock)
-        assert 104 in b.supervisor.owned
-        assert len(b.supervisor.resume_queue) == limits.resume_backlog
+        assert 104 in b.book
+        assert b.resumes.waiting() == limits.resume_backlog
 
     asyncio.run(scenario())
-    assert not set(a.supervisor.owned) & set(b.supervisor.owned)
+    assert not a.book.salon_ids() & b.book.salon_ids()
     assert engine_of(a).sessions.keys() == {100} and engine_of(b).sessions.keys() == {104}
 
 
@@ -65,9 +65,9 @@ def test_a_mass_resume_is_claimed_at_every_poll_and_a_linking_attempt_still_goes
         put_salon(store, 200, SalonState.PENDING_WHATSAPP)
         store.request_session(200, "link")
         assert await runner.claimer.claim_step(clock.now) == 21  # the linking attempt and the next shard
-        assert 200 in runner.supervisor.owned and runner.pairings_in_flight() == 1
+        assert 200 in runner.book and runner.pairings_in_flight() == 1
         assert [await runner.claimer.claim_step(clock.now) for _ in range(2)] == [20, 20]
-        assert len(runner.supervisor.resume_queue) == 80
+        assert runner.resumes.waiting() == 80
         assert await runner.claimer.claim_step(clock.now) == 0  # seen empty: back to the idle rhythm
 
     asyncio.run(scenario())
@@ -108,7 +108,7 @@ def test_a_dead_runners_sessions_are_taken_over_after_its_lease_and_grace(store:
     async def scenario() -> None:
         await claim_all(dead, clock)
         await resume_and_connect(dead, clock)
-        assert len(dead.supervisor.owned) == 5
+        assert len(dead.book) == 5
         # SIGKILL: no more renewals. The survivor keeps renewing and looks.
         survivor.membership.join(clock.now)
         live_through(clock, LEASE, survivor)
@@ -138,7 +138,7 @@ def test_sigterm_hands_every_session_over_at_once(store: Store) -> None:
         await resume_and_connect(leaving, clock)
         await claim_all(leaving, clock)
         await resume_and_connect(leaving, clock)
-        assert len(leaving.supervisor.owned) == 30
+        assert len(leaving.book) == 30
         await leaving._shutdown()
         assert engine_of(leaving).sessions == {}  # stopped, all of them
         # Claimable now, without waiting for any lease: the other runner takes them at its next polls.
@@ -173,8 +173,8 @@ def test_a_frozen_runner_wakes_up_without_acting_on_sessions_it_lost(store: Stor
         # The frozen runner wakes: events and supervision first, before its membership thread runs.
         engine_of(frozen).crash(1)
         await handle(frozen, EventKind.QR, 3, code="stale-qr", expires_at=clock.now + 20)
-        await frozen.supervisor.supervise(clock.now)
-        await frozen.supervisor.resume_step(clock.now)
+        await frozen.restart_crashed(clock.now)
+        await frozen.resumes.step(clock.now)
         await frozen.claimer.claim_step(clock.now)
         await frozen.intake.poll(clock.now)
         assert engine_of(frozen).starts(1) == 1  # not restarted
@@ -183,7 +183,7 @@ def test_a_frozen_runner_wakes_up_without_acting_on_sessions_it_lost(store: Stor
         assert engine_of(frozen).sessions == {}
         frozen.membership.step(clock.now + 1)  # joins again, with a new epoch and nothing of its own
         await frozen.intake.reconcile(clock.now + 1)
-        assert frozen.supervisor.owned == {}
+        assert len(frozen.book) == 0
 
     asyncio.run(scenario())
     salon = store.get_salon(3)

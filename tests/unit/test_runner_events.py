@@ -5,7 +5,7 @@ session."""
 from __future__ import annotations
 
 import asyncio
-import json
+import threading
 
 import pytest
 
@@ -24,17 +24,13 @@ from tests.unit.runner_fakes import (
     handle,
     linked_sessions,
     make_runner,
+    pusher_of,
     put_salon,
     resume_and_connect,
 )
 from wa_runner.engine import EventKind
 
 S = SalonState
-
-
-def _pushed(runner_pusher: object, salon_id: int) -> list[dict[str, object]]:
-    assert isinstance(runner_pusher, RecordingPusher)
-    return [json.loads(payload) for pushed_id, payload in runner_pusher.pushed if pushed_id == salon_id]
 
 
 def test_a_linking_attempt_from_qr_to_active(store: Store) -> None:
@@ -44,23 +40,29 @@ def test_a_linking_attempt_from_qr_to_active(store: Store) -> None:
     runner.membership.join(clock.now)
     start_onboarding(store, 5, UserData(name="Анна"), clock.now)
 
+    yclients.release.clear()  # YClients answers once the page has seen `activating`
+
     async def scenario() -> None:
         await claim_all(runner, clock)
-        await handle(runner, EventKind.QR, 5, code="qr-1", expires_at=clock.now + 60)
-        await handle(runner, EventKind.QR, 5, code="qr-2", expires_at=clock.now + 80)
-        await handle(runner, EventKind.PAIR_SUCCESS, 5, detail="jid")
-        await handle(runner, EventKind.CONNECTED, 5)
-        runner.activations.join(10)
+        # Each change is sent before the next one comes (a newer state would supersede a queued one).
+        for kind, fields in [(EventKind.QR, {"code": "qr-1", "expires_at": clock.now + 60}),
+                             (EventKind.QR, {"code": "qr-2", "expires_at": clock.now + 80}),
+                             (EventKind.PAIR_SUCCESS, {"detail": "jid"}), (EventKind.CONNECTED, {})]:
+            await handle(runner, kind, 5, **fields)
+            await runner.writer.drain()
+        assert yclients.calling.acquire(timeout=10)
         await runner.writer.drain()  # the activation's pushes (sent from its thread)
+        yclients.release.set()
+        runner.activations.join(10)
+        await runner.writer.drain()
 
     asyncio.run(scenario())
     salon = store.get_salon(5)
     assert salon is not None and salon.state == S.ACTIVE and yclients.activated == [5]
     lease = store.get_session(5)
     assert lease is not None and lease.desired == "run"
-    # Every change reached the page, each with its own version (the page orders by these:
-    # the activation's two pushes may arrive in either order).
-    messages = sorted(_pushed(runner.writer._pusher, 5), key=lambda m: int(m["version"]))  # type: ignore[arg-type]
+    # Every change reached the page, each with its own version (the page orders by these).
+    messages = sorted(pusher_of(runner).states(5), key=lambda m: int(m["version"]))
     assert [m["state"] for m in messages] == ["qr_ready", "qr_ready", "pairing", "whatsapp_connected",
                                               "activating", "active"]
     assert len({m["version"] for m in messages}) == len(messages)
@@ -93,7 +95,7 @@ def test_a_session_that_connects_without_a_pairing_event_is_connected_and_activa
     asyncio.run(scenario())
     salon = store.get_salon(5)
     assert salon is not None and salon.state == S.ACTIVE and yclients.activated == [5]
-    states = [m["state"] for m in sorted(_pushed(runner.writer._pusher, 5), key=lambda m: int(m["version"]))]  # type: ignore[arg-type]
+    states = [m["state"] for m in sorted(pusher_of(runner).states(5), key=lambda m: int(m["version"]))]
     assert states[-3:] == ["whatsapp_connected", "activating", "active"]
 
 
@@ -172,7 +174,7 @@ def test_a_write_refused_by_the_fence_drops_the_session(store: Store) -> None:
         await handle(runner, EventKind.QR, 5, code="stale", expires_at=clock.now + 60)
 
     asyncio.run(scenario())
-    assert 5 not in runner.supervisor.owned and engine_of(runner).running() == set()
+    assert 5 not in runner.book and engine_of(runner).running() == set()
     salon = store.get_salon(5)
     assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.qr is None
 
@@ -194,12 +196,12 @@ def test_a_code_of_an_attempt_the_owner_replaced_is_not_shown(store: Store) -> N
         await handle(runner, EventKind.QR, 5, code="qr-2", expires_at=clock.now + 80)
         salon = store.get_salon(5)
         assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.qr is None
-        assert 5 in runner.supervisor.owned
+        assert 5 in runner.book
         await runner.intake.poll(clock.now)
 
     asyncio.run(scenario())
     assert ("pairing_code", 5) in engine_of(runner).log
-    pushed = [m["state"] for m in _pushed(runner.writer._pusher, 5)]
+    pushed = [m["state"] for m in pusher_of(runner).states(5)]
     assert pushed == ["qr_ready"]  # only the first attempt's QR, while it was the attempt
 
 
@@ -218,57 +220,112 @@ def test_a_logout_unlinks_the_device_and_retires_the_session(store: Store) -> No
     asyncio.run(scenario())
     salon = store.get_salon(5)
     assert salon is not None and salon.state == S.WHATSAPP_LOGGED_OUT
-    assert not engine_of(runner).has_credentials(5) and 5 not in runner.supervisor.owned
+    assert not engine_of(runner).has_credentials(5) and 5 not in runner.book
     lease = store.get_session(5)
     assert lease is not None and lease.owner is None
 
 
 def test_the_activations_writes_are_fenced_too(store: Store) -> None:
-    from aiadmin.store import LeaseLost
-    from wa_runner.salons import FencedStore
+    """A runner that lost the session neither writes the salon's state nor calls YClients."""
+    from aiadmin.activation import ActivationEnd, Activator
 
     clock = FakeClock()
     runner, other = make_runner(store, clock), make_runner(store, clock, runner_id="other")
     runner.membership.join(clock.now)
     other.membership.join(clock.now)
-    linked_sessions(store, [5], state=S.WHATSAPP_CONNECTED)
+    linked_sessions(store, [5, 6, 7], state=S.WHATSAPP_CONNECTED)
     asyncio.run(claim_all(runner, clock))
-    fenced = FencedStore(store, lambda: runner.membership.fence)
-    assert fenced.transition(5, S.ACTIVATING, "runner", "activating").state == S.ACTIVATING
-    assert store.ownership.take_over(5, other.membership.fence, runner.membership.fence, clock.now + 100)
-    with pytest.raises(LeaseLost):  # a runner that lost the session never writes over the new owner
-        fenced.transition(5, S.ACTIVE, "runner", "YClients answered 201")
-    salon = store.get_salon(5)
-    assert salon is not None and salon.state == S.ACTIVATING
+    yclients = ScriptedYClients(ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, 503))
+    activator = Activator(store, yclients, "https://aiadmin.example", lambda: runner.membership.fence)
+    store.transition(5, S.ACTIVATING, "runner", "activating", fence=runner.membership.fence)
+
+    def take_over(salon_id: int) -> bool:
+        return store.ownership.take_over(salon_id, other.membership.fence, runner.membership.fence,
+                                         clock.now + 100) is not None
+
+    assert take_over(5) and take_over(6)
+    assert activator.run(5, lambda _s: True) == ActivationEnd.BUSY   # activating: the new owner goes on
+    assert activator.run(6, lambda _s: True) == ActivationEnd.BUSY   # connected: never moved to activating
+    assert yclients.activated == []
+    # Lost during a backoff: no further call.
+    assert activator.run(7, lambda _s: take_over(7)) == ActivationEnd.INTERRUPTED
+    assert yclients.activated == [7]
+    assert [store.get_salon(s).state for s in (5, 6, 7)] == [  # type: ignore[union-attr]
+        S.ACTIVATING, S.WHATSAPP_CONNECTED, S.ACTIVATING]
 
 
-class SlowFirstPush(RecordingPusher):
-    """The first delivery runs out of time before reaching every page."""
+class HangingFirstSend(RecordingPusher):
+    """The first message hangs (a management API that does not answer) until `release`."""
 
-    def deliver(self, store: Store, salon: Salon, payload: str, deadline_seconds: float = 5.0,
-                clock: object = None, now: float | None = None) -> tuple[int, bool]:
-        done = super().deliver(store, salon, payload, deadline_seconds, clock)
-        return (0, False) if len(self.pushed) == 1 else done
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.hanging = threading.Event()
+
+    def send(self, connection_id: str, payload: str) -> bool:
+        first = not self.pushed
+        super().send(connection_id, payload)
+        if first:
+            self.hanging.set()
+            self.release.wait(10)
+        return True
 
 
-def test_a_push_that_missed_its_deadline_comes_again_with_the_latest_state(store: Store,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
+def test_a_push_that_missed_its_deadline_comes_again_with_the_latest_state(store: Store) -> None:
     from aiadmin.ownership import Fence
-    from wa_runner import salons
+    from aiadmin.push import PushPolicy
+    from wa_runner.salons import SalonWriter
 
-    monkeypatch.setattr(salons, "PUSH_RETRY_SECONDS", 0.0)
+    clock = FakeClock()
     put_salon(store, 5, S.QR_READY)
-    pusher = SlowFirstPush()
-    writer = salons.SalonWriter(store, pusher, lambda: Fence("a", 1), ThreadPoolExecutor(2))
+    pusher = HangingFirstSend()
+    writer = SalonWriter(store, pusher, lambda: Fence("a", 1), clock, PushPolicy(deadline_seconds=10, again_seconds=1))
     stale = store.get_salon(5)
     assert stale is not None
-    store.transition(5, S.PAIRING, actor="test")  # moved on before the retry
 
     async def scenario() -> None:
-        await writer.push(stale)
+        writer.push(stale)
+        assert await asyncio.to_thread(pusher.hanging.wait, 10)
+        store.transition(5, S.PAIRING, actor="test")  # moved on before the push came again
+        writer.pushes.step(clock.advance(10))  # its deadline passed: it comes again a second later
+        writer.pushes.step(clock.advance(0.5))
+        assert len(pusher.pushed) == 1
+        writer.pushes.step(clock.advance(0.5))
+        await writer.drain()
+        pusher.release.set()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pusher.release.set()
+    assert [m["state"] for m in pusher.states(5)] == ["qr_ready", "pairing"]
+
+
+def test_a_newer_state_supersedes_a_queued_one_and_never_an_older_one(store: Store) -> None:
+    """The pool is busy: of three states of a salon waiting for it, only the latest is sent. A
+    state older than the one on its way is never sent after it."""
+    from aiadmin.ownership import Fence
+    from wa_runner.salons import SalonWriter
+
+    clock = FakeClock()
+    pusher = HangingFirstSend()
+    pusher._threads = 1  # one thread: what comes after the hanging send waits for it
+    writer = SalonWriter(store, pusher, lambda: Fence("a", 1), clock)
+    busy = Salon(salon_id=1, state=S.QR_READY, version=1)
+    states = [Salon(salon_id=2, state=state, version=version)
+              for version, state in enumerate([S.QR_READY, S.PAIRING, S.WHATSAPP_CONNECTED], start=1)]
+
+    async def scenario() -> None:
+        writer.push(busy)
+        assert await asyncio.to_thread(pusher.hanging.wait, 10)
+        for salon in states:
+            writer.push(salon)
+        writer.push(states[0])  # late: older than the one waiting
+        pusher.release.set()
         await writer.drain()
 
-    asyncio.run(scenario())
-    assert [json.loads(payload)["state"] for _, payload in pusher.pushed] == ["qr_ready", "pairing"]
+    try:
+        asyncio.run(scenario())
+    finally:
+        pusher.release.set()
+    assert [m["state"] for m in pusher.states(2)] == ["whatsapp_connected"]

@@ -75,7 +75,7 @@ async def _through(runner: Runner, clock: FakeClock, seconds: float) -> None:
     while clock.now < end:
         clock.advance(0.25)
         for step in (runner.intake.poll(clock.now), runner.claimer.claim_step(clock.now),
-                     runner.supervisor.supervise(clock.now), runner.supervisor.resume_step(clock.now)):
+                     runner.restart_crashed(clock.now), runner.resumes.step(clock.now)):
             with contextlib.suppress(ClientError):  # a failed step: the runner's loop logs it, tries again
                 await step
             runner.membership.step(clock.now)
@@ -92,7 +92,7 @@ def _nothing_dropped(runner: Runner, store: Store, uninstalled: int) -> None:
             assert salon_id in engine.running() and engine.starts(salon_id) == 1, salon_id
     assert WAITING in engine.running() and engine.starts(WAITING) == 1  # the same attempt: its QR still links
     assert runner.membership.epoch == 1 and runner.membership.holds(runner._clock())  # never lapsed
-    assert uninstalled not in engine.running() and uninstalled not in runner.supervisor.owned  # the command landed
+    assert uninstalled not in engine.running() and uninstalled not in runner.book  # the command landed
     lease = store.get_session(uninstalled)
     assert lease is not None and lease.desired == "stop" and lease.owner is None
 

@@ -31,7 +31,7 @@ def _connected_runner(store: Store, clock: FakeClock, salon_ids: range) -> Runne
     linked_sessions(store, salon_ids)
 
     async def connect() -> None:
-        while len(runner.supervisor.owned) < len(salon_ids):
+        while len(runner.book) < len(salon_ids):
             await claim_all(runner, clock)
             await resume_and_connect(runner, clock)
         await claim_all(runner, clock)  # polls until the resume shards are seen empty: idle from here
@@ -57,7 +57,7 @@ def test_a_command_reaches_the_owner_at_its_next_poll_and_is_acknowledged(store:
     store.request_session(2, "pause")  # a freeze in YClients
     assert asyncio.run(runner.intake.poll(clock.now)) == 1
     assert engine_of(runner).sessions.keys() == {1, 3}
-    assert 2 not in runner.supervisor.owned
+    assert 2 not in runner.book
     assert store.ownership.pending_commands("runner-a") == []
     lease = store.get_session(2)
     assert lease is not None and lease.owner is None  # retired: nobody runs a paused session
@@ -71,7 +71,7 @@ def test_a_command_that_could_not_be_carried_out_comes_back(store: Store) -> Non
     engine.fail_start.add(1)
     asyncio.run(runner.intake.poll(clock.now))
     # The engine refused: supervision retries it; the command was carried out (acknowledged).
-    assert runner.supervisor.owned[1].phase.value == "retrying"
+    assert runner.book.get(1).phase.value == "retrying"
     engine.fail_start.clear()
 
     async def fail_once(*_args: Any, **_kwargs: Any) -> None:
@@ -84,7 +84,7 @@ def test_a_command_that_could_not_be_carried_out_comes_back(store: Store) -> Non
     assert store.ownership.pending_commands("runner-a") == [2]  # not acknowledged: never lost
     engine.stop = real_stop  # type: ignore[method-assign]
     asyncio.run(runner.intake.poll(clock.now + 0.5))
-    assert store.ownership.pending_commands("runner-a") == [] and 2 not in runner.supervisor.owned
+    assert store.ownership.pending_commands("runner-a") == [] and 2 not in runner.book
 
 
 def test_the_reconcile_adopts_a_lost_claim_and_drops_a_session_taken_elsewhere(store: Store) -> None:
@@ -97,8 +97,8 @@ def test_the_reconcile_adopts_a_lost_claim_and_drops_a_session_taken_elsewhere(s
     # Another runner got salon 2 (e.g. an operator moved it): the book still says it is ours.
     assert store.ownership.take_over(2, other.membership.fence, runner.membership.fence, clock.now + 100)
     asyncio.run(runner.intake.reconcile(clock.now))
-    assert 7 in runner.supervisor.owned and runner.supervisor.owned[7].phase.value == "queued"
-    assert 2 not in runner.supervisor.owned and 2 not in engine_of(runner).sessions
+    assert 7 in runner.book and runner.book.get(7).phase.value == "queued"
+    assert 2 not in runner.book and 2 not in engine_of(runner).sessions
 
 
 def _fresh_store() -> Store:

@@ -31,13 +31,13 @@ def test_linked_sessions_resume_a_few_at_a_time(store: Store) -> None:
 
     async def scenario() -> None:
         await claim_all(runner, clock)
-        await runner.supervisor.resume_step(clock.now)
+        await runner.resumes.step(clock.now)
         assert len(engine_of(runner).sessions) == 3  # the others wait in the queue
-        await runner.supervisor.resume_step(clock.now)
+        await runner.resumes.step(clock.now)
         assert len(engine_of(runner).sessions) == 3
         first = next(iter(engine_of(runner).sessions))
         await handle(runner, EventKind.CONNECTED, first)  # one slot frees
-        await runner.supervisor.resume_step(clock.now)
+        await runner.resumes.step(clock.now)
         assert len(engine_of(runner).sessions) == 4
         await resume_and_connect(runner, clock)
 
@@ -55,12 +55,12 @@ def test_a_crashed_session_restarts_with_backoff_and_the_others_go_on(store: Sto
         await claim_all(runner, clock)
         await resume_and_connect(runner, clock)
         engine_of(runner).crash(2)  # its task died without an event
-        await runner.supervisor.supervise(clock.now)
-        owned = runner.supervisor.owned[2]
+        await runner.restart_crashed(clock.now)
+        owned = runner.book.get(2)
         assert owned.phase == Phase.RETRYING and 1 <= owned.retry_at - clock.now <= 1.5
-        await runner.supervisor.supervise(clock.advance(0.5))
+        await runner.restart_crashed(clock.advance(0.5))
         assert 2 not in engine_of(runner).sessions  # not before its time
-        await runner.supervisor.supervise(clock.advance(1.0))
+        await runner.restart_crashed(clock.advance(1.0))
         await resume_and_connect(runner, clock)
 
     asyncio.run(scenario())
@@ -80,17 +80,17 @@ def test_an_attempt_nobody_watches_is_stopped_and_retired(store: Store) -> None:
     async def scenario() -> None:
         await claim_all(runner, clock)
         await handle(runner, EventKind.QR, 5, code="qr", expires_at=clock.now + 60)
-        await runner.supervisor.check_pages(clock.advance(8))
-        assert runner.supervisor.owned[5].phase == Phase.AWAITING_PHONE  # the page is open
+        await runner.linking.check_pages(clock.advance(8))
+        assert runner.book.get(5).phase == Phase.AWAITING_PHONE  # the page is open
         store.remove_connection("page", 5)
-        await runner.supervisor.check_pages(clock.advance(4))
-        assert 5 in runner.supervisor.owned
-        await runner.supervisor.check_pages(clock.advance(6))
+        await runner.linking.check_pages(clock.advance(4))
+        assert 5 in runner.book
+        await runner.linking.check_pages(clock.advance(6))
 
     asyncio.run(scenario())
     salon = store.get_salon(5)
     assert salon is not None and salon.state == SalonState.QR_EXPIRED
-    assert 5 not in runner.supervisor.owned and engine_of(runner).running() == set()
+    assert 5 not in runner.book and engine_of(runner).running() == set()
     assert runner.pairings_in_flight() == 0
 
 
@@ -103,9 +103,9 @@ def test_nothing_starts_while_the_membership_does_not_hold(store: Store) -> None
     async def scenario() -> None:
         await claim_all(runner, clock)
         clock.advance(runner.membership.times.lease)  # no renewal meanwhile (cut off from DynamoDB)
-        await runner.supervisor.resume_step(clock.now)
-        await runner.supervisor.supervise(clock.now)
+        await runner.resumes.step(clock.now)
+        await runner.restart_crashed(clock.now)
 
     asyncio.run(scenario())
     assert engine_of(runner).running() == set()
-    assert runner.supervisor.owned[1].phase == Phase.QUEUED
+    assert runner.book.get(1).phase == Phase.QUEUED

@@ -15,9 +15,10 @@ The rules (issue 3, ../shared/yclients-protocol.md §2):
 - a refusal (the statuses above) is YClients' own answer and ends the activation at once: in
   `expired_consent` when YClients then no longer reports the app pending or active (the consent
   lapsed), in `activation_failed` otherwise;
-- exactly one process activates a salon at a time: the move to `activating` is a conditional
-  write, and while activating the salon carries an activation lock that the activating
-  process renews before every call (a crashed runner's lock expires; another resumes).
+- only the runner that owns the salon's session activates it: every write of the activation is
+  fenced on the session (`Store.transition(fence=...)`), and before every call to YClients the
+  fence is checked again (`Store.hold_activation`). A runner that takes a session over mid-
+  activation (its owner died) finds the salon `activating` and finishes the activation itself.
 
 No AWS in here: it takes a `Store` and a `YClientsClient`; waiting is the caller's `wait`,
 so a stopping runner can interrupt a backoff at once.
@@ -34,8 +35,9 @@ from enum import StrEnum
 
 from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
+from aiadmin.ownership import Fence
 from aiadmin.states import ACTIVATABLE_STATES, IllegalTransition, SalonState
-from aiadmin.store import ConcurrentUpdate, Store
+from aiadmin.store import ConcurrentUpdate, LeaseLost, Store
 from aiadmin.yclients import ActivationOutcome, PartnerApiError, YClientsClient
 
 S = SalonState
@@ -43,13 +45,15 @@ S = SalonState
 OWNER_HOUR_SECONDS = 3600.0
 # App statuses in which YClients still accepts the activation (active: "already installed").
 _STILL_WAITING = frozenset({"pending", "active"})
+# How often the move to `activating` is tried when the salon changed between its read and write.
+_BEGIN_ATTEMPTS = 3
 
 
 class ActivationEnd(StrEnum):
     ACTIVE = "active"
     FAILED = "failed"            # permanent refusal: activation_failed
     EXPIRED = "expired"          # YClients no longer waits, or 12 hours passed: expired_consent
-    BUSY = "busy"                # another process is activating this salon
+    BUSY = "busy"                # the salon's session is not ours: its owner activates it
     NOT_APPLICABLE = "not_applicable"
     INTERRUPTED = "interrupted"  # the caller stopped us, or the salon moved on (uninstall, logout)
 
@@ -58,7 +62,6 @@ class ActivationEnd(StrEnum):
 class ActivationPolicy:
     first_delay: float = 1.0
     max_delay: float = 60.0
-    lock_seconds: float = 120.0
     channels: tuple[str, ...] = ("whatsapp",)
     # The longest we keep trying after the owner's consent, whatever YClients says.
     cap_seconds: float = 12 * 3600.0
@@ -86,16 +89,17 @@ def _new_secrets() -> dict[str, str]:
 
 
 class Activator:
-    """Runs one salon's activation to its end. `notify` receives every state change (the
-    runner pushes it to the open pages)."""
+    """Runs one salon's activation to its end, on behalf of the runner membership `fence`
+    returns (the session's owner). `notify` receives every state change (the runner pushes it
+    to the open pages)."""
 
-    def __init__(self, store: Store, client: YClientsClient, public_base_url: str, owner: str,
+    def __init__(self, store: Store, client: YClientsClient, public_base_url: str, fence: Callable[[], Fence],
                  policy: ActivationPolicy | None = None, notify: Callable[[Salon], None] = lambda _s: None,
                  clock: Callable[[], float] = time.time, actor: str = "runner") -> None:
         self._store = store
         self._client = client
         self._public_base_url = public_base_url
-        self._owner = owner
+        self._fence = fence
         self._policy = policy or ActivationPolicy()
         self._notify = notify
         self._clock = clock
@@ -123,8 +127,9 @@ class Activator:
             now = self._clock()
             if attempt > 1 and now >= cap:
                 return self._expire(salon_id, "12 hours since the consent passed")
-            if not self._store.hold_activation(salon_id, self._owner, now, self._policy.lock_seconds):
-                logger.warning("activation lock lost", extra={"salon_id": salon_id})
+            if not self._store.hold_activation(salon_id, self._fence()):
+                logger.warning("activation ended: the salon moved on or its session is no longer ours",
+                               extra={"salon_id": salon_id})
                 return ActivationEnd.INTERRUPTED
             result = self._client.activate(salon_id, secrets_["api_key"], [url], list(self._policy.channels))
             if result.outcome in (ActivationOutcome.ACTIVATED, ActivationOutcome.ALREADY_ACTIVE):
@@ -174,43 +179,43 @@ class Activator:
         return ActivationEnd.EXPIRED
 
     def _begin(self, salon_id: int) -> Salon | ActivationEnd:
-        """Move to `activating` (new secrets) or take over an activation whose lock expired."""
-        salon = self._store.get_salon(salon_id)
-        if salon is None:
-            return ActivationEnd.NOT_APPLICABLE
-        now = self._clock()
-        if salon.state in ACTIVATABLE_STATES:
-            # A salon keeps its key while it is installed: YClients may hold it already (a retried
-            # or repeated activation is answered "already installed" and does not replace it).
-            # Uninstalling removes it, so a reinstall gets a new one.
-            kept = self._store.get_salon_secrets(salon_id)
-            attrs = {
-                "activation_owner": self._owner, "activation_lock_until": now + self._policy.lock_seconds,
-                "activation_error": None,
-            }
-            try:
-                # Conditional on the state read: of two concurrent triggers, one wins, the other sees a change.
-                salon = self._store.transition(salon_id, S.ACTIVATING, self._actor, "activating in YClients",
-                                               attrs, expected=[salon.state],
-                                               salon_secrets=None if {"api_key", "webhook_secret"} <= kept.keys()
-                                               else _new_secrets())
-            except (IllegalTransition, ConcurrentUpdate):
-                return ActivationEnd.BUSY
-        elif salon.state == S.ACTIVATING:
-            if not self._store.hold_activation(salon_id, self._owner, now, self._policy.lock_seconds):
-                return ActivationEnd.BUSY
-        else:
-            return ActivationEnd.NOT_APPLICABLE
-        self._notify(salon)
-        return salon
+        """Move to `activating` (new secrets), or go on with an activation under way: the salon is
+        `activating` and its session ours (its previous owner died, or another process moved it
+        there). BUSY when the session is not ours."""
+        for _ in range(_BEGIN_ATTEMPTS):
+            salon = self._store.get_salon(salon_id)
+            if salon is None:
+                return ActivationEnd.NOT_APPLICABLE
+            if salon.state == S.ACTIVATING:
+                if not self._store.hold_activation(salon_id, self._fence()):
+                    return ActivationEnd.BUSY
+            elif salon.state in ACTIVATABLE_STATES:
+                # A salon keeps its key while it is installed: YClients may hold it already (a
+                # retried or repeated activation is answered "already installed" and does not
+                # replace it). Uninstalling removes it, so a reinstall gets a new one.
+                kept = self._store.get_salon_secrets(salon_id)
+                try:
+                    # Conditional on the state read: a change meanwhile is looked at again.
+                    salon = self._store.transition(
+                        salon_id, S.ACTIVATING, self._actor, "activating in YClients", {"activation_error": None},
+                        expected=[salon.state], fence=self._fence(),
+                        salon_secrets=None if {"api_key", "webhook_secret"} <= kept.keys() else _new_secrets())
+                except (IllegalTransition, ConcurrentUpdate):
+                    continue
+                except LeaseLost:
+                    return ActivationEnd.BUSY
+            else:
+                return ActivationEnd.NOT_APPLICABLE
+            self._notify(salon)
+            return salon
+        return ActivationEnd.NOT_APPLICABLE
 
     def _finish(self, salon_id: int, state: SalonState, reason: str, attrs: dict[str, object] | None = None) -> bool:
         """The final transition; False when the salon moved on meanwhile (uninstalled, unlinked,
         frozen): that newer state stands."""
         try:
-            salon = self._store.transition(salon_id, state, self._actor, reason,
-                                           {**(attrs or {}), "activation_owner": None, "activation_lock_until": None},
-                                           expected=[S.ACTIVATING])
+            salon = self._store.transition(salon_id, state, self._actor, reason, attrs, expected=[S.ACTIVATING],
+                                           fence=self._fence())
         except (IllegalTransition, ConcurrentUpdate):
             return False
         self._notify(salon)

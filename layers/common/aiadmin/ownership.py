@@ -41,13 +41,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from boto3.dynamodb.conditions import ConditionBase, Key
 from botocore.exceptions import ClientError
 
 from aiadmin.dynamo import from_dynamo, is_condition_failure, salon_pk, to_dynamo
 from aiadmin.models import SessionDesire, SessionLease
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 INDEX = "SessionIndex"
 MEMBERS_PARTITION = "RUNNERS"
@@ -69,6 +72,10 @@ class Fence(NamedTuple):
 
     runner_id: str
     epoch: int
+
+    def owns(self, lease: SessionLease | None) -> TypeIs[SessionLease]:
+        """Whether the session is this membership's: "is this session ours", in one place."""
+        return lease is not None and lease.owner == self.runner_id and lease.owner_epoch == self.epoch
 
 
 class Claimable(NamedTuple):
@@ -330,7 +337,7 @@ class Ownership:
         no longer ours."""
         current: SessionLease | None = lease
         for _ in range(_ATTEMPTS):
-            if current is None or current.owner != fence.runner_id or current.owner_epoch != fence.epoch:
+            if not fence.owns(current):
                 return False
             values = {**_me(fence), **claim_keys(current.desired, lease.salon_id, time.time() if now is None else now),
                       ":d": current.desired}

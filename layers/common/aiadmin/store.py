@@ -335,29 +335,30 @@ class Store:
     def put_salon_secrets(self, salon_id: int, values: Mapping[str, str]) -> None:
         self._table.put_item(Item={"pk": _salon_pk(salon_id), "sk": SECRETS_SK, **values})
 
-    def hold_activation(self, salon_id: int, owner: str, now: float, lock_seconds: float) -> bool:
-        """Take or renew the salon's activation lock: only while it is `activating`, and only when
-        the lock is ours, free or expired. False: someone else activates, or the salon moved on."""
-        try:
-            self._table.update_item(
-                Key={"pk": _salon_pk(salon_id), "sk": "STATE"},
-                UpdateExpression="SET activation_owner = :me, activation_lock_until = :until",
-                ConditionExpression=(
-                    "#state = :activating AND (attribute_not_exists(activation_owner) OR "
-                    "attribute_type(activation_owner, :null) OR activation_owner = :me OR "
-                    "activation_lock_until < :now)"
-                ),
-                ExpressionAttributeNames={"#state": "state"},
-                ExpressionAttributeValues={
-                    ":me": owner, ":until": _to_dynamo(now + lock_seconds), ":now": _to_dynamo(now),
-                    ":activating": SalonState.ACTIVATING.value, ":null": "NULL",
-                },
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
+    def hold_activation(self, salon_id: int, fence: Fence) -> bool:
+        """Whether the runner of `fence` may go on activating the salon: it is still `activating`
+        and its session is still that membership's (the fence proves who may act; a runner that
+        lost the session calls YClients no more). Writes nothing."""
+        checks = [
+            {"ConditionCheck": {
+                "TableName": self._table.name, "Key": {"pk": _salon_pk(salon_id), "sk": "STATE"},
+                "ConditionExpression": "#state = :activating",
+                "ExpressionAttributeNames": {"#state": "state"},
+                "ExpressionAttributeValues": {":activating": SalonState.ACTIVATING.value},
+            }},
+            *self.ownership.fence_checks(salon_id, fence),
+        ]
+        for _ in range(_TRANSITION_ATTEMPTS):
+            try:
+                self._client.transact_write_items(TransactItems=checks)
+            except ClientError as exc:
+                if cancelled_by_checks(exc, len(checks)):
+                    return False
+                if not _is_condition_failure(exc):
+                    raise
+                continue  # a conflict with a concurrent write of the salon: look again
+            return True
+        raise ConcurrentUpdate(f"salon {salon_id} changed concurrently {_TRANSITION_ATTEMPTS} times")
 
     def bind_owner(self, salon_id: int, user_id: str, consent_id: str) -> bool:
         """Bind an existing, unbound salon to the YClients user who consented, with a new consent
