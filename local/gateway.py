@@ -248,11 +248,17 @@ class Gateway:
             if not 200 <= status < 300:
                 return web.Response(status=status, text="Forbidden" if status == 403 else "Unauthorized")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=128 * 1024)
-        await ws.prepare(request)
-        self._sockets[connection_id] = (ws, connected_at, request.remote or "127.0.0.1",
-                                        request.headers.get("User-Agent", ""))
         pending: set[asyncio.Task[Any]] = set()
         try:
+            try:
+                await ws.prepare(request)
+            except ConnectionResetError:
+                # The page left during the handshake (a reload), after $connect recorded the
+                # connection: as API Gateway does, $disconnect still follows (below), or its
+                # socket slot would stay taken for hours.
+                return ws
+            self._sockets[connection_id] = (ws, connected_at, request.remote or "127.0.0.1",
+                                            request.headers.get("User-Agent", ""))
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
                     continue
