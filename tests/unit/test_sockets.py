@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from aiadmin.models import Salon
-from aiadmin.sockets import MAX_SOCKETS_PER_SALON, MESSAGES_PER_WINDOW, Opening, Verdict, admit_message, open_socket
+from aiadmin.sockets import (
+    MAX_SOCKETS_PER_SALON,
+    MESSAGES_PER_TOKEN_WINDOW,
+    MESSAGES_PER_WINDOW,
+    Opening,
+    Verdict,
+    admit_message,
+    open_socket,
+)
 from aiadmin.states import SalonState
 from aiadmin.store import CONNECTION_TTL_SECONDS, Store
 from aiadmin.tokens import TokenClaims
@@ -92,17 +100,23 @@ def test_messages_over_the_window_limit_are_refused_and_only_the_first_is_answer
 
 
 def test_the_sockets_of_one_token_share_its_message_budget(store: Store) -> None:
-    """Five sockets of one token must not give five times the messages (issue 15)."""
+    """Five sockets of one token must not give five times the messages (issue 15): together they
+    get twice one socket's budget; each socket still has its own."""
     claims = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800, consent_id="consent-7", token_id="t-1")
     for i in range(MAX_SOCKETS_PER_SALON):
         assert open_socket(store, f"c{i}", claims, NOW) == OPENED
     verdicts = [admit_message(store, f"c{i % MAX_SOCKETS_PER_SALON}", NOW + i * 0.01).verdict
-                for i in range(MESSAGES_PER_WINDOW + 2)]
-    assert verdicts == [Verdict.ALLOWED] * MESSAGES_PER_WINDOW + [Verdict.RATE_LIMITED, Verdict.SILENCED]
+                for i in range(MESSAGES_PER_TOKEN_WINDOW + 2)]
+    assert verdicts == [Verdict.ALLOWED] * MESSAGES_PER_TOKEN_WINDOW + [Verdict.RATE_LIMITED, Verdict.SILENCED]
+    # One socket alone stops at its own limit, before the token's.
+    solo = TokenClaims(salon_id=8, expires_at=int(NOW) + 1800, consent_id="consent-8", token_id="t-2")
+    open_socket(store, "d1", solo, NOW)
+    alone = [admit_message(store, "d1", NOW + i * 0.01).verdict for i in range(MESSAGES_PER_WINDOW + 2)]
+    assert alone == [Verdict.ALLOWED] * MESSAGES_PER_WINDOW + [Verdict.RATE_LIMITED, Verdict.SILENCED]
     # Another token of the salon has a budget of its own.
-    other = TokenClaims(salon_id=8, expires_at=int(NOW) + 1800, consent_id="consent-8", token_id="t-2")
-    open_socket(store, "d1", other, NOW)
-    assert admit_message(store, "d1", NOW + 0.5).verdict == Verdict.ALLOWED
+    other = TokenClaims(salon_id=8, expires_at=int(NOW) + 1800, consent_id="consent-8", token_id="t-3")
+    open_socket(store, "d2", other, NOW)
+    assert admit_message(store, "d2", NOW + 0.5).verdict == Verdict.ALLOWED
 
 
 def test_one_message_in_each_of_two_windows_is_counted_in_each(store: Store) -> None:

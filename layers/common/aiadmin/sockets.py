@@ -1,5 +1,6 @@
 """What a token holder may spend on the onboarding page's WebSocket API: sockets per salon,
-messages per token (its sockets share them), and nothing at all once the token has expired or
+messages per socket and per token (its sockets share a budget: five sockets do not give five
+times the messages), and nothing at all once the token has expired or
 its consent is no longer the salon's (`aiadmin.tokens`): such a token is refused at `$connect`,
 and a socket of it gets one last message saying why, then is closed.
 
@@ -22,6 +23,9 @@ from aiadmin.tokens import TokenClaims
 
 MAX_SOCKETS_PER_SALON = 5
 MESSAGES_PER_WINDOW = 10
+# All the sockets of one token together: twice one socket's, not five times (a page that reloads
+# opens a new socket with the same token each time, and must not run out at once).
+MESSAGES_PER_TOKEN_WINDOW = 2 * MESSAGES_PER_WINDOW
 MESSAGE_WINDOW_SECONDS = 10
 
 # The refusals' texts (Russian, for old pages and logs); each reply also carries its key, by which
@@ -84,12 +88,14 @@ class Admission:
 
 
 def admit_message(store: Store, connection_id: str, now: float) -> Admission:
-    """Count the message against its token's limit, then check the token's expiry."""
+    """Count the message against its socket's and its token's limits, then check the token's expiry."""
     record = store.count_message(connection_id, int(now // MESSAGE_WINDOW_SECONDS))
     if record is None:
         return Admission(Verdict.UNKNOWN)
-    if record.messages > MESSAGES_PER_WINDOW:
-        first = record.messages == MESSAGES_PER_WINDOW + 1
+    token_messages = record.token_messages or 0
+    if record.messages > MESSAGES_PER_WINDOW or token_messages > MESSAGES_PER_TOKEN_WINDOW:
+        # Answered once per limit crossed (at most twice a window), then silence.
+        first = record.messages == MESSAGES_PER_WINDOW + 1 or token_messages == MESSAGES_PER_TOKEN_WINDOW + 1
         verdict = Verdict.RATE_LIMITED if first else Verdict.SILENCED
     elif record.token_exp is None or record.token_exp <= now:
         # A connection recorded without an expiry (before this rule) is treated as expired.

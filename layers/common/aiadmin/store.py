@@ -106,8 +106,8 @@ class PairingVerdict:
 @dataclass(frozen=True)
 class ConnectionRecord:
     """A socket as `$default` sees it: its salon, its token (expiry, consent, id), and the
-    messages counted in this window on its token (on the socket itself for a socket recorded
-    without a token id)."""
+    messages counted in this window on the socket and on its token (None: recorded without a
+    token id)."""
 
     salon_id: int
     token_exp: float | None
@@ -115,6 +115,7 @@ class ConnectionRecord:
     consent_id: str | None = None
     token_id: str | None = None
     slot: int | None = None
+    token_messages: int | None = None
 
 
 @dataclass(frozen=True)
@@ -486,37 +487,30 @@ class Store:
 
     def count_message(self, connection_id: str, window: int) -> ConnectionRecord | None:
         """Count one message of the connection in fixed window `window` (an index, e.g. epoch
-        seconds // 10) and return the connection with the count so far, this one included;
-        None when the connection is unknown.
-
-        The count is kept per token (`TOKEN#<token id>`): the sockets of one token share one
-        budget, so five sockets do not give five times the messages; it bounds each socket too.
-        A connection recorded without a token id is counted on its own item. Atomic (ADD under a
-        condition on the window), so concurrent messages are all counted."""
-        item = self._table.get_item(Key={"pk": f"CONN#{connection_id}", "sk": "CONN"},
-                                    ConsistentRead=True).get("Item")
+        seconds // 10) on the socket and on its token (`TOKEN#<token id>`: the sockets of one
+        token share that count) and return the connection with both counts so far, this message
+        included; None when the connection is unknown. Atomic (ADD under a condition on the
+        window), so concurrent messages are all counted."""
+        item = self._count_in_window({"pk": f"CONN#{connection_id}", "sk": "CONN"}, window)
         if item is None:
             return None
-        token_id = item.get("token_id")
+        token_id, exp = item.get("token_id"), item.get("token_exp")
+        token_messages = None
         if token_id is not None:
-            exp = item.get("token_exp")
             # The count outlives the token's sockets' messages by a window at most.
             ttl = int(float(exp)) + 60 if exp is not None else int(time.time()) + CONNECTION_TTL_SECONDS
             counted = self._count_in_window({"pk": f"TOKEN#{token_id}", "sk": "TOKEN"}, window, ttl=ttl)
-        else:
-            counted = self._count_in_window({"pk": f"CONN#{connection_id}", "sk": "CONN"}, window)
-        if counted is None:
-            return None
-        exp = item.get("token_exp")
+            token_messages = int(counted["msg_count"]) if counted is not None else None
         return ConnectionRecord(salon_id=int(item["salon_id"]), token_exp=float(exp) if exp is not None else None,
-                                messages=counted, consent_id=item.get("consent_id"),
+                                messages=int(item["msg_count"]), consent_id=item.get("consent_id"),
                                 token_id=str(token_id) if token_id is not None else None,
-                                slot=int(item["slot"]) if "slot" in item else None)
+                                slot=int(item["slot"]) if "slot" in item else None, token_messages=token_messages)
 
-    def _count_in_window(self, key: Mapping[str, str], window: int, ttl: int | None = None) -> int | None:
-        """ADD one to the item's count for `window`; a new window starts at one. With `ttl` the
-        item may be new (a token's count); without, it must exist (a connection's). None when
-        it does not."""
+    def _count_in_window(self, key: Mapping[str, str], window: int,
+                         ttl: int | None = None) -> dict[str, Any] | None:
+        """ADD one to the item's count (`msg_count`) for `window`; a new window starts at one.
+        Returns the item as it is now. With `ttl` the item may be new (a token's count); without,
+        it must exist (a connection's): None when it does not."""
         exists = "attribute_exists(pk) AND " if ttl is None else ""
         for _ in range(2):
             for update, condition in (
@@ -538,7 +532,7 @@ class Store:
                     if _is_condition_failure(exc):
                         continue
                     raise
-                return int(item["msg_count"])
+                return dict(item)
             # Both refused: the connection is gone, or a concurrent message just opened the window.
         return None
 
