@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -20,9 +19,8 @@ from aiadmin.store import Store
 from aiadmin.yclients import sign_user_data
 from local.observe import leases
 from local.owner import follow_redirect, link_to_active, open_page, press_connect, receive_until, scan
-from local.process import RunningStack, local_stack
+from local.process import RunningStack
 from local.stack import DEFAULT_PARTNER_TOKEN
-from tests.helpers import report_stack_output_on_failure
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +29,11 @@ VICTIM_NAME = "Салон «Жертва»"
 
 
 @pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
-    with local_stack(time_scale=0.1) as running:
-        for salon_id, name in ((ATTACKER, "Салон нападающего"), (VICTIM, VICTIM_NAME)):
-            requests.post(f"{running.marketplace}/_salon/{salon_id}", json={"name": name}, timeout=5)
-        yield running
-        report_stack_output_on_failure(request, running)
+def stack(stack: RunningStack) -> RunningStack:
+    """The shared stack (tests/integration/conftest.py), with the two salons."""
+    for salon_id, name in ((ATTACKER, "Салон нападающего"), (VICTIM, VICTIM_NAME)):
+        requests.post(f"{stack.marketplace}/_salon/{salon_id}", json={"name": name}, timeout=5)
+    return stack
 
 
 def _replayed(stack: RunningStack, salon_id: int) -> str:
