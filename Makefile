@@ -29,7 +29,7 @@ export SAM_CLI_TELEMETRY := 0
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: dev test lint typecheck validate unit integration browser bench system-deps clean lock deploy
+.PHONY: dev test lint typecheck validate compile unit integration browser bench system-deps clean lock deploy
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(TOOLS) uv==$(UV_VERSION) 2>/dev/null \
@@ -40,9 +40,15 @@ $(STAMP_LOCAL): uv.lock pyproject.toml | $(UV)
 	$(SYNC) --inexact --no-default-groups --group local
 	touch $@
 
+# Byte-compiled at install: the tests start many Python processes (stacks, runners, handler
+# workers, CLIs), and where PYTHONDONTWRITEBYTECODE is set each would compile its imports again.
 $(STAMP_DEV): uv.lock pyproject.toml | $(UV)
-	$(SYNC) --all-extras
+	$(SYNC) --all-extras --compile-bytecode
 	touch $@ $(STAMP_LOCAL)
+
+# The same for our own code, before each test run (only what changed since is compiled again).
+compile: $(STAMP_DEV)
+	$(BIN)/python -m compileall -q -j 0 layers/common functions wa_runner local ops tests
 
 # After editing dependencies in pyproject.toml: re-resolve, then export for the layer and the image.
 lock: | $(UV)
@@ -65,16 +71,16 @@ typecheck: $(STAMP_DEV)
 validate: $(STAMP_DEV)
 	$(BIN)/sam validate --lint --region eu-central-1
 
-unit: $(STAMP_DEV)
+unit: compile
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP_DEV)
+integration: compile
 	$(BIN)/pytest tests/integration
 
-browser: $(STAMP_DEV) system-deps
+browser: compile system-deps
 	$(BIN)/pytest tests/browser
 
-test: $(STAMP_DEV) system-deps lint typecheck validate
+test: compile system-deps lint typecheck validate
 	$(BIN)/pytest
 
 bench: $(STAMP_DEV)

@@ -15,7 +15,25 @@ from aiohttp import web
 from aiadmin.onboarding import Requester
 from aiadmin.store import Store
 from local.fake_yclients import FakeYClients
+from local.owner import follow_redirect, press_connect
 from local.process import RunningStack
+
+# The stack most integration modules share (tests/integration/conftest.py).
+SHARED_STACK_TIME_SCALE = 0.1  # a pairing attempt's six codes last 16 s instead of 160 s
+PAIRING_INTERVAL_SECONDS = 1.0  # least time between pairing-code requests there (30 s in production)
+SHARED_STACK_ENV = {
+    "LOG_LEVEL": "INFO",
+    "PAIRING_MIN_INTERVAL_SECONDS": str(PAIRING_INTERVAL_SECONDS),
+    "ACTIVATION_RETRY_SECONDS": "0.05",  # activation retries within a test's patience
+}
+
+
+def page_token(stack: RunningStack, salon_id: int) -> str:
+    """The owner presses "Подключить" for the salon in the fake marketplace: the page token its
+    redirect carries."""
+    _, token = follow_redirect(press_connect(stack.marketplace, salon_id))
+    assert token, f"salon {salon_id}'s redirect carried no page token"
+    return token
 
 
 def report_stack_output_on_failure(request: pytest.FixtureRequest, stack: RunningStack) -> None:

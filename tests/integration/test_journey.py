@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,19 +16,13 @@ from websockets.exceptions import InvalidStatus
 from aiadmin.tokens import issue_token
 from aiadmin.yclients import sign_user_data
 from local.owner import follow_redirect, open_page, page_shows, press_connect, receive_until, scan
-from local.process import RunningStack, local_stack
+from local.process import RunningStack
 from local.stack import DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
-from tests.helpers import report_stack_output_on_failure
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
-    # Time scaled 0.1: a pairing attempt's six codes last 16 s instead of 160 s.
-    with local_stack(time_scale=0.1, extra_env={"LOG_LEVEL": "INFO"}) as running:
-        yield running
-        report_stack_output_on_failure(request, running)
+# The shared stack (tests/integration/conftest.py); salons 101-103.
 
 
 def test_owner_links_whatsapp_and_the_integration_becomes_active(stack: RunningStack) -> None:

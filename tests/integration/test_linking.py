@@ -11,8 +11,7 @@ import json
 import os
 import re
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,10 @@ import pytest
 import requests
 import websockets
 
-from local.owner import follow_redirect, open_page, page_shows, press_connect, receive_until, scan
+from local.observe import wait_until
+from local.owner import open_page, page_shows, receive_until, scan
 from local.process import RunningStack, local_stack
-from tests.helpers import report_stack_output_on_failure
+from tests.helpers import page_token, report_stack_output_on_failure
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +43,6 @@ def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[RunningSta
         report_stack_output_on_failure(request, running)
 
 
-def _token(stack: RunningStack, salon_id: int) -> str:
-    _, token = follow_redirect(press_connect(stack.marketplace, salon_id))
-    assert token
-    return token
-
 
 def _post(stack: RunningStack, path: str, body: dict[str, Any]) -> requests.Response:
     return requests.post(f"{stack.base_url}/_local/whatsapp/{path}", json=body, timeout=10)
@@ -62,13 +57,6 @@ def _key_file(data_dir: Path, salon_id: int) -> Path:
     return data_dir / "sessions" / f"{salon_id}.db"
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
 
 async def _link_by_qr(stack: RunningStack, ws: websockets.ClientConnection, seen: list[dict[str, Any]]) -> None:
     # Generous waits: on a loaded 2-core machine a code can take longer than the usual second.
@@ -82,7 +70,7 @@ async def _send(ws: websockets.ClientConnection, message: dict[str, Any]) -> Non
 
 
 def test_max_linked_devices_refuses_the_link_and_the_owner_retries(stack: RunningStack) -> None:
-    token = _token(stack, 201)
+    token = page_token(stack, 201)
 
     async def journey() -> list[dict[str, Any]]:
         seen: list[dict[str, Any]] = []
@@ -104,7 +92,7 @@ def test_max_linked_devices_refuses_the_link_and_the_owner_retries(stack: Runnin
 
 
 def test_passkey_request_tells_the_owner_what_to_do(stack: RunningStack) -> None:
-    token = _token(stack, 202)
+    token = page_token(stack, 202)
 
     async def journey() -> dict[str, Any]:
         async with open_page(stack.ws_url, token) as ws:
@@ -118,7 +106,7 @@ def test_passkey_request_tells_the_owner_what_to_do(stack: RunningStack) -> None
 
 
 def test_owner_links_with_a_pairing_code_for_the_phone_number(stack: RunningStack) -> None:
-    token = _token(stack, 203)
+    token = page_token(stack, 203)
 
     async def journey() -> tuple[list[dict[str, Any]], dict[str, Any]]:
         seen: list[dict[str, Any]] = []
@@ -149,7 +137,7 @@ def test_owner_links_with_a_pairing_code_for_the_phone_number(stack: RunningStac
 
 @pytest.mark.parametrize("phone", ["12345", "", "+7 000 000-00-00", "not a number"])
 def test_a_bad_phone_number_is_refused_and_nothing_changes(stack: RunningStack, phone: str) -> None:
-    token = _token(stack, 204)
+    token = page_token(stack, 204)
 
     async def attempt() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         async with open_page(stack.ws_url, token) as ws:
@@ -173,7 +161,7 @@ def test_a_bad_phone_number_is_refused_and_nothing_changes(stack: RunningStack, 
 
 def test_whatsapp_refusing_to_issue_a_code_reaches_the_page(stack: RunningStack) -> None:
     assert _post(stack, "refuse-code", {"phone": "79001112233", "error": "429 rate-overlimit"}).status_code == 200
-    token = _token(stack, 205)
+    token = page_token(stack, 205)
 
     async def journey() -> dict[str, Any]:
         async with open_page(stack.ws_url, token) as ws:
@@ -192,7 +180,7 @@ def test_whatsapp_refusing_to_issue_a_code_reaches_the_page(stack: RunningStack)
 ])
 def test_later_ends_of_a_linked_session_reach_the_page(stack: RunningStack, data_dir: Path, salon_id: int,
                                                         event: str, state: str, keys_kept: bool) -> None:
-    token = _token(stack, salon_id)
+    token = page_token(stack, salon_id)
 
     async def journey() -> dict[str, Any]:
         seen: list[dict[str, Any]] = []
@@ -208,11 +196,11 @@ def test_later_ends_of_a_linked_session_reach_the_page(stack: RunningStack, data
     if keys_kept:
         assert _key_file(data_dir, salon_id).exists()
     else:
-        _wait_for(lambda: not _key_file(data_dir, salon_id).exists(), 5, "the key file to go")
+        wait_until(lambda: not _key_file(data_dir, salon_id).exists(), 5, what="the key file to go")
 
 
 def test_uninstall_logs_out_and_removes_the_key_file(stack: RunningStack, data_dir: Path) -> None:
-    token = _token(stack, 211)
+    token = page_token(stack, 211)
 
     async def journey() -> None:
         seen: list[dict[str, Any]] = []
@@ -223,20 +211,20 @@ def test_uninstall_logs_out_and_removes_the_key_file(stack: RunningStack, data_d
             await receive_until(ws, {"uninstalled"})
 
     asyncio.run(journey())
-    _wait_for(lambda: not _key_file(data_dir, 211).exists(), 10, "the key file to go")
-    _wait_for(lambda: _device(stack, 211) is None, 5, "the device to be unlinked on WhatsApp's side")
+    wait_until(lambda: not _key_file(data_dir, 211).exists(), 10, what="the key file to go")
+    wait_until(lambda: _device(stack, 211) is None, 5, what="the device to be unlinked on WhatsApp's side")
 
 
 def test_stream_replaced_keeps_the_salon_and_the_owner_takes_the_session_back(stack: RunningStack) -> None:
-    token = _token(stack, 209)
+    token = page_token(stack, 209)
 
     async def journey() -> list[dict[str, Any]]:
         seen: list[dict[str, Any]] = []
         async with open_page(stack.ws_url, token) as ws:
             await _link_by_qr(stack, ws, seen)
             assert _post(stack, "session-event", {"session": "209", "event": "stream_replaced"}).status_code == 200
-            await asyncio.to_thread(_wait_for, lambda: (_device(stack, 209) or {}).get("connections") == 2, 25,
-                                    "the runner to resume the session")
+            await asyncio.to_thread(wait_until, lambda: (_device(stack, 209) or {}).get("connections") == 2, 25,
+                                    what="the runner to resume the session")
             with pytest.raises(TimeoutError):  # no state change reaches the page
                 await asyncio.wait_for(ws.recv(), 0.5)
         return seen
@@ -247,7 +235,7 @@ def test_stream_replaced_keeps_the_salon_and_the_owner_takes_the_session_back(st
 
 
 def test_a_restarted_runner_resumes_linked_sessions_from_their_key_files(stack: RunningStack, data_dir: Path) -> None:
-    token = _token(stack, 210)
+    token = page_token(stack, 210)
 
     async def link() -> None:
         async with open_page(stack.ws_url, token) as ws:
@@ -264,8 +252,8 @@ def test_a_restarted_runner_resumes_linked_sessions_from_their_key_files(stack: 
         async with open_page(stack.ws_url, token) as ws:
             await receive_until(ws, {"active"}, seen=seen)
             os.kill(runner, signal.SIGTERM)  # a deploy stops the task
-            await asyncio.to_thread(_wait_for, lambda: (_device(stack, 210) or {}).get("connections") == 2, 30,
-                                    "the new runner to resume the session")
+            await asyncio.to_thread(wait_until, lambda: (_device(stack, 210) or {}).get("connections") == 2, 30,
+                                    what="the new runner to resume the session")
             with pytest.raises(TimeoutError):
                 while True:
                     seen.append(json.loads(await asyncio.wait_for(ws.recv(), 0.5)))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -24,17 +23,13 @@ from local.owner import (
     receive_until,
     scan,
 )
-from local.process import RunningStack, local_stack
-from tests.helpers import report_stack_output_on_failure
+from local.process import RunningStack
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
-    with local_stack(time_scale=0.1) as running:
-        yield running
-        report_stack_output_on_failure(request, running)
+# The shared stack (tests/integration/conftest.py); salons 201, 202 (the fake marketplace's
+# network of owner 7001) and 211-232.
 
 
 def _network(stack: RunningStack, owner_id: int, *salon_ids: int) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,8 @@ import requests
 from aiadmin.store import Store
 from local import observe
 from local.owner import follow_redirect, open_page, press_connect, receive_until, scan
-from local.process import ROOT, RunningStack, local_stack
+from local.process import ROOT, RunningStack
 from local.stack import DEFAULT_APP_ID, DEFAULT_PARTNER_TOKEN
-from tests.helpers import report_stack_output_on_failure
 
 pytestmark = pytest.mark.integration
 
@@ -32,16 +30,10 @@ SALON = 601
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("moderation")
-
-
-@pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[RunningStack]:
-    with local_stack(time_scale=0.1, data_dir=data_dir) as running:
-        requests.post(f"{running.marketplace}/_salon/{SALON}", json={"name": "Салон модератора"}, timeout=5)
-        yield running
-        report_stack_output_on_failure(request, running)
+def stack(stack: RunningStack) -> RunningStack:
+    """The shared stack (tests/integration/conftest.py), with the moderator's salon."""
+    requests.post(f"{stack.marketplace}/_salon/{SALON}", json={"name": "Салон модератора"}, timeout=5)
+    return stack
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -21,25 +20,16 @@ from aiadmin.sockets import MAX_SOCKETS_PER_SALON, MESSAGES_PER_TOKEN_WINDOW, ME
 from aiadmin.store import Store
 from aiadmin.tokens import issue_token
 from local.observe import leases, whatsapp
-from local.owner import follow_redirect, link_to_active, open_page, press_connect, receive_until, scan
-from local.process import RunningStack, local_stack
+from local.owner import link_to_active, open_page, receive_until, scan
+from local.process import RunningStack
 from local.stack import DEFAULT_JWT_SECRET
-from tests.helpers import report_stack_output_on_failure
+from tests.helpers import page_token
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
-    with local_stack(time_scale=0.1, extra_env={"PAIRING_MIN_INTERVAL_SECONDS": "1"}) as running:
-        yield running
-        report_stack_output_on_failure(request, running)
+# The shared stack (tests/integration/conftest.py); salons 1501-1506.
 
-
-def _token(stack: RunningStack, salon_id: int) -> str:
-    _, token = follow_redirect(press_connect(stack.marketplace, salon_id))
-    assert token
-    return token
 
 
 def _salon(stack: RunningStack, salon_id: int) -> Any:
@@ -89,7 +79,7 @@ def test_the_old_owners_token_opens_nothing_on_a_reinstalled_salon(stack: Runnin
     """Issue 15, failures 1 and 2: A's token after an uninstall and B's consent, scan and
     `active`. It used to connect, get B's live QR through `sync` and re-link B's salon."""
     salon = 1501
-    old_token = _token(stack, salon)
+    old_token = page_token(stack, salon)
     asyncio.run(link_to_active(stack.marketplace, stack.ws_url, stack.base_url, salon, timeout=45))
     _uninstall(stack, salon)
     assert _refused_status(stack, old_token) == 403  # ended with the uninstall already
@@ -115,7 +105,7 @@ def test_a_socket_left_open_across_an_uninstall_gets_the_uninstall_last_and_neve
     salon = 1502
 
     async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        async with open_page(stack.ws_url, _token(stack, salon)) as old_page:
+        async with open_page(stack.ws_url, page_token(stack, salon)) as old_page:
             seen: list[dict[str, Any]] = []
             await receive_until(old_page, {"qr_ready"}, timeout=45, seen=seen)
             await asyncio.to_thread(_uninstall, stack, salon)
@@ -125,7 +115,7 @@ def test_a_socket_left_open_across_an_uninstall_gets_the_uninstall_last_and_neve
             seen += rest
             # The new owner consents and gets a QR of the new attempt.
             requests.post(f"{stack.marketplace}/_salon/{salon}", json={"owner_id": 9502}, timeout=5)
-            async with open_page(stack.ws_url, await asyncio.to_thread(_token, stack, salon)) as new_page:
+            async with open_page(stack.ws_url, await asyncio.to_thread(page_token, stack, salon)) as new_page:
                 qr = await receive_until(new_page, {"qr_ready"}, timeout=45)
             return seen, [qr]
 
@@ -139,7 +129,7 @@ def test_an_expired_tokens_socket_gets_no_pairing_code_and_is_closed(stack: Runn
     """Issue 15, failure 4: the owner asks for a pairing code on another socket; the socket whose
     token expired used to receive `code_ready` with the code."""
     salon = 1503
-    token = _token(stack, salon)
+    token = page_token(stack, salon)
     consent = _salon(stack, salon).consent_id
     short = issue_token(salon, DEFAULT_JWT_SECRET, ttl_seconds=2, consent_id=consent)
 
@@ -198,7 +188,7 @@ def test_a_relink_ends_every_other_page_and_token_of_the_salon(stack: RunningSta
 def test_five_sockets_of_one_token_share_its_message_budget(stack: RunningStack) -> None:
     salon = 1505
     asyncio.run(link_to_active(stack.marketplace, stack.ws_url, stack.base_url, salon, timeout=45))
-    token = _token(stack, salon)  # a token no message has been counted on yet (the salon is active: no pushes)
+    token = page_token(stack, salon)  # a token no message has been counted on yet (the salon is active: no pushes)
 
     async def flood() -> list[dict[str, Any]]:
         sockets = [await websockets.connect(f"{stack.ws_url}?token={token}") for _ in range(MAX_SOCKETS_PER_SALON)]
@@ -233,7 +223,7 @@ def test_deeply_nested_json_on_a_socket_is_refused_and_the_socket_stays_open(sta
     """API Gateway delivers a message it cannot select a route from to $default; the local gateway
     used to close the socket on JSON nested past Python's recursion limit."""
     salon = 1506
-    token = _token(stack, salon)
+    token = page_token(stack, salon)
 
     async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
         async with open_page(stack.ws_url, token) as ws:

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,41 +21,16 @@ from boto3.dynamodb.conditions import Key
 
 from aiadmin.sockets import MAX_SOCKETS_PER_SALON, MESSAGES_PER_WINDOW
 from aiadmin.tokens import issue_token
-from local.owner import follow_redirect, link_to_active, open_page, press_connect, receive_until
-from local.process import ROOT, RunningStack, local_stack
+from local.observe import wait_until
+from local.owner import link_to_active, open_page, receive_until
+from local.process import ROOT, RunningStack
 from local.stack import DEFAULT_APP_ID, DEFAULT_JWT_SECRET, DEFAULT_PARTNER_TOKEN
-from tests.helpers import report_stack_output_on_failure
+from tests.helpers import PAIRING_INTERVAL_SECONDS, page_token
 
 pytestmark = pytest.mark.integration
-TIME_SCALE = 0.1
-INTERVAL = 1.0  # PAIRING_MIN_INTERVAL_SECONDS in this stack (30 s in production), so the test takes seconds
+INTERVAL = PAIRING_INTERVAL_SECONDS  # in the shared stack (tests/integration/conftest.py); salons 911-942
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("trust-stack")
-
-
-@pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[RunningStack]:
-    with local_stack(time_scale=TIME_SCALE, data_dir=data_dir,
-                     extra_env={"LOG_LEVEL": "INFO", "PAIRING_MIN_INTERVAL_SECONDS": str(INTERVAL)}) as running:
-        yield running
-        report_stack_output_on_failure(request, running)
-
-
-def _token(stack: RunningStack, salon_id: int) -> str:
-    _, token = follow_redirect(press_connect(stack.marketplace, salon_id))
-    assert token
-    return token
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def _item(stack: RunningStack, salon_id: int, sk: str) -> dict[str, Any] | None:
@@ -110,13 +84,13 @@ def test_a_flood_of_pairing_requests_reaches_whatsapp_for_three_numbers_at_most(
 
     async def flood() -> list[dict[str, Any]]:
         errors: list[dict[str, Any]] = []
-        async with open_page(stack.ws_url, _token(stack, salon)) as ws:
+        async with open_page(stack.ws_url, page_token(stack, salon)) as ws:
             await receive_until(ws, {"qr_ready"}, timeout=45)
             # A burst: one request is taken, the others come too soon.
             for number in numbers[:4]:
                 await ws.send(json.dumps({"action": "pairing_code", "phone": number}))
             errors += [m for m in await _replies(ws, 2) if m.get("type") == "error"]
-        async with open_page(stack.ws_url, _token(stack, salon)) as ws:
+        async with open_page(stack.ws_url, page_token(stack, salon)) as ws:
             # Then one request per interval, each for another number: only the hour's limit refuses.
             for number in numbers[4:]:
                 await ws.send(json.dumps({"action": "pairing_code", "phone": number}))
@@ -165,7 +139,7 @@ def test_a_flooding_socket_is_told_once_and_then_ignored(stack: RunningStack) ->
 
 def test_commands_are_refused_once_the_token_has_expired(stack: RunningStack) -> None:
     salon = 913
-    _token(stack, salon)  # the salon exists and is linking
+    page_token(stack, salon)  # the salon exists and is linking
     short = issue_token(salon, DEFAULT_JWT_SECRET, ttl_seconds=3, consent_id=_consent(stack, salon))
 
     async def page() -> tuple[list[dict[str, Any]], list[dict[str, Any]], int | None]:
@@ -195,7 +169,7 @@ def test_commands_are_refused_once_the_token_has_expired(stack: RunningStack) ->
 
 def test_thirty_sockets_for_one_salon_get_five(stack: RunningStack) -> None:
     salon = 921
-    token = _token(stack, salon)
+    token = page_token(stack, salon)
 
     async def storm() -> tuple[int, list[int], int, bool]:
         async def one() -> websockets.ClientConnection | int:
@@ -264,7 +238,7 @@ def test_replayed_uninstalls_are_harmless_and_a_reinstall_then_uninstall_is_proc
     answers = [_lifecycle(stack, salon, "uninstall") for _ in range(3)]  # YClients delivers it three times
     assert [a.json() for a in answers] == [{"success": True, "result": "uninstalled"}] * 3
     assert _state(stack, salon) == "uninstalled" and _uninstalls(stack, salon) == 1
-    _wait_for(lambda: not keys.exists(), 30, "the WhatsApp keys to be deleted")
+    wait_until(lambda: not keys.exists(), 30, what="the WhatsApp keys to be deleted")
     state = _item(stack, salon, "STATE")
     assert state is not None and "user_name" not in state and int(state["ttl"]) > time.time() + 29 * 86400
     assert _item(stack, salon, "SECRETS") is None
@@ -272,7 +246,7 @@ def test_replayed_uninstalls_are_harmless_and_a_reinstall_then_uninstall_is_proc
     assert session is not None and session["desired"] == "stop" and "pair_phone" not in session
 
     # Minutes later (here: seconds), the owner installs again and uninstalls again.
-    _token(stack, salon)
+    page_token(stack, salon)
     # The runner may already show the new attempt's QR: either way a fresh linking attempt, no TTL.
     assert _state(stack, salon) in ("pending_whatsapp", "qr_ready") and "ttl" not in _item(stack, salon, "STATE")  # type: ignore[operator]
     assert _lifecycle(stack, salon, "uninstall").json()["result"] == "uninstalled"
@@ -307,11 +281,11 @@ def test_uninstall_of_a_frozen_or_banned_salon_deletes_its_whatsapp_keys(stack: 
         response = requests.post(f"{stack.base_url}/_local/whatsapp/session-event",
                                  json={"session": str(salon), "event": "temp_ban"}, timeout=10)
         assert response.status_code == 200
-    _wait_for(lambda: _state(stack, salon) == end, 30, f"the salon to be {end}")
+    wait_until(lambda: _state(stack, salon) == end, 30, what=f"the salon to be {end}")
     time.sleep(1)
     assert keys.exists(), "a frozen or banned salon keeps its keys until it is uninstalled"
     assert _lifecycle(stack, salon, "uninstall").json()["result"] == "uninstalled"
-    _wait_for(lambda: not keys.exists(), 30, "the WhatsApp keys to be deleted")
+    wait_until(lambda: not keys.exists(), 30, what="the WhatsApp keys to be deleted")
 
 
 # ---- 4. secrets -------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -16,18 +15,13 @@ import requests
 from aiadmin.yclients import YClientsClient
 from local import observe
 from local.owner import follow_redirect, link_whatsapp, open_page, press_connect, receive_until, scan
-from local.process import RunningStack, local_stack
+from local.process import RunningStack
 from local.stack import DEFAULT_PARTNER_TOKEN
-from tests.helpers import report_stack_output_on_failure
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
-    with local_stack(time_scale=0.1, extra_env={"ACTIVATION_RETRY_SECONDS": "0.05"}) as running:
-        yield running
-        report_stack_output_on_failure(request, running)
+# The shared stack (tests/integration/conftest.py); salons 301-309.
 
 
 def _script(stack: RunningStack, operation: str, *answers: dict[str, Any]) -> None:

@@ -19,14 +19,7 @@ from moto.server import ThreadedMotoServer
 
 from local.dynamo_faults import CONTROL_PATH, DynamoFaults, FaultRequest
 from local.stack import free_port
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakes import FakeClock
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def moto_url() -> Iterator[str]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(start=1000.0)  # a small number: remaining seconds come out exact
 
 
 @pytest.fixture
@@ -91,7 +84,7 @@ def test_a_delay_holds_every_call_while_it_lasts(proxy: DynamoFaults, clock: Fak
     item, slow_read = _timed(client.get_item, TableName=table, Key={"pk": {"S": "b"}})
     assert slow >= 0.4 and slow_read >= 0.4
     assert item["Item"] == {"pk": {"S": "b"}}  # slow, not wrong
-    clock.now += 20
+    clock.advance(20)
     _, fast = _timed(client.get_item, TableName=table, Key={"pk": {"S": "b"}})
     assert fast < 0.4
     assert proxy.counts["delayed"] == 2 and proxy.current() is None
@@ -107,7 +100,7 @@ def test_throttling_answers_dynamodbs_own_error(proxy: DynamoFaults, clock: Fake
         client.put_item(TableName=table, Item={"pk": {"S": "c"}})
     assert throttled.value.response["Error"]["Code"] == error
     assert throttled.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
-    clock.now += 10
+    clock.advance(10)
     client.put_item(TableName=table, Item={"pk": {"S": "c"}})
     assert client.get_item(TableName=table, Key={"pk": {"S": "c"}})["Item"] == {"pk": {"S": "c"}}
 
@@ -158,7 +151,7 @@ def test_the_control_endpoint(moto_url: str, clock: FakeClock) -> None:
             assert (await response.json())["fault"]["delay_seconds"] == 2
             shown = await (await http.get(CONTROL_PATH)).json()
             assert shown["fault"]["remaining_seconds"] == 20
-            clock.now += 5
+            clock.advance(5)
             assert (await (await http.get(CONTROL_PATH)).json())["fault"]["remaining_seconds"] == 15
             assert (await http.delete(CONTROL_PATH)).status == 200
             assert (await (await http.get(CONTROL_PATH)).json())["fault"] is None
