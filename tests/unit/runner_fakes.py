@@ -17,25 +17,11 @@ from aiadmin.push import Pusher
 from aiadmin.states import SalonState
 from aiadmin.store import Store
 from aiadmin.yclients import ActivationOutcome, ActivationResult, YClientsClient
+from tests.unit.fakes import FakeClock
 from wa_runner.engine import EngineEvent, EventKind
 from wa_runner.runner import Runner, RunnerLimits
 
 LEASE = 20.0
-
-
-class FakeClock:
-    """Time that moves only when a test moves it. Starts at the real time (DynamoDB conditions
-    the store writes compare with it too)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 class InMemoryEngine:
