@@ -100,23 +100,29 @@ def test_messages_over_the_window_limit_are_refused_and_only_the_first_is_answer
 
 
 def test_the_sockets_of_one_token_share_its_message_budget(store: Store) -> None:
-    """Five sockets of one token must not give five times the messages (issue 15): together they
-    get twice one socket's budget; each socket still has its own."""
+    """Five sockets of one token must not give five times the messages (issue 15): beyond each
+    socket's opening message (paid for by its $connect), they share one socket's budget, and the
+    first message over it is the only one answered."""
     claims = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800, consent_id="consent-7", token_id="t-1")
     for i in range(MAX_SOCKETS_PER_SALON):
         assert open_socket(store, f"c{i}", claims, NOW) == OPENED
     verdicts = [admit_message(store, f"c{i % MAX_SOCKETS_PER_SALON}", NOW + i * 0.01).verdict
-                for i in range(MESSAGES_PER_TOKEN_WINDOW + 2)]
-    assert verdicts == [Verdict.ALLOWED] * MESSAGES_PER_TOKEN_WINDOW + [Verdict.RATE_LIMITED, Verdict.SILENCED]
-    # One socket alone stops at its own limit, before the token's.
-    solo = TokenClaims(salon_id=8, expires_at=int(NOW) + 1800, consent_id="consent-8", token_id="t-2")
-    open_socket(store, "d1", solo, NOW)
-    alone = [admit_message(store, "d1", NOW + i * 0.01).verdict for i in range(MESSAGES_PER_WINDOW + 2)]
-    assert alone == [Verdict.ALLOWED] * MESSAGES_PER_WINDOW + [Verdict.RATE_LIMITED, Verdict.SILENCED]
+                for i in range(MAX_SOCKETS_PER_SALON + MESSAGES_PER_TOKEN_WINDOW + 3)]
+    allowed = MAX_SOCKETS_PER_SALON + MESSAGES_PER_TOKEN_WINDOW
+    assert verdicts == [Verdict.ALLOWED] * allowed + [Verdict.RATE_LIMITED] + [Verdict.SILENCED] * 2
     # Another token of the salon has a budget of its own.
     other = TokenClaims(salon_id=8, expires_at=int(NOW) + 1800, consent_id="consent-8", token_id="t-3")
     open_socket(store, "d2", other, NOW)
     assert admit_message(store, "d2", NOW + 0.5).verdict == Verdict.ALLOWED
+
+
+def test_a_page_reloaded_again_and_again_with_one_token_keeps_getting_its_state(store: Store) -> None:
+    """Each reload is a new socket whose opening message is paid for by its $connect."""
+    claims = TokenClaims(salon_id=7, expires_at=int(NOW) + 1800, consent_id="consent-7", token_id="t-4")
+    for i in range(3 * MESSAGES_PER_TOKEN_WINDOW):
+        open_socket(store, f"reload-{i}", claims, NOW)
+        assert admit_message(store, f"reload-{i}", NOW + i * 0.01).verdict == Verdict.ALLOWED
+        store.remove_connection(f"reload-{i}")
 
 
 def test_one_message_in_each_of_two_windows_is_counted_in_each(store: Store) -> None:

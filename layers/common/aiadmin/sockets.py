@@ -23,9 +23,9 @@ from aiadmin.tokens import TokenClaims
 
 MAX_SOCKETS_PER_SALON = 5
 MESSAGES_PER_WINDOW = 10
-# All the sockets of one token together: twice one socket's, not five times (a page that reloads
-# opens a new socket with the same token each time, and must not run out at once).
-MESSAGES_PER_TOKEN_WINDOW = 2 * MESSAGES_PER_WINDOW
+# All the sockets of one token together, beyond each socket's opening message (paid for by its
+# `$connect`: a page that reloads opens a new socket with the same token each time).
+MESSAGES_PER_TOKEN_WINDOW = MESSAGES_PER_WINDOW
 MESSAGE_WINDOW_SECONDS = 10
 
 # The refusals' texts (Russian, for old pages and logs); each reply also carries its key, by which
@@ -93,9 +93,13 @@ def admit_message(store: Store, connection_id: str, now: float) -> Admission:
     if record is None:
         return Admission(Verdict.UNKNOWN)
     token_messages = record.token_messages or 0
-    if record.messages > MESSAGES_PER_WINDOW or token_messages > MESSAGES_PER_TOKEN_WINDOW:
-        # Answered once per limit crossed (at most twice a window), then silence.
-        first = record.messages == MESSAGES_PER_WINDOW + 1 or token_messages == MESSAGES_PER_TOKEN_WINDOW + 1
+
+    def over(socket_count: int, token_count: int) -> bool:
+        return socket_count > MESSAGES_PER_WINDOW or token_count > MESSAGES_PER_TOKEN_WINDOW
+
+    if over(record.messages, token_messages):
+        # Only the socket's first message over a limit is answered; then silence.
+        first = not over(record.messages - 1, token_messages - 1)
         verdict = Verdict.RATE_LIMITED if first else Verdict.SILENCED
     elif record.token_exp is None or record.token_exp <= now:
         # A connection recorded without an expiry (before this rule) is treated as expired.

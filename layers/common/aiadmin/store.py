@@ -489,14 +489,16 @@ class Store:
         """Count one message of the connection in fixed window `window` (an index, e.g. epoch
         seconds // 10) on the socket and on its token (`TOKEN#<token id>`: the sockets of one
         token share that count) and return the connection with both counts so far, this message
-        included; None when the connection is unknown. Atomic (ADD under a condition on the
-        window), so concurrent messages are all counted."""
+        included; None when the connection is unknown. A socket's first message (the page's
+        opening `sync`) is not counted on the token: it is paid for by its `$connect`, so a page
+        reloaded again and again with one token keeps working. Atomic (ADD under a condition on
+        the window), so concurrent messages are all counted."""
         item = self._count_in_window({"pk": f"CONN#{connection_id}", "sk": "CONN"}, window)
         if item is None:
             return None
         token_id, exp = item.get("token_id"), item.get("token_exp")
         token_messages = None
-        if token_id is not None:
+        if token_id is not None and int(item.get("msg_total", 1)) > 1:
             # The count outlives the token's sockets' messages by a window at most.
             ttl = int(float(exp)) + 60 if exp is not None else int(time.time()) + CONNECTION_TTL_SECONDS
             counted = self._count_in_window({"pk": f"TOKEN#{token_id}", "sk": "TOKEN"}, window, ttl=ttl)
@@ -514,9 +516,10 @@ class Store:
         exists = "attribute_exists(pk) AND " if ttl is None else ""
         for _ in range(2):
             for update, condition in (
-                ("ADD msg_count :one", "attribute_exists(pk) AND msg_window = :w"),
-                ("SET msg_window = :w, msg_count = :one" + (", #ttl = :ttl" if ttl is not None else ""),
-                 exists + "(attribute_not_exists(msg_window) OR msg_window <> :w)"),
+                # `msg_total`: every message the item has counted (a socket's first is its opener).
+                ("ADD msg_count :one, msg_total :one", "attribute_exists(pk) AND msg_window = :w"),
+                ("SET msg_window = :w, msg_count = :one" + (", #ttl = :ttl" if ttl is not None else "")
+                 + " ADD msg_total :one", exists + "(attribute_not_exists(msg_window) OR msg_window <> :w)"),
             ):
                 values: dict[str, Any] = {":w": window, ":one": 1}
                 extra: dict[str, Any] = {}
