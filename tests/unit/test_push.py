@@ -164,3 +164,17 @@ def test_who_pushes_a_change_is_one_rule() -> None:
 
     assert not pushed_by_stream(change(RUNNER_ACTOR))  # the runner pushes its own at once
     assert all(pushed_by_stream(change(actor)) for actor in ("redirect", "owner", "yclients", "ops", "seed"))
+
+
+def test_a_late_state_of_an_ended_consent_leaves_the_new_consents_pages_alone(store: Store,
+                                                                               management_url: str) -> None:
+    """The uninstall's push arrives after the new owner's page connected (new consent): that page
+    gets neither the old state nor an ending; the old consent's page is ended."""
+    store.put_salon(SALON.model_copy(update={"consent_id": "new-owner"}))
+    _open(store, "late-old", consent_id="consent-now")
+    _open(store, "late-new", consent_id="new-owner")
+    uninstalled = SALON.model_copy(update={"state": SalonState.UNINSTALLED, "consent_id": "after-the-uninstall"})
+    Pusher(management_url).fan_out(store, uninstalled, '{"type": "state", "state": "uninstalled"}')
+    assert "late-new" not in ManagementApi.payloads and "late-new" not in ManagementApi.closed
+    assert ManagementApi.payloads["late-old"] == [{"type": "state", "state": "uninstalled"}]
+    assert store.connections_of(9) == ["late-new"]

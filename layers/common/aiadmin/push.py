@@ -132,11 +132,20 @@ class Pusher:
 
     def audience(self, store: Store, salon: Salon, now: float) -> tuple[list[str], list[tuple[str, str]]]:
         """The salon's sockets that may receive its state (see the module's rule), and the others
-        with the reason each is ended."""
+        with the reason each is ended. A socket of another consent than the pushed state's may be
+        of a newer one (the state is late: a page of the new owner connected meanwhile): the
+        salon's consent as it is now is read, once, and such a socket is left alone."""
         current: list[str] = []
         ended: list[tuple[str, str]] = []
+        now_consent: list[str | None] = []  # read on the first mismatch only
         for socket in store.sockets_of(salon.salon_id):
             reason = socket.ended(salon.consent_id, now)
+            if reason == "token_revoked":
+                if not now_consent:
+                    latest = store.get_salon(salon.salon_id)
+                    now_consent.append(latest.consent_id if latest is not None else salon.consent_id)
+                if socket.consent_id == now_consent[0]:
+                    continue
             if reason is None:
                 current.append(socket.connection_id)
             else:
