@@ -6,7 +6,7 @@ Who pushes (the only place that decides; `pushed_by_stream` is what the stream c
   runner itself, right after its write: those are on the owner's critical path, and the
   stream would add its lag;
 - every other change (the redirect, the page's own requests, lifecycle webhooks, ops) is
-  pushed by the DynamoDB stream consumer (`functions/ws_notify.stream_handler`);
+  pushed by the DynamoDB stream consumer (`functions/state_stream`);
 - a page that asks (`sync`, or on opening) gets the current state in reply: not a change push.
 Every state message carries the salon's `version`; the page ignores a message older than the
 one it shows, so a late, repeated or out-of-order push never shows an older state.

@@ -320,7 +320,7 @@ class Store:
 
     # ---- salon secrets -----------------------------------------------------------------
     # The salon's API key for YClients and its entity webhook secret live in their own item,
-    # never on the state item: that one is streamed (ws_notify's consumer only receives
+    # never on the state item: that one is streamed (the state_stream consumer only receives
     # `sk = STATE` records, see the template's FilterCriteria) and copied into pages and logs
     # through the `Salon` model. No GSI key attribute is ever set on the secrets item.
 
