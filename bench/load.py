@@ -196,7 +196,7 @@ def main() -> None:
         wall = time.perf_counter() - wall
         view = whatsapp(stack)
         table = store(stack)
-        states = {owner.salon_id: getattr(table.get_salon(owner.salon_id), "state", None) for owner in owners}
+        states = {owner.salon_id: getattr(table.salons.get(owner.salon_id), "state", None) for owner in owners}
         calls = [c for c in requests.get(stack.marketplace + "/_calls", timeout=10).json()
                  if c["at"] >= measured_from]  # not the warm-up's
         time.sleep(1.5)  # the runners' last metric lines (flushed once a second)

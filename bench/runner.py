@@ -43,11 +43,12 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiadmin.db import Store
+from aiadmin.db.transitions import Transition
 from aiadmin.models import Salon
 from aiadmin.observability import logger
 from aiadmin.onboarding import state_message
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from aiadmin.tokens import issue_token
 from local.observe import wait_until, whatsapp
 from local.owner import open_page, receive_until
@@ -107,7 +108,7 @@ class RunnerProcess:
 
     def _beat(self) -> dict[str, Any] | None:
         """The runner's last status while it is live (its membership has not ended)."""
-        beats = [b for b in self.store.runner_heartbeats() if b["runner_id"] == self.runner_id]
+        beats = [b for b in self.store.members.heartbeats() if b["runner_id"] == self.runner_id]
         if not beats or beats[0].get("left"):
             return None
         live_until = beats[0].get("expires", beats[0]["at"] + 2)  # (runners before memberships: no `expires`)
@@ -137,7 +138,7 @@ def runner(stack: RunningStack, data_dir: Path, runner_id: str, log: IO[bytes], 
 
 def request_run(store: Store, salon_ids: list[int]) -> None:
     for salon_id in salon_ids:
-        store.request_session(salon_id, "run")
+        store.sessions.request(salon_id, "run")
 
 
 # ---- the figures ----------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def resume_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], salon_id
         idle_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.perf_counter() - since)
         handed_back = process.stop()
     # Handed over: owner-less and claimable at once (not left to a takeover after the lease).
-    released = sum(1 for lease in store.get_sessions(salon_ids).values() if lease.owner is None)
+    released = sum(1 for lease in store.sessions.get_many(salon_ids).values() if lease.owner is None)
     return {"engine_s": alone["seconds"], "runner_s": resumed, "ready_s": ready, "sigterm_s": handed_back,
             "released": released, "idle_cpu_pct": idle_cpu * 100}
 
@@ -197,13 +198,13 @@ async def _qr_pushes(stack: RunningStack, store: Store, salon_ids: list[int],
     async with contextlib.AsyncExitStack() as pages:
         sockets = []
         for salon_id in salon_ids:
-            store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench")
+            store.transitions.apply(Transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench"))
             token = issue_token(salon_id, DEFAULT_JWT_SECRET, 600)
             sockets.append(await pages.enter_async_context(open_page(stack.ws_url, token)))
             await receive_until(sockets[-1], {"pending_whatsapp"})  # the answer to its sync: it is open
         started, cpu_before = time.perf_counter(), cpu_seconds(process.pid)
         for salon_id in salon_ids:
-            store.request_session(salon_id, "link")
+            store.sessions.request(salon_id, "link")
         for ws in sockets:
             seen: list[dict[str, Any]] = []
             await receive_until(ws, {"qr_expired"}, 60, seen)
@@ -216,15 +217,15 @@ async def _qr_pushes(stack: RunningStack, store: Store, salon_ids: list[int],
 async def _first_qr(stack: RunningStack, store: Store, salon_ids: list[int]) -> list[float]:
     times = []
     for salon_id in salon_ids:
-        store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench")
+        store.transitions.apply(Transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench"))
         async with open_page(stack.ws_url, issue_token(salon_id, DEFAULT_JWT_SECRET, 600)) as ws:
             await receive_until(ws, {"pending_whatsapp"})  # the answer to its sync: the page is open
             started = time.perf_counter()
-            await asyncio.to_thread(store.request_session, salon_id, "link")  # what the redirect does
+            await asyncio.to_thread(store.sessions.request, salon_id, "link")  # what the redirect does
             await receive_until(ws, {"qr_ready"})
             times.append(time.perf_counter() - started)
         # End the attempt, so the next sample meets an idle runner.
-        await asyncio.to_thread(store.request_session, salon_id, "stop")
+        await asyncio.to_thread(store.sessions.request, salon_id, "stop")
     return times
 
 
@@ -249,10 +250,11 @@ def qr_figures(stack: RunningStack, data_dir: Path, log: IO[bytes], first_id: in
 
 def transition_ms(store: Store, salon_id: int) -> float:
     """What one state change (a DynamoDB transaction) costs on this stack now, seen from outside."""
-    store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench")
+    store.transitions.apply(Transition(salon_id, SalonState.PENDING_WHATSAPP, actor="bench"))
     started = time.perf_counter()
     for _ in range(20):
-        store.transition(salon_id, SalonState.QR_READY, actor="bench")  # the next code, as the runner writes it
+        store.transitions.apply(Transition(
+            salon_id, SalonState.QR_READY, actor="bench"))  # the next code, as the runner writes it
     return (time.perf_counter() - started) / 20 * 1000
 
 
@@ -327,7 +329,7 @@ def upkeep_figures(stack: RunningStack, data_dir: Path, salon_ids: list[int], wi
         elapsed = time.perf_counter() - started
         salon, own = calls.salon - before[0], calls.runner - before[1]
         for salon_id in salon_ids:  # paused, not handed over: the next figures start from none running
-            store.request_session(salon_id, "pause")
+            store.sessions.request(salon_id, "pause")
         while runner.status()["sessions"]:
             await asyncio.sleep(0.2)
         stop.set()

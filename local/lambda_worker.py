@@ -31,7 +31,7 @@ PRELOAD = [
     "boto3", "botocore.client", "pydantic", "pydantic_settings", "jwt", "requests",
     "aws_lambda_powertools", "aws_lambda_powertools.event_handler",
     "aws_lambda_powertools.utilities.idempotency", "aws_lambda_powertools.utilities.batch",
-    "aiadmin.settings", "aiadmin.store", "aiadmin.onboarding", "aiadmin.consent", "aiadmin.push",
+    "aiadmin.settings", "aiadmin.db", "aiadmin.onboarding", "aiadmin.consent", "aiadmin.push",
     "aiadmin.yclients",
 ]
 

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import requests
 
+from aiadmin.db import Store
 from aiadmin.models import SessionLease
-from aiadmin.store import Store
 from local.process import RunningStack
 
 T = TypeVar("T")
@@ -44,14 +44,14 @@ def store(stack: RunningStack) -> Store:
 
 
 def leases(stack: RunningStack, salon_ids: Iterable[int]) -> dict[int, SessionLease]:
-    return store(stack).get_sessions(salon_ids)
+    return store(stack).sessions.get_many(salon_ids)
 
 
 def owners(stack: RunningStack, salon_ids: Iterable[int]) -> dict[int, str | None]:
     """Who owns each salon's session now: a runner whose membership (of that epoch) is live;
     None for nobody, or a dead runner (its sessions wait to be taken over)."""
     now = time.time()
-    live = {(m.runner_id, m.epoch) for m in store(stack).ownership.members() if not m.left and m.expires > now}
+    live = {(m.runner_id, m.epoch) for m in store(stack).members.all() if not m.left and m.expires > now}
     return {salon_id: lease.owner if (lease.owner, lease.owner_epoch) in live else None
             for salon_id, lease in leases(stack, salon_ids).items()}
 
@@ -64,7 +64,7 @@ def live_heartbeats(stack: RunningStack) -> dict[str, dict[str, Any]]:
 
 
 def heartbeats(stack: RunningStack) -> dict[str, dict[str, Any]]:
-    return {beat["runner_id"]: beat for beat in store(stack).runner_heartbeats()}
+    return {beat["runner_id"]: beat for beat in store(stack).members.heartbeats()}
 
 
 @dataclass(frozen=True)

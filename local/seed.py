@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp
 from aiohttp import web
 
+from aiadmin.db import Store
 from aiadmin.models import Salon
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from local.fake_whatsapp import FakeWhatsApp
 from wa_runner.engine import EngineEvent, EventKind, WhatsAppEngine
 
@@ -66,7 +66,7 @@ def record_linked(store: Store, salon_ids: Iterable[int], run: bool = True) -> N
     session for some runner to run. Written directly: a transition is a transaction, which
     moto makes slower the fuller the table is."""
     for salon_id in salon_ids:
-        store.put_salon(Salon(salon_id=salon_id, state=SalonState.ACTIVE, version=6, updated_at=time.time(),
+        store.salons.put(Salon(salon_id=salon_id, state=SalonState.ACTIVE, version=6, updated_at=time.time(),
                               updated_by="seed", salon_name=f"Салон {salon_id}"))
         if run:
-            store.request_session(salon_id, "run")
+            store.sessions.request(salon_id, "run")

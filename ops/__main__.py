@@ -95,7 +95,7 @@ class TableSettings(ComponentSettings):
 def _store() -> Any:
     import boto3
 
-    from aiadmin.store import Store
+    from aiadmin.db import Store
 
     return Store(boto3.resource("dynamodb").Table(TableSettings.load().table_name))
 

@@ -23,7 +23,7 @@ from aiadmin.config import (
     YClientsAppId,
     YClientsBaseUrl,
 )
-from aiadmin.store import Store
+from aiadmin.db import Store
 from aiadmin.yclients import PartnerApiError, YClientsClient
 from ops.salons import RUNNER_STALE_SECONDS
 
@@ -140,7 +140,7 @@ def check_runners(store: Store, now: float) -> Check:
     fix = ("no runner is serving: check the ECS service (RunnerServiceName output) and the runner logs; "
            "locally, the stack's runner process")
     try:
-        beats = store.runner_heartbeats()
+        beats = store.members.heartbeats()
     except (ClientError, BotoCoreError) as exc:
         return Check("runner heartbeat", False, _error(exc), fix)
     if not beats:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from aiadmin.db import Store
 from aiadmin.onboarding import OPERATOR, request_new_qr
 from aiadmin.states import (
     ACTIVATION_UNDER_WAY,
@@ -17,7 +18,6 @@ from aiadmin.states import (
     RETRY_STATES,
     SalonState,
 )
-from aiadmin.store import Store
 
 S = SalonState
 ACTOR = "ops"
@@ -41,12 +41,12 @@ def _last_activation_answer(salon: Any, events: list[dict[str, Any]]) -> str | N
 
 def status(store: Store, salon_id: int, now: float, events: int = 10) -> dict[str, Any] | None:
     """Everything ops need to see why a salon is where it is; None for an unknown salon."""
-    salon = store.get_salon(salon_id)
+    salon = store.salons.get(salon_id)
     if salon is None:
         return None
-    log = sorted(store.events_of(salon_id), key=lambda e: float(e.get("at") or 0), reverse=True)
-    session = store.get_session(salon_id)
-    heartbeats = {h["runner_id"]: float(h["at"]) for h in store.runner_heartbeats()}
+    log = sorted(store.events.of(salon_id), key=lambda e: float(e.get("at") or 0), reverse=True)
+    session = store.sessions.get(salon_id)
+    heartbeats = {h["runner_id"]: float(h["at"]) for h in store.members.heartbeats()}
     owner: dict[str, Any] | None = None
     if session is not None:
         heartbeat = heartbeats.get(session.owner) if session.owner else None
@@ -68,7 +68,7 @@ def status(store: Store, salon_id: int, now: float, events: int = 10) -> dict[st
 
 def retry_activation(store: Store, salon_id: int, now: float) -> str:
     """Ask the owning runner to activate again (as the owner's next "Подключить" would)."""
-    salon = store.get_salon(salon_id)
+    salon = store.salons.get(salon_id)
     if salon is None:
         raise NotApplicable(f"salon {salon_id} is unknown")
     if salon.state != S.ACTIVATION_FAILED:
@@ -77,23 +77,23 @@ def retry_activation(store: Store, salon_id: int, now: float) -> str:
     if salon.activation_deadline is not None and now >= salon.activation_deadline:
         raise NotApplicable(f"the owner's hour for activation ended {round(now - salon.activation_deadline)} s ago: "
                             "YClients would refuse; the owner presses «Подключить» in YClients again")
-    store.record_event(salon_id, ACTOR, "activation retry requested", now=now)
-    store.request_session(salon_id, "run", renew_command=True)
+    store.events.record(salon_id, ACTOR, "activation retry requested", now=now, state=salon.state)
+    store.sessions.request(salon_id, "run", renew_command=True)
     return "activation retry requested: the runner owning the session activates within seconds"
 
 
 def new_pairing(store: Store, salon_id: int, now: float) -> str:
     """A fresh linking attempt (new QR on the owner's page). Never for a linked salon: only the
     owner may re-link (they start over from YClients)."""
-    salon = store.get_salon(salon_id)
+    salon = store.salons.get(salon_id)
     if salon is None:
         raise NotApplicable(f"salon {salon_id} is unknown")
     if salon.state in RETRY_STATES:
         request_new_qr(store, salon_id, OPERATOR)
         return "new pairing started (the page shows a new QR)"
     if salon.state in LINKING_STATES:
-        store.record_event(salon_id, ACTOR, "new pairing requested", now=now)
-        store.request_session(salon_id, "link")  # a new generation: the owner restarts the attempt
+        store.events.record(salon_id, ACTOR, "new pairing requested", now=now, state=salon.state)
+        store.sessions.request(salon_id, "link")  # a new generation: the owner restarts the attempt
         return "new pairing started (the running attempt is replaced)"
     if salon.state in LINKED_STATES:
         raise NotApplicable(f"salon {salon_id} is {salon.state.value}: its WhatsApp is linked, and only its "
@@ -131,7 +131,7 @@ def stuck(store: Store, now: float, query: StuckQuery | None = None) -> list[Stu
     """Salons in progress for too long, and salons that failed recently, longest first."""
     query = query or StuckQuery()
     found = []
-    for salon in store.all_salons():
+    for salon in store.salons.all():
         age = now - salon.updated_at
         late = salon.state in IN_PROGRESS_STATES and age >= query.in_progress_seconds
         failed = salon.state in FAILED_STATES and age <= query.failed_within_seconds

@@ -47,6 +47,6 @@ def table(aws: None, template: Template) -> Any:
 
 @pytest.fixture
 def store(table: Any) -> Any:
-    from aiadmin.store import Store
+    from aiadmin.db import Store
 
     return Store(table)

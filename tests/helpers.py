@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import pytest
 from aiohttp import web
 
+from aiadmin.db import Store
 from aiadmin.onboarding import Requester
-from aiadmin.store import Store
 from local.fake_yclients import FakeYClients
 from local.owner import follow_redirect, press_connect
 from local.process import RunningStack
@@ -77,5 +77,5 @@ def fake_marketplace(partner_token: str, application_id: int = 4242,
 
 def page_of(store: Store, salon_id: int) -> Requester:
     """A page socket of the salon's current consent (as if opened with its latest token)."""
-    salon = store.get_salon(salon_id)
+    salon = store.salons.get(salon_id)
     return Requester(consent_id=salon.consent_id if salon else None)

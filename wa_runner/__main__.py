@@ -36,10 +36,10 @@ from aiadmin.config import (
     YClientsBaseUrl,
     YClientsChannels,
 )
+from aiadmin.db import Store
+from aiadmin.db.memberships import Memberships
 from aiadmin.observability import logger
-from aiadmin.ownership import Ownership
 from aiadmin.push import Pusher
-from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.keys import KeyStore, PostgresKeys, SqliteKeyFiles
@@ -92,13 +92,13 @@ def _engine(name: str, store: Store) -> WhatsAppEngine:
         postgres = neonize.wa_keys_postgres_url
         keys: KeyStore = SqliteKeyFiles(neonize.sessions_dir) if postgres is None else PostgresKeys(
             postgres.reveal(), load_jid=lambda salon_id: _device_jid(store, salon_id),
-            save_jid=store.set_session_device)
+            save_jid=store.sessions.set_device)
         return NeonizeEngine(keys)
     raise SettingsError(f"WA_ENGINE: unknown engine {name!r} (this build supports: simulated, neonize)")
 
 
 def _device_jid(store: Store, salon_id: int) -> str | None:
-    lease = store.get_session(salon_id)
+    lease = store.sessions.get(salon_id)
     return lease.device_jid if lease else None
 
 
@@ -131,7 +131,7 @@ async def main() -> None:
         command_poll_seconds=settings.runner_command_poll_seconds,
         reconcile_seconds=settings.runner_reconcile_seconds,
         activation_workers=settings.runner_activation_workers,
-        membership_store=Ownership(membership_table),
+        membership_store=Memberships(membership_table),
         activation_policy=ActivationPolicy(first_delay=settings.activation_retry_seconds,
                                            channels=settings.yclients_channels),
         limits=RunnerLimits(max_pairings=settings.runner_max_pairings,

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from aiadmin.activation import Activator
+from aiadmin.db import Store
+from aiadmin.db.memberships import Fence
+from aiadmin.db.sessions import Sessions
+from aiadmin.db.transitions import LeaseLost
 from aiadmin.models import Salon
 from aiadmin.observability import logger
-from aiadmin.ownership import Fence, Ownership
-from aiadmin.store import LeaseLost, Store
 from wa_runner.mapping import activation_wanted
 from wa_runner.sessions import OwnedSession
 
@@ -25,10 +27,10 @@ ACTIVATION_WORKERS = 16
 
 
 class ActivationWorker:
-    def __init__(self, store: Store, ownership: Ownership, fence: Callable[[], Fence],
+    def __init__(self, store: Store, sessions: Sessions, fence: Callable[[], Fence],
                  make_activator: Callable[[], Activator], workers: int = ACTIVATION_WORKERS) -> None:
         self._store = store
-        self._ownership = ownership
+        self._sessions = sessions
         self._fence = fence
         self._make_activator = make_activator
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="activation")
@@ -45,13 +47,13 @@ class ActivationWorker:
         """Activate the connected session's salon if it should be; True when one was started.
         `salon`: the salon as the caller just read or wrote it (else it is read here)."""
         if salon is None:
-            salon = await asyncio.to_thread(self._store.get_salon, owned.salon_id)
+            salon = await asyncio.to_thread(self._store.salons.get, owned.salon_id)
         if salon is None:
             return False
         retry = False
         if owned.retry_activation:
             # Consumed before acting: a request is acted on once, also across takeovers.
-            retry = await asyncio.to_thread(self._ownership.take_activation_retry, owned.salon_id, self._fence(),
+            retry = await asyncio.to_thread(self._sessions.take_activation_retry, owned.salon_id, self._fence(),
                                             owned.lease.generation)
             owned.retry_activation = False
         if not activation_wanted(salon.state, retry):

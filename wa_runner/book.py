@@ -11,9 +11,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from aiadmin.db.memberships import Fence
+from aiadmin.db.sessions import Sessions
 from aiadmin.models import SessionLease
 from aiadmin.observability import logger, metrics
-from aiadmin.ownership import Fence, Ownership
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.sessions import OwnedSession
 
@@ -22,9 +23,9 @@ STOP_CONCURRENCY = 64
 
 
 class SessionBook:
-    def __init__(self, ownership: Ownership, engine: WhatsAppEngine, fence: Callable[[], Fence],
+    def __init__(self, leases: Sessions, engine: WhatsAppEngine, fence: Callable[[], Fence],
                  on_forget: Callable[[int], None]) -> None:
-        self._ownership = ownership
+        self._leases = leases
         self._engine = engine
         self._fence = fence
         self._on_forget = on_forget  # the session's work in other parts ends (its activation)
@@ -73,7 +74,7 @@ class SessionBook:
     async def retire(self, owned: OwnedSession) -> bool:
         """Nothing to run: leave the session owner-less and forget it, unless a newer command
         came (the command poll brings it)."""
-        done = await asyncio.to_thread(self._ownership.retire, owned.lease, self._fence())
+        done = await asyncio.to_thread(self._leases.retire, owned.lease, self._fence())
         if done:
             self.forget(owned.salon_id)
         return done

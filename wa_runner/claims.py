@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
+from aiadmin.db.memberships import Fence, Memberships
+from aiadmin.db.sessions import LIGHT, LINK_ATTEMPT, LINKING_PARTITION, RESUME, RESUME_PARTITIONS, Sessions
 from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
-from aiadmin.ownership import LIGHT, LINK_ATTEMPT, LINKING_PARTITION, RESUME, RESUME_PARTITIONS, Fence, Ownership
 from wa_runner.commands import CommandApplier
 from wa_runner.linking import LinkingAttempts
 from wa_runner.resumes import ResumePacer
@@ -26,10 +27,12 @@ RESUME_EVERY = 4  # while no resume is waiting, one claim poll in this many also
 
 
 class Claimer:
-    def __init__(self, ownership: Ownership, commands: CommandApplier, linking: LinkingAttempts, resumes: ResumePacer,
-                 get_salons: Callable[[Iterable[int]], dict[int, Salon]], fence: Callable[[], Fence],
+    def __init__(self, sessions: Sessions, members: Memberships, commands: CommandApplier, linking: LinkingAttempts,
+                 resumes: ResumePacer, get_salons: Callable[[Iterable[int]], dict[int, Salon]],
+                 fence: Callable[[], Fence],
                  holds: Callable[[float], bool], grace: float, batch: int = CLAIM_BATCH) -> None:
-        self._ownership = ownership
+        self._sessions = sessions
+        self._members = members
         self._commands = commands
         self._linking = linking
         self._resumes = resumes
@@ -65,10 +68,10 @@ class Claimer:
         shard = self._resume_shard()
         queries = []
         if shard is None or waiting:  # idle: the resume shard's turn replaces a linking poll (one query a poll)
-            queries.append(asyncio.to_thread(self._ownership.claimable, LINKING_PARTITION, linking_classes,
+            queries.append(asyncio.to_thread(self._sessions.claimable, LINKING_PARTITION, linking_classes,
                                              self._batch))
         if shard is not None:
-            queries.append(asyncio.to_thread(self._ownership.claimable, shard, {RESUME}, self._batch))
+            queries.append(asyncio.to_thread(self._sessions.claimable, shard, {RESUME}, self._batch))
         pages = await asyncio.gather(*queries)
         if shard is not None:
             self._resumes_waiting = bool(pages[-1])
@@ -97,11 +100,11 @@ class Claimer:
         async def claim(salon_id: int) -> bool:
             async with gate:
                 try:
-                    lease = await asyncio.to_thread(self._ownership.claim, salon_id, fence)
+                    lease = await asyncio.to_thread(self._sessions.claim, salon_id, fence)
                 except Exception:
                     # The write may have been done with its answer lost: look.
                     logger.exception("claim failed", extra={"salon_id": salon_id})
-                    lease = await asyncio.to_thread(self._ownership.get_session, salon_id)
+                    lease = await asyncio.to_thread(self._sessions.get, salon_id)
                     if not fence.owns(lease):
                         return False
             if lease is None:
@@ -129,15 +132,15 @@ class Claimer:
             return 0
         me = self._fence()
         taken = 0
-        for member in await asyncio.to_thread(self._ownership.members):
+        for member in await asyncio.to_thread(self._members.all):
             if member.runner_id == me.runner_id or not member.dead(now, self._grace):
                 continue
             room = self._resumes.backlog_room()
             if room <= 0:
                 break
-            leases = await asyncio.to_thread(self._ownership.owned_by, member.runner_id, room)
+            leases = await asyncio.to_thread(self._sessions.owned_by, member.runner_id, room)
             if not leases:
-                await asyncio.to_thread(self._ownership.forget, member, now - self._grace)
+                await asyncio.to_thread(self._members.forget, member, now - self._grace)
                 continue
             for lease in leases:
                 if lease.owner != member.runner_id or lease.owner_epoch is None or not self._holds(now):
@@ -145,7 +148,7 @@ class Claimer:
                 if lease.desired == "link" and self._linking.room() <= 0:
                     continue  # over our pairing bound: left for another runner
                 dead = Fence(member.runner_id, lease.owner_epoch)
-                won = await asyncio.to_thread(self._ownership.take_over, lease.salon_id, me, dead, now - self._grace)
+                won = await asyncio.to_thread(self._sessions.take_over, lease.salon_id, me, dead, now - self._grace)
                 if won is None:
                     continue
                 taken += 1

@@ -9,10 +9,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from aiadmin.db.memberships import Fence
+from aiadmin.db.sessions import Sessions
+from aiadmin.db.transitions import LeaseLost
 from aiadmin.observability import logger, metrics
-from aiadmin.ownership import Fence, Ownership
 from aiadmin.states import CONNECTS_FROM, IllegalTransition, SalonState
-from aiadmin.store import LeaseLost
 from wa_runner.activations import ActivationWorker
 from wa_runner.book import SessionBook
 from wa_runner.engine import EngineEvent, WhatsAppEngine
@@ -25,7 +26,7 @@ from wa_runner.sessions import LIVE_PHASES, OwnedSession
 
 class EventHandler:
     def __init__(self, engine: WhatsAppEngine, book: SessionBook, resumes: ResumePacer, linking: LinkingAttempts,
-                 writer: SalonWriter, ownership: Ownership, activations: ActivationWorker,
+                 writer: SalonWriter, sessions: Sessions, activations: ActivationWorker,
                  fence: Callable[[], Fence], holds: Callable[[float], bool], stale_owner_seconds: float,
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
@@ -33,7 +34,7 @@ class EventHandler:
         self._resumes = resumes
         self._linking = linking
         self._writer = writer
-        self._ownership = ownership
+        self._sessions = sessions
         self._activations = activations
         self._fence = fence
         self._holds = holds
@@ -105,7 +106,7 @@ class EventHandler:
         salon_id = owned.salon_id
         if follow_up == FollowUp.MARK_LINKED:
             # link -> run, unless a newer command (uninstall, a new attempt) came meanwhile.
-            if await asyncio.to_thread(self._ownership.mark_linked, salon_id, self._fence(), owned.lease.generation):
+            if await asyncio.to_thread(self._sessions.mark_linked, salon_id, self._fence(), owned.lease.generation):
                 owned.lease = owned.lease.model_copy(update={"desired": "run", "pair_phone": None})
         elif follow_up == FollowUp.CONNECTED:
             salon = owned.take_known_salon(now) or await self._writer.get_salon(salon_id)
@@ -127,7 +128,7 @@ class EventHandler:
         """Another client connected with this salon's keys: two owners. If the session is no
         longer ours, the other is the rightful owner; if it is, the other is a stale runner
         that stops itself within its membership margin, so reconnect only after that."""
-        lease = await asyncio.to_thread(self._ownership.get_session, owned.salon_id)
+        lease = await asyncio.to_thread(self._sessions.get, owned.salon_id)
         if not self._fence().owns(lease):
             await self._book.drop(owned.salon_id, "stream replaced by the session's new owner")
             return

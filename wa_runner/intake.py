@@ -17,17 +17,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from aiadmin.db.memberships import Fence
+from aiadmin.db.sessions import Sessions
 from aiadmin.models import SessionLease
 from aiadmin.observability import logger
-from aiadmin.ownership import Fence, Ownership
 from wa_runner.book import SessionBook
 from wa_runner.commands import CommandApplier
 
 
 class CommandIntake:
-    def __init__(self, ownership: Ownership, book: SessionBook, commands: CommandApplier, fence: Callable[[], Fence],
+    def __init__(self, sessions: Sessions, book: SessionBook, commands: CommandApplier, fence: Callable[[], Fence],
                  holds: Callable[[float], bool]) -> None:
-        self._ownership = ownership
+        self._sessions = sessions
         self._book = book
         self._commands = commands
         self._fence = fence
@@ -40,13 +41,13 @@ class CommandIntake:
         if not self._holds(now) or not self._book:
             return 0
         fence = self._fence()
-        salon_ids = await asyncio.to_thread(self._ownership.pending_commands, fence.runner_id)
+        salon_ids = await asyncio.to_thread(self._sessions.pending_commands, fence.runner_id)
         for salon_id in salon_ids:
             await self._deliver(salon_id, fence, now)
         return len(salon_ids)
 
     async def _deliver(self, salon_id: int, fence: Fence, now: float) -> None:
-        lease = await asyncio.to_thread(self._ownership.get_session, salon_id)
+        lease = await asyncio.to_thread(self._sessions.get, salon_id)
         if not fence.owns(lease):
             if salon_id in self._book:
                 await self._book.drop(salon_id, "the session is no longer ours")
@@ -59,13 +60,13 @@ class CommandIntake:
             logger.exception("command failed, tried again next poll", extra={"salon_id": salon_id})
             return
         if lease.command_waiting:
-            await asyncio.to_thread(self._ownership.acknowledge, salon_id, fence, lease.command_seq)
+            await asyncio.to_thread(self._sessions.acknowledge, salon_id, fence, lease.command_seq)
 
     async def reconcile(self, now: float) -> None:
         if not self._holds(now):
             return
         fence = self._fence()
-        recorded = await asyncio.to_thread(self._ownership.owned_by, fence.runner_id)
+        recorded = await asyncio.to_thread(self._sessions.owned_by, fence.runner_id)
         seen: set[int] = set()
         for lease in recorded:
             if lease.owner != fence.runner_id:
@@ -80,14 +81,14 @@ class CommandIntake:
                 await self._deliver(lease.salon_id, fence, now)
         for salon_id in self._book.salon_ids() - seen:
             # Not in the index (yet: a claim a moment ago is not there), so read it itself.
-            if not fence.owns(await asyncio.to_thread(self._ownership.get_session, salon_id)):
+            if not fence.owns(await asyncio.to_thread(self._sessions.get, salon_id)):
                 await self._book.drop(salon_id, "the session is no longer ours")
 
     async def _take_back(self, lease: SessionLease, fence: Fence, now: float) -> None:
         assert lease.owner_epoch is not None
         # An earlier epoch of ours is dead (we joined again); our membership's own epoch
         # differs, so the takeover's check passes at once.
-        won = await asyncio.to_thread(self._ownership.take_over, lease.salon_id, fence,
+        won = await asyncio.to_thread(self._sessions.take_over, lease.salon_id, fence,
                                       Fence(fence.runner_id, lease.owner_epoch), now)
         if won is not None:
             await self._commands.adopt(won, now)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
+from aiadmin.db import Store
+from aiadmin.db.transitions import LeaseLost
 from aiadmin.observability import logger, metrics
 from aiadmin.onboarding import NO_CODES
 from aiadmin.states import IllegalTransition, SalonState
-from aiadmin.store import LeaseLost, Store
 from wa_runner.book import SessionBook
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.limits import RunnerLimits
@@ -54,7 +55,7 @@ class LinkingAttempts:
         linking = [owned for owned in self._book.sessions() if owned.lease.desired == "link"
                    and (owned.pairing or owned.phase == Phase.IDLE)]
         for owned in linking:
-            has_page = bool(await asyncio.to_thread(self._store.connections_of, owned.salon_id))
+            has_page = bool(await asyncio.to_thread(self._store.connections.ids_of, owned.salon_id))
             if not self._book.still_holds(owned):
                 continue
             if has_page:

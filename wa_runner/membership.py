@@ -1,6 +1,6 @@
 """This runner's membership: the one lease whose upkeep covers all its sessions.
 
-The membership (`aiadmin.ownership`) is joined with a new epoch, renewed every
+The membership (`aiadmin.db.memberships`) is joined with a new epoch, renewed every
 `renew_every` seconds on a thread of its own with its own DynamoDB client (slow activations,
 pushes or hundreds of sessions' I/O never delay it), and checked locally before the runner
 acts: `holds(now)` is true while the last confirmed renewal is more than `margin` seconds from
@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aiadmin.db.memberships import Fence, Memberships
 from aiadmin.observability import logger, metrics
-from aiadmin.ownership import Fence, Ownership
 
 # How often the keeper thread looks at the clock (a renewal is due, the membership lapsed).
 TICK_SECONDS = 0.25
@@ -51,10 +51,10 @@ class MembershipTimes:
 
 
 class Membership:
-    def __init__(self, ownership: Ownership, runner_id: str, lease_seconds: float,
+    def __init__(self, members: Memberships, runner_id: str, lease_seconds: float,
                  status: Callable[[], Mapping[str, Any]] = dict,
                  on_lapse: Callable[[], None] = lambda: None) -> None:
-        self._ownership = ownership
+        self._members = members
         self.runner_id = runner_id
         self.times = MembershipTimes(lease_seconds)
         self._status = status
@@ -79,7 +79,7 @@ class Membership:
         return self.epoch is not None and not self._lapsed and now < self.confirmed_until - self.times.margin
 
     def join(self, now: float) -> Fence:
-        self.epoch = self._ownership.join(self.runner_id, now, self.times.lease, self._status())
+        self.epoch = self._members.join(self.runner_id, now, self.times.lease, self._status())
         self.confirmed_until = now + self.times.lease
         self._last_try, self._failed, self._lapsed = now, False, False
         self.stopped_all.clear()
@@ -106,7 +106,7 @@ class Membership:
             return
         self._last_try = now
         try:
-            renewed = self._ownership.renew(self.fence, now, self.times.lease, status)
+            renewed = self._members.renew(self.fence, now, self.times.lease, status)
         except Exception:
             logger.exception("membership renewal failed", extra={"runner_id": self.runner_id})
             metrics.add_metric(name="MembershipRenewalFailed", unit="Count", value=1)
@@ -122,7 +122,7 @@ class Membership:
 
     def leave(self, now: float) -> None:
         if self.epoch is not None:
-            self._ownership.leave(self.fence, now)
+            self._members.leave(self.fence, now)
             self._lapsed = True
 
     def _lapse(self, now: float) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 from boto3.dynamodb.conditions import Attr
 
-from aiadmin.ownership import claim_keys
+from aiadmin.db.sessions import claim_keys
 
 
 def migrate(table: Any, now: float | None = None) -> int:

@@ -34,11 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiadmin.activation import ActivationPolicy, Activator
+from aiadmin.db import Store
+from aiadmin.db.memberships import Fence, Memberships
 from aiadmin.models import SessionLease
 from aiadmin.observability import logger, metrics
-from aiadmin.ownership import Fence, Ownership
 from aiadmin.push import RUNNER_ACTOR, Pusher
-from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
 from wa_runner.activations import ACTIVATION_WORKERS, ActivationWorker
 from wa_runner.book import SessionBook
@@ -75,7 +75,7 @@ class Runner:
                  lease_seconds: float = 20, limits: RunnerLimits | None = None,
                  activation_policy: ActivationPolicy | None = None, command_poll_seconds: float = 0.5,
                  reconcile_seconds: float = 300.0, activation_workers: int = ACTIVATION_WORKERS,
-                 membership_store: Ownership | None = None, clock: Callable[[], float] = time.time) -> None:
+                 membership_store: Memberships | None = None, clock: Callable[[], float] = time.time) -> None:
         self.runner_id = runner_id
         self._clock = clock
         self._store = store
@@ -83,32 +83,32 @@ class Runner:
         self._poll_seconds = poll_seconds
         self._command_poll_seconds = command_poll_seconds
         self._reconcile_seconds = reconcile_seconds
-        ownership = store.ownership
+        sessions = store.sessions
         self.health = Health(runner_id)
-        self.membership = Membership(membership_store or ownership, runner_id, lease_seconds,
+        self.membership = Membership(membership_store or store.members, runner_id, lease_seconds,
                                      status=lambda: self.health.status, on_lapse=self._on_lapse)
         fence, holds = self._fence, self.membership.holds
         self._pusher = pusher
         self.writer = SalonWriter(store, pusher, fence, clock)
         policy = activation_policy or ActivationPolicy()
         self.activations = ActivationWorker(
-            store, ownership, fence, workers=activation_workers,
+            store, sessions, fence, workers=activation_workers,
             make_activator=lambda: Activator(store, yclients, public_base_url, fence, policy,
                                              notify=self.writer.notify, clock=clock, actor=RUNNER_ACTOR))
         limits = limits or RunnerLimits()
-        self.book = SessionBook(ownership, engine, fence, on_forget=self.activations.cancel)
+        self.book = SessionBook(sessions, engine, fence, on_forget=self.activations.cancel)
         self.restarts = Restarts(self.book, engine, holds)
         self.resumes = ResumePacer(self.book, self.restarts, holds, limits)
         self.linking = LinkingAttempts(self.book, engine, self.restarts, self.writer, store, limits)
         self.commands = CommandApplier(self.book, engine, self.linking, self.resumes, self.activations)
         times = self.membership.times
-        self.events = EventHandler(engine, self.book, self.resumes, self.linking, self.writer, ownership,
+        self.events = EventHandler(engine, self.book, self.resumes, self.linking, self.writer, sessions,
                                    self.activations, fence, holds, stale_owner_seconds=times.margin + times.grace + 1,
                                    clock=clock)
-        self.claimer = Claimer(ownership, self.commands, self.linking, self.resumes, store.get_salons, fence, holds,
-                               times.grace)
-        self.intake = CommandIntake(ownership, self.book, self.commands, fence, holds)
-        self._ownership = ownership
+        self.claimer = Claimer(sessions, store.members, self.commands, self.linking, self.resumes,
+                               store.salons.get_many, fence, holds, times.grace)
+        self.intake = CommandIntake(sessions, self.book, self.commands, fence, holds)
+        self._sessions = sessions
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lapse_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -250,7 +250,7 @@ class Runner:
         fence = self._fence()
         pool = ThreadPoolExecutor(RELEASE_THREADS, thread_name_prefix="release")
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(pool, self._ownership.release, lease, fence) for lease in leases]
+        futures = [loop.run_in_executor(pool, self._sessions.release, lease, fence) for lease in leases]
         try:
             done, _pending = await asyncio.wait(futures, timeout=RELEASE_SECONDS) if futures else (set(), set())
         finally:

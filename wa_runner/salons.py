@@ -11,12 +11,13 @@ import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from aiadmin.db import Store
+from aiadmin.db.memberships import Fence
+from aiadmin.db.transitions import Transition
 from aiadmin.models import Salon
 from aiadmin.onboarding import state_message
-from aiadmin.ownership import Fence
 from aiadmin.push import RUNNER_ACTOR, Pusher, PushPolicy, PushQueue
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 
 
 class SalonWriter:
@@ -30,16 +31,17 @@ class SalonWriter:
         self.pushes = PushQueue(pusher, store, clock, policy, latest=self._latest, wake=self._wake)
 
     async def get_salon(self, salon_id: int) -> Salon | None:
-        return await asyncio.to_thread(self._store.get_salon, salon_id)
+        return await asyncio.to_thread(self._store.salons.get, salon_id)
 
     async def transition(self, salon_id: int, state: SalonState, reason: str, attrs: dict[str, Any] | None = None,
                          expected: Iterable[SalonState] | None = None, attempt: int | None = None) -> Salon:
         """Fenced (LeaseLost when not ours), then pushed. IllegalTransition when the state
         machine or `expected` refuses it, or (StaleAttempt) when `attempt`, the linking attempt
         the write belongs to, is no longer the session's."""
-        salon = await asyncio.to_thread(self._store.transition, salon_id, state, RUNNER_ACTOR, reason, attrs,
-                                        list(expected) if expected is not None else None, self._fence(),
-                                        attempt=attempt)
+        change = Transition(salon_id, state, RUNNER_ACTOR, reason, attrs=attrs or {},
+                            expected=frozenset(expected) if expected is not None else None)
+        change = change.fenced(self._fence(), attempt)
+        salon = await asyncio.to_thread(self._store.transitions.apply, change)
         self.push(salon)
         return salon
 
@@ -67,7 +69,7 @@ class SalonWriter:
         await asyncio.to_thread(self.pushes.settle, self.pushes.idle, until)
 
     def _latest(self, salon_id: int) -> tuple[Salon, str] | None:
-        salon = self._store.get_salon(salon_id)
+        salon = self._store.salons.get(salon_id)
         return None if salon is None else (salon, state_message(salon, self._clock()))
 
     def _wake(self) -> None:

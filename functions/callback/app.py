@@ -30,14 +30,14 @@ from aiadmin.observability import logger, metrics, tracer
 from aiadmin.untrusted_json import load_json
 
 if TYPE_CHECKING:
+    from aiadmin.db import Store
     from aiadmin.entity_queue import EntityQueue
     from aiadmin.settings import CallbackSettings
-    from aiadmin.store import Store
 
 # Cold start: the settings (pydantic-settings) and the store (with the pydantic models under it)
 # are imported by the first request, not with this module; the queue by the first entity
 # webhook, the lifecycle rules by the first lifecycle webhook. Each route imports what it uses.
-FIRST_USE_IMPORTS = ("aiadmin.settings", "aiadmin.store", "aiadmin.models", "aiadmin.entity_queue",
+FIRST_USE_IMPORTS = ("aiadmin.settings", "aiadmin.db", "aiadmin.models", "aiadmin.entity_queue",
                      "aiadmin.lifecycle")
 RUNNER_STALE_SECONDS = 60
 
@@ -51,7 +51,7 @@ def settings() -> CallbackSettings:
 
 @cache
 def store() -> Store:
-    from aiadmin.store import Store
+    from aiadmin.db import Store
 
     return Store(boto3.resource("dynamodb").Table(settings().table_name))
 
@@ -137,7 +137,7 @@ def lifecycle() -> Response:
         return _json(400, {"success": False, "message": "salon_id, application_id and event are required"})
     if webhook.application_id != settings().yclients_app_id:
         return _json(400, {"success": False, "message": "unknown application_id"})
-    salon = store().get_salon(webhook.salon_id)
+    salon = store().salons.get(webhook.salon_id)
     try:
         answer = process_lifecycle()(webhook={
             "salon_id": webhook.salon_id, "application_id": webhook.application_id, "event": webhook.event,
@@ -160,7 +160,7 @@ def entity_webhook(salon_id: str, secret: str) -> Response:
     salon = parse_salon_id(salon_id)
     if salon is None:
         return not_found
-    stored = store().get_salon_secrets(salon).get("webhook_secret")
+    stored = store().secrets.get(salon).get("webhook_secret")
     if not stored or not hmac.compare_digest(stored.encode(), secret.encode()):
         # The same answer for an unknown salon and a wrong secret: nothing to learn by probing.
         metrics.add_metric(name="EntityWebhookRefused", unit="Count", value=1)
@@ -188,7 +188,7 @@ def health_check() -> Response:
     runner's heartbeat is fresh, not ok (503) otherwise, and nothing more. Which part failed,
     the heartbeat's age and the store's details are for ops only (`python -m ops doctor`, logs)."""
     try:
-        heartbeat = store().latest_heartbeat()  # also the reachability probe: one read, not two
+        heartbeat = store().members.latest_heartbeat()  # also the reachability probe: one read, not two
     except Exception:
         logger.exception("health check: store unreachable")
         heartbeat = None

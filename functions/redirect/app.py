@@ -21,8 +21,8 @@ from aiadmin.pages import error_page, new_nonce, security_headers
 from aiadmin.preload import preload_before_snapshot
 
 if TYPE_CHECKING:
+    from aiadmin.db import Store
     from aiadmin.settings import RedirectSettings
-    from aiadmin.store import Store
     from aiadmin.yclients import YClientsClient
 
 # Cold start: of this function's two routes, only the redirect reads and writes salons (the store
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 # with SnapStart: the modules are imported, the models' validators and the settings built, before
 # the snapshot, so a restored function pays for none of it on either route. Secrets are not read
 # then: see aiadmin.config.
-FIRST_USE_IMPORTS = ("aiadmin.settings", "aiadmin.consent", "aiadmin.onboarding", "aiadmin.store",
+FIRST_USE_IMPORTS = ("aiadmin.settings", "aiadmin.consent", "aiadmin.onboarding", "aiadmin.db",
                      "aiadmin.tokens", "aiadmin.yclients", "jwt", "phonenumbers")
 
 
@@ -46,7 +46,7 @@ def settings() -> RedirectSettings:
 
 @cache
 def store() -> Store:
-    from aiadmin.store import Store
+    from aiadmin.db import Store
 
     return Store(boto3.resource("dynamodb").Table(settings().table_name))
 

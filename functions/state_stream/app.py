@@ -13,11 +13,12 @@ import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+from aiadmin.db import Store
+from aiadmin.db.salons import Salons
 from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
 from aiadmin.onboarding import state_message
 from aiadmin.push import Pusher, pushed_by_stream
-from aiadmin.store import Store
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch import BatchProcessor
@@ -62,17 +63,17 @@ def push_change(record: DynamoDBRecord) -> None:
     if not image or image.get("sk") != "STATE":
         return
     try:
-        salon: Salon | None = Store.salon_from_image(image)
+        salon: Salon | None = Salons.from_image(image)
     except ValidationError:
         # A partial image (some stores stream keys only): read the item itself.
-        salon = store().get_salon(int(str(image["pk"]).removeprefix("SALON#")))
+        salon = store().salons.get(int(str(image["pk"]).removeprefix("SALON#")))
     if salon is None or not pushed_by_stream(salon):
         return
     # The stream lags: by now the runner may have moved the salon on (a QR a few ms after the
     # consent) and pushed that itself. The page ignores older versions, but a page cached from
     # before versions did not: only the latest version is pushed; each later one has its own
     # record or was pushed by the runner.
-    current = store().get_salon(salon.salon_id)
+    current = store().salons.get(salon.salon_id)
     if current is None or current.version != salon.version:
         return
     pusher().fan_out(store(), current, state_message(current, time.time()))

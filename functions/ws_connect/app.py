@@ -12,9 +12,9 @@ import boto3
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aiadmin.db import Store
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.sockets import MAX_SOCKETS_PER_SALON, Opening, open_socket
-from aiadmin.store import Store
 from aiadmin.tokens import InvalidToken, verify_token_claims
 
 if TYPE_CHECKING:
@@ -73,6 +73,6 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
     if route == "$connect":
         return _connect(event)
     if route == "$disconnect":
-        store().remove_connection(event.request_context.connection_id)
+        store().connections.remove(event.request_context.connection_id)
         return {"statusCode": 200}
     return {"statusCode": 400}

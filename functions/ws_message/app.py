@@ -13,6 +13,7 @@ import boto3
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from aiadmin.db import Store
 from aiadmin.models import ErrorMessage, TokenMessage
 from aiadmin.observability import logger, metrics, tracer
 from aiadmin.onboarding import (
@@ -37,7 +38,6 @@ from aiadmin.sockets import (
     Verdict,
     admit_message,
 )
-from aiadmin.store import Store
 from aiadmin.tokens import issue_token, new_token_id
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _message(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
 
 def _reply(connection_id: str, salon_id: int, payload: str) -> None:
     if not pusher().send(connection_id, payload):
-        store().remove_connection(connection_id, salon_id)
+        store().connections.remove(connection_id, salon_id)
 
 
 def _refuse(connection_id: str, salon_id: int, action: str, code: str, text: str, status: int,
@@ -140,7 +140,7 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> d
                 return _refuse(connection_id, salon_id, action, "pairing_limited", str(exc), 429,
                                "PairingCodeLimited", retry_after=round(exc.retry_after, 1), key=exc.key,
                                params=dict(exc.params))
-        salon = store().get_salon(salon_id)
+        salon = store().salons.get(salon_id)
         if not requester.may_act_on(salon):
             raise ConsentEnded(salon_id)
     except ConsentEnded:

@@ -207,7 +207,7 @@ def test_past_the_owners_hour_the_page_says_so_and_keeps_going(stack: RunningSta
     and linking goes on."""
     import time
 
-    from aiadmin.store import Store
+    from aiadmin.db import Store
 
     page = _new_page(browser)
     page.goto(stack.marketplace + "/")

@@ -14,9 +14,9 @@ import requests
 from playwright.sync_api import Browser, Page, expect
 
 from aiadmin.config import LOCAL_JWT_SECRET
+from aiadmin.db import Store
 from aiadmin.models import Salon
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from aiadmin.tokens import issue_token
 from local.owner import press_connect
 from local.process import RunningStack
@@ -282,14 +282,14 @@ def test_every_state_on_a_phone_and_a_desktop(stack: RunningStack, browser: Brow
     salon_id = 390 if language == "ru" else 391
     store = Store(stack.table())
     token = issue_token(salon_id, LOCAL_JWT_SECRET, 1800)
-    store.put_salon(Salon(salon_id=salon_id, state=SalonState.PENDING_WHATSAPP, salon_name="Салон «Все состояния»",
+    store.salons.put(Salon(salon_id=salon_id, state=SalonState.PENDING_WHATSAPP, salon_name="Салон «Все состояния»",
                           updated_at=time.time()))
     for size, make in (("phone", phone_page), ("desktop", desktop_page)):
         page = make(browser, locale="en-US" if language == "en" else "ru-RU")
         errors = watch_errors(page)
         page.goto(f"{stack.base_url}/marketplace/onboarding#token={token}")
         for state, attrs in _every_state(time.time()):
-            store.put_salon(Salon(salon_id=salon_id, state=state, salon_name="Салон «Все состояния»",
+            store.salons.put(Salon(salon_id=salon_id, state=state, salon_name="Салон «Все состояния»",
                                   updated_at=time.time() - 3600, **attrs))  # type: ignore[arg-type]
             page.reload()
             expect(page.locator("#card")).to_have_attribute("data-state", state.value, timeout=15000)

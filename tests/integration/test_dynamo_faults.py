@@ -111,7 +111,7 @@ async def _fault_scenario(stack: RunningStack, fault: dict[str, Any]) -> None:
     # The uninstall sent during the fault was not lost.
     wait_until(lambda: str(uninstalled) not in whatsapp(stack).devices, RECOVERY_SECONDS,
                what="the uninstalled salon's device is logged out")
-    salon = store(stack).get_salon(uninstalled)
+    salon = store(stack).salons.get(uninstalled)
     assert salon is not None and salon.state == "uninstalled", (salon, answers)
 
     # No session was dropped: the others never reconnected, never needed a new scan.

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from aiadmin.store import Store
+from aiadmin.db import Store
 from local import observe
 from local.owner import follow_redirect, open_page, press_connect, receive_until, scan
 from local.process import ROOT, RunningStack
@@ -78,15 +78,15 @@ def test_2_disconnect_logs_whatsapp_out_and_removes_the_keys(stack: RunningStack
     assert [d["status"] for d in sent["deliveries"]] == [200, 200]
     assert {json.loads(d["body"])["result"] for d in sent["deliveries"]} == {"uninstalled"}
     store = Store(stack.table())
-    assert store.get_salon(SALON).state == "uninstalled"  # type: ignore[union-attr]
+    assert store.salons.get(SALON).state == "uninstalled"  # type: ignore[union-attr]
     # WhatsApp: the device is logged out (unlinked at WhatsApp), its keys are gone from disk.
     observe.wait_until(lambda: str(SALON) not in observe.whatsapp(stack).devices, 15, what="device logged out")
     observe.wait_until(lambda: not _keys_file(data_dir).exists(), 15, what="keys file removed")
     # Our keys for YClients are gone too: no API key, the entity webhook URL is dead.
-    assert store.get_salon_secrets(SALON) == {}
+    assert store.secrets.get(SALON) == {}
     entity = {"company_id": SALON, "resource": "record", "resource_id": 1, "status": "create"}
     assert requests.post(webhook_url, json=entity, timeout=5).status_code == 404
-    uninstalls = [e for e in store.events_of(SALON) if e.get("to_state") == "uninstalled"]
+    uninstalls = [e for e in store.events.of(SALON) if e.get("to_state") == "uninstalled"]
     assert len(uninstalls) == 1  # the duplicate changed nothing
 
 

@@ -79,7 +79,7 @@ def test_status_shows_state_events_and_the_owning_runner(stack: RunningStack) ->
     text = _ops(stack, "status", "701").stdout
     assert "salon 701: qr_ready" in text and f"owner {runner}" in text and "owner consent" in text
     # Personal data stays out of the ops view too (the owner's name is on the salon record).
-    owner_name = observe.store(stack).get_salon(701).user_name  # type: ignore[union-attr]
+    owner_name = observe.store(stack).salons.get(701).user_name  # type: ignore[union-attr]
     assert owner_name and owner_name not in text
 
     generation = found["session"]["generation"]
@@ -108,10 +108,10 @@ def test_failed_activation_is_visible_listed_as_stuck_and_retried(stack: Running
 
     done = _ops(stack, "retry-activation", "702")
     assert done.returncode == 0, done.stderr
-    salon = observe.wait_until(lambda: (s := observe.store(stack).get_salon(702)) and s.state == "active" and s,
+    salon = observe.wait_until(lambda: (s := observe.store(stack).salons.get(702)) and s.state == "active" and s,
                                30, what="salon 702 active after the retry")
     assert salon.activation_error is None
-    assert "activation retry requested" in [e["reason"] for e in observe.store(stack).events_of(702)]
+    assert "activation retry requested" in [e["reason"] for e in observe.store(stack).events.of(702)]
     not_again = _ops(stack, "retry-activation", "702")
     assert not_again.returncode == 1 and "only activation_failed is retried" in not_again.stderr
 

@@ -123,7 +123,7 @@ def test_killed_and_stopped_runners_sessions_move_to_the_survivors(three_runners
                 # No new scan: no pairing attempt beyond the first, the same device, and still active.
                 assert after.pairing_attempts[str(salon_id)] == 1
                 assert after.devices[str(salon_id)]["device_id"] == before.devices[str(salon_id)]["device_id"]
-                salon = store(stack).get_salon(salon_id)
+                salon = store(stack).salons.get(salon_id)
                 assert salon is not None and salon.state == "active"
             assert after.streams_replaced == 0  # never two clients connected with one salon's keys
             return victim, owned, takeover
@@ -199,7 +199,7 @@ def test_a_frozen_runner_wakes_without_fighting_the_new_owner(make_stack: Callab
     for salon_id in theirs:
         assert after.connected(salon_id) and after.resumes(salon_id) == taken.resumes(salon_id)
         assert owners(stack, [salon_id])[salon_id] not in (None, frozen)
-        salon = store(stack).get_salon(salon_id)
+        salon = store(stack).salons.get(salon_id)
         assert salon is not None and salon.state == "active"
     assert _heartbeats(stack)[frozen]["sessions"] == 0
 
@@ -220,7 +220,7 @@ def test_a_crash_in_one_session_costs_seconds_and_no_other_session(make_stack: C
     for salon_id in (502, 503):  # never dropped: same connection, no reconnect
         assert after.connected(salon_id) and after.resumes(salon_id) == before.resumes(salon_id)
     assert after.pairing_attempts == before.pairing_attempts
-    salon = store(stack).get_salon(501)
+    salon = store(stack).salons.get(501)
     assert salon is not None and salon.state == "active"
     assert any("session ended without a word" in line for line in stack.output)
 
@@ -249,7 +249,7 @@ async def _bounded_and_abandoned(stack: RunningStack) -> None:
         beats = wait_until(lambda: (b := _heartbeats(stack)) and all(x["pairings"] == 1 for x in b.values()) and b,
                            10, what="each runner reports one pairing in flight")
         assert len(beats) == 2 and {x["phases"].get("linking") for x in beats.values()} == {1}
-        salon = store(stack).get_salon(waiting)
+        salon = store(stack).salons.get(waiting)
         assert salon is not None and salon.state == "pending_whatsapp"
         # One pairing ends (scan): that runner takes the waiting salon.
         scanned = busy[0]
@@ -259,18 +259,18 @@ async def _bounded_and_abandoned(stack: RunningStack) -> None:
         await receive_until(pages[waiting], {"qr_ready"}, 10)
         # The page of the third stays open past the abandon time: its attempt goes on.
         await asyncio.sleep(ABANDON_SECONDS + 1)
-        salon = store(stack).get_salon(waiting)
+        salon = store(stack).salons.get(waiting)
         assert salon is not None and salon.state == "qr_ready"
     abandoned = busy[1]
     # All pages closed: after ABANDON_SECONDS without a page and a scan each attempt stops and leaves the lease index.
     # (Bounded below WhatsApp's own expiry of the code, 16 s at this time scale; the reason is checked too.)
-    wait_until(lambda: all((s := store(stack).get_salon(i)) and s.state == "qr_expired" for i in (abandoned, waiting)),
+    wait_until(lambda: all((s := store(stack).salons.get(i)) and s.state == "qr_expired" for i in (abandoned, waiting)),
                ABANDON_SECONDS + 2 * SLACK_SECONDS, what="abandoned attempts expire")
     wait_until(lambda: all(b["pairings"] == 0 for b in _heartbeats(stack).values()), 10,
                what="no pairing left in flight")
     assert owners(stack, [abandoned, waiting]) == {abandoned: None, waiting: None}
     for salon_id in (abandoned, waiting):  # stopped for want of a page, not by WhatsApp's own 160 s
-        last = max(store(stack).events_of(salon_id), key=lambda e: e["sk"])
+        last = max(store(stack).events.of(salon_id), key=lambda e: e["sk"])
         assert last["to_state"] == "qr_expired" and last["reason"].startswith("no page open")
     # The owner comes back and asks for a new code: the command is picked up.
     async with open_page(stack.ws_url, tokens[abandoned]) as page:

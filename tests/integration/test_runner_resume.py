@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from aiadmin.db import Store
+from aiadmin.db.sessions import Sessions
 from aiadmin.models import SessionLease
-from aiadmin.ownership import Ownership
 from aiadmin.push import Pusher
-from aiadmin.store import Store
 from aiadmin.yclients import YClientsClient
 from local.fake_whatsapp import FakeWhatsApp
 from local.seed import pair, record_linked, simulated_whatsapp
@@ -73,8 +73,8 @@ def test_without_the_bound_they_would_all_connect_at_once(store: Store, tmp_path
     assert asyncio.run(_resume_all(store, tmp_path, concurrency=len(SALONS))) > 3
 
 
-class SlowReconcile(Ownership):
-    """The real ownership store, whose read of the runner's sessions for the reconcile takes a
+class SlowReconcile(Sessions):
+    """The real session repository, whose read of the runner's sessions for the reconcile takes a
     while (as with thousands of them), and tells when one is under way."""
 
     def __init__(self, table: Any) -> None:
@@ -93,7 +93,7 @@ class SlowReconcile(Ownership):
 
 def test_a_session_claimed_during_the_reconcile_is_kept(table: Any, tmp_path: Path) -> None:
     store = Store(table)
-    store.ownership = slow = SlowReconcile(table)
+    store.sessions = slow = SlowReconcile(table)
 
     async def scenario() -> None:
         async with simulated_whatsapp() as (whatsapp, url):
@@ -107,7 +107,7 @@ def test_a_session_claimed_during_the_reconcile_is_kept(table: Any, tmp_path: Pa
             try:
                 while not (801 in runner.book and slow.reading.is_set()):
                     await asyncio.sleep(0.01)
-                store.request_session(802, "run")  # claimed while the reconcile's read is under way
+                store.sessions.request(802, "run")  # claimed while the reconcile's read is under way
                 await asyncio.sleep(3)  # several reconciles later
                 assert runner.status()["phases"] == {"connected": 2}
                 assert [d.resumes for d in whatsapp.devices.values()] == [1, 1]  # neither was dropped

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 import requests
 
-from aiadmin.store import Store
+from aiadmin.db import Store
 from aiadmin.yclients import sign_user_data
 from local.observe import leases, wait_until
 from local.owner import follow_redirect, link_to_active, open_page, press_connect, receive_until, scan
@@ -46,7 +46,7 @@ def _replayed(stack: RunningStack, salon_id: int) -> str:
 
 def _snapshot(stack: RunningStack, salon_id: int) -> tuple[Any, Any, int]:
     store = Store(stack.table())
-    return store.get_salon(salon_id), store.get_session(salon_id), len(store.events_of(salon_id))
+    return store.salons.get(salon_id), store.sessions.get(salon_id), len(store.events.of(salon_id))
 
 
 def _assert_refused(stack: RunningStack, response: requests.Response, before: tuple[Any, Any, int]) -> None:
@@ -60,7 +60,7 @@ def _assert_refused(stack: RunningStack, response: requests.Response, before: tu
     salon, session, events = _snapshot(stack, VICTIM)
     assert (salon, session) == before[:2]  # nothing written: no consent, no name, no pairing command
     store = Store(stack.table())
-    new_events = store.events_of(VICTIM)[before[2]:]
+    new_events = store.events.of(VICTIM)[before[2]:]
     assert len(new_events) == events - before[2] == 1
     assert new_events[0]["reason"].startswith("consent refused")
     assert new_events[0]["details"] == {"user_id": str(5000 + ATTACKER)}  # the attacker's id, nothing more
@@ -126,7 +126,7 @@ def test_the_bound_user_sees_the_status_and_only_an_explicit_relink_links_again(
         return states
 
     assert asyncio.run(revisit_then_relink()) == ["active", "qr_ready", "active"]
-    events = Store(stack.table()).events_of(VICTIM)
+    events = Store(stack.table()).events.of(VICTIM)
     assert any(e["actor"] == "owner" and e["reason"] == "owner asked to re-link" for e in events)
 
 
@@ -139,7 +139,7 @@ def test_the_binding_resets_only_after_an_uninstall_and_a_fresh_consent(stack: R
     # The salon changed hands; its new owner installs the app again: a fresh pending consent binds them.
     requests.post(f"{stack.marketplace}/_salon/{VICTIM}", json={"owner_id": 9402}, timeout=5)
     asyncio.run(link_to_active(stack.marketplace, stack.ws_url, stack.base_url, VICTIM))
-    salon = Store(stack.table()).get_salon(VICTIM)
+    salon = Store(stack.table()).salons.get(VICTIM)
     assert salon is not None and salon.owner_user_id == "9402" and salon.state == "active"
     # And the previous owner is now the stranger.
     previous = dict(parse_qsl(urlsplit(press_connect(stack.marketplace, ATTACKER)).query))

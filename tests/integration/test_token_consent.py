@@ -16,8 +16,8 @@ import requests
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from aiadmin.db import Store
 from aiadmin.sockets import MAX_SOCKETS_PER_SALON, MESSAGES_PER_TOKEN_WINDOW, MESSAGES_PER_WINDOW
-from aiadmin.store import Store
 from aiadmin.tokens import issue_token
 from local.observe import leases, whatsapp
 from local.owner import link_to_active, open_page, receive_until, scan
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 
 def _salon(stack: RunningStack, salon_id: int) -> Any:
-    salon = Store(stack.table()).get_salon(salon_id)
+    salon = Store(stack.table()).salons.get(salon_id)
     assert salon is not None
     return salon
 
@@ -94,7 +94,7 @@ def test_the_old_owners_token_opens_nothing_on_a_reinstalled_salon(stack: Runnin
     assert salon_now.state == "active" and salon_now.owner_user_id == "9501"
     assert leases(stack, [salon])[salon].generation == generation  # no re-link, no new attempt
     assert whatsapp(stack).devices.get(str(salon)) == devices.get(str(salon))  # B's device stays linked
-    events = Store(stack.table()).events_of(salon)
+    events = Store(stack.table()).events.of(salon)
     assert not [e for e in events if e["actor"] == "owner"]
 
 

@@ -12,10 +12,10 @@ import time
 from typing import Any
 
 from aiadmin.activation import ActivationPolicy
+from aiadmin.db import Store
 from aiadmin.models import Salon
 from aiadmin.push import Pusher
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from aiadmin.yclients import ActivationOutcome, ActivationResult, YClientsClient
 from tests.unit.fakes import FakeClock
 from wa_runner.engine import EngineEvent, EventKind
@@ -135,7 +135,7 @@ def pusher_of(runner: Runner) -> RecordingPusher:
 
 def put_salon(store: Store, salon_id: int, state: SalonState, **attrs: Any) -> None:
     now = time.time()
-    store.put_salon(Salon(salon_id=salon_id, state=state, version=3, updated_at=now,
+    store.salons.put(Salon(salon_id=salon_id, state=state, version=3, updated_at=now,
                           activation_deadline=now + 3600, **attrs))
 
 
@@ -149,7 +149,7 @@ async def handle(runner: Runner, kind: EventKind, salon_id: int, **fields: Any) 
 
 async def claim_all(runner: Runner, clock: FakeClock) -> None:
     """Claim polls until each partition had its turn."""
-    from aiadmin.ownership import RESUME_SHARDS
+    from aiadmin.db.sessions import RESUME_SHARDS
     from wa_runner.claims import RESUME_EVERY
 
     for _ in range(RESUME_EVERY * RESUME_SHARDS):
@@ -167,7 +167,7 @@ async def resume_and_connect(runner: Runner, clock: FakeClock) -> None:
 def linked_sessions(store: Store, salon_ids: range | list[int], state: SalonState = SalonState.ACTIVE) -> None:
     for salon_id in salon_ids:
         put_salon(store, salon_id, state)
-        store.request_session(salon_id, "run")
+        store.sessions.request(salon_id, "run")
 
 
 def live_through(clock: FakeClock, seconds: float, *runners: Runner, tick: float = 0.5) -> None:

@@ -15,9 +15,10 @@ import requests
 from pyrate_limiter import Limiter, Rate
 
 from aiadmin.activation import ActivationEnd, ActivationPolicy, Activator, backoff_delay
-from aiadmin.ownership import Fence
+from aiadmin.db import Store
+from aiadmin.db.memberships import Fence
+from aiadmin.db.transitions import Transition
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from aiadmin.yclients import RATE_LIMIT_FILE_ENV, YClientsClient, process_limiter
 from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
 from tests.helpers import fake_marketplace
@@ -55,21 +56,22 @@ def client(marketplace: tuple[FakeYClients, str]) -> YClientsClient:
 
 def _member(store: Store, runner_id: str) -> Fence:
     """The runner's membership (joined once): the activation's writes are fenced on it."""
-    for member in store.ownership.members():
+    for member in store.members.all():
         if member.runner_id == runner_id:
             return member.fence
-    return Fence(runner_id, store.ownership.join(runner_id, time.time(), 3600, {}))
+    return Fence(runner_id, store.members.join(runner_id, time.time(), 3600, {}))
 
 
 def _connected_salon(store: Store, salon_id: int = SALON, deadline_in: float = 3600) -> None:
     """Linked, its session owned by runner-a."""
     now = time.time()
-    store.transition(salon_id, SalonState.PENDING_WHATSAPP, "test",
-                     attrs={"consent_at": now, "activation_deadline": now + deadline_in})
-    store.transition(salon_id, SalonState.PAIRING, "test")
-    store.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "test")
-    store.request_session(salon_id, "run")
-    assert store.ownership.claim(salon_id, _member(store, "runner-a")) is not None
+    store.transitions.apply(Transition(
+        salon_id, SalonState.PENDING_WHATSAPP, "test",
+        attrs={"consent_at": now, "activation_deadline": now + deadline_in}))
+    store.transitions.apply(Transition(salon_id, SalonState.PAIRING, "test"))
+    store.transitions.apply(Transition(salon_id, SalonState.WHATSAPP_CONNECTED, "test"))
+    store.sessions.request(salon_id, "run")
+    assert store.sessions.claim(salon_id, _member(store, "runner-a")) is not None
 
 
 class Waits:
@@ -101,14 +103,14 @@ def test_201_activates_with_a_per_salon_key_webhook_url_and_channel(store: Store
                                                                   fake: FakeYClients) -> None:
     _connected_salon(store)
     assert _activate(store, client) == ActivationEnd.ACTIVE
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.ACTIVE
     [activation] = fake.activations
-    secrets = store.get_salon_secrets(SALON)
+    secrets = store.secrets.get(SALON)
     assert activation["api_key"] == secrets["api_key"] and len(secrets["api_key"]) >= 40
     assert activation["webhook_urls"] == [f"{BASE}/webhook/yclients/{SALON}/{secrets['webhook_secret']}"]
     assert activation["channels"] == ["whatsapp"]
-    assert [e["to_state"] for e in store.events_of(SALON)][-2:] == ["activating", "active"]
+    assert [e["to_state"] for e in store.events.of(SALON)][-2:] == ["activating", "active"]
 
 
 def test_403_already_installed_counts_as_success(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
@@ -127,12 +129,12 @@ def test_permanent_refusals_fail_at_once_with_the_reason_kept(store: Store, clie
     _script(fake, {"status": status, "message": message})
     waits = Waits()
     assert _activate(store, client, waits) == ActivationEnd.FAILED
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.ACTIVATION_FAILED
     assert salon.activation_error == f"{status} {message}"
     # Never retried; YClients is asked once whether it still waits (it does: not an expired consent).
     assert [c["operation"] for c in fake.calls] == ["activate", "app_status"] and waits.delays == []
-    assert store.events_of(SALON)[-1]["to_state"] == "activation_failed"
+    assert store.events.of(SALON)[-1]["to_state"] == "activation_failed"
 
 
 def test_transient_answers_are_retried_with_growing_jittered_backoff(store: Store, client: YClientsClient,
@@ -155,7 +157,7 @@ def test_transient_answers_are_retried_with_growing_jittered_backoff(store: Stor
     for attempt, delay in enumerate(waits.delays, start=1):
         ceiling = min(8.0, 2 ** (attempt - 1))
         assert ceiling / 2 <= delay <= max(ceiling, 3 if attempt == 2 else 0)
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.ACTIVE
 
 
@@ -183,7 +185,7 @@ def test_retries_go_on_past_the_owners_hour_while_yclients_still_waits(
     _script(fake, *[{"status": 503}] * 130)
     activator, wait = _clocked(store, client, clock, first_delay=60, max_delay=60, status_check_seconds=600)
     assert activator.run(SALON, wait) == ActivationEnd.ACTIVE
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.ACTIVE
     assert clock.now - salon.consent_at > 3600  # type: ignore[operator]
     status_checks = [c for c in fake.calls if c["operation"] == "app_status"]
@@ -201,15 +203,15 @@ def test_retries_stop_when_yclients_no_longer_has_the_consent_pending(
 
     def lapse_after_90_minutes(seconds: float) -> bool:
         result = wait(seconds)  # type: ignore[operator]
-        if clock.now - store.get_salon(SALON).consent_at > 5400:  # type: ignore[union-attr,operator]
+        if clock.now - store.salons.get(SALON).consent_at > 5400:  # type: ignore[union-attr,operator]
             fake.salons[SALON].status = None  # YClients dropped the pending link
         return bool(result)
 
     assert activator.run(SALON, lapse_after_90_minutes) == ActivationEnd.EXPIRED
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.EXPIRED_CONSENT
     assert 5400 < clock.now - salon.consent_at < 5400 + 300 + 61  # type: ignore[operator]
-    assert store.events_of(SALON)[-1]["reason"] == "YClients no longer has the app pending"
+    assert store.events.of(SALON)[-1]["reason"] == "YClients no longer has the app pending"
 
 
 def test_retries_stop_at_the_12_hour_cap_even_if_yclients_still_says_pending(
@@ -221,7 +223,7 @@ def test_retries_stop_at_the_12_hour_cap_even_if_yclients_still_says_pending(
     # The activation keeps failing; the status keeps saying pending (the fake's own window is real time).
     _script(fake, *[{"status": 503}] * 200)
     assert activator.run(SALON, wait) == ActivationEnd.EXPIRED
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.EXPIRED_CONSENT
     assert clock.now - salon.consent_at == pytest.approx(12 * 3600, abs=1)  # type: ignore[operator]
     # Every 5 to 10 minutes (the jittered backoff) for 12 hours, then no more.
@@ -236,7 +238,7 @@ def test_a_refusal_after_the_window_lapsed_ends_in_expired_consent(store: Store,
     _connected_salon(store)
     fake.salons[SALON].consent_at = time.time() - 12 * 3600 - 1
     assert _activate(store, client) == ActivationEnd.EXPIRED
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.EXPIRED_CONSENT
     assert salon.activation_error is not None and "422" in salon.activation_error
 
@@ -253,9 +255,9 @@ def test_a_repeated_activation_keeps_the_key_yclients_may_hold(store: Store, cli
     _connected_salon(store)
     _script(fake, {"status": 400, "message": "Агрегатор не найден"})
     assert _activate(store, client) == ActivationEnd.FAILED
-    first = store.get_salon_secrets(SALON)
+    first = store.secrets.get(SALON)
     assert _activate(store, client) == ActivationEnd.ACTIVE  # from activation_failed
-    assert store.get_salon_secrets(SALON) == first
+    assert store.secrets.get(SALON) == first
     assert fake.activations[-1]["api_key"] == first["api_key"]
 
 
@@ -263,7 +265,7 @@ def _atomic_calls(store: Store) -> None:
     """DynamoDB applies each conditional write atomically; moto's in-memory table does not when
     two threads write at once. Serialise the store's calls, as the real service would."""
     lock = threading.Lock()
-    events = store._client.meta.events
+    events = store.table.meta.client.meta.events
 
     def acquire(**_kwargs: Any) -> None:
         lock.acquire()
@@ -306,15 +308,15 @@ def test_an_abandoned_activation_is_finished_by_the_sessions_next_owner(store: S
     # runner-a started activating and died during a backoff.
     _script(fake, {"status": 503})
     assert _activate(store, client, Waits(allow=False), owner="runner-a") == ActivationEnd.INTERRUPTED
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.ACTIVATING
     assert _activate(store, client, owner="runner-b") == ActivationEnd.BUSY  # the session is still runner-a's
-    assert store.ownership.take_over(SALON, _member(store, "runner-b"), _member(store, "runner-a"),
+    assert store.sessions.take_over(SALON, _member(store, "runner-b"), _member(store, "runner-a"),
                                      time.time() + 7200) is not None
     assert _activate(store, client, owner="runner-a") == ActivationEnd.BUSY  # no longer its session
     assert _activate(store, client, owner="runner-b") == ActivationEnd.ACTIVE
     # The same key as the first attempt: YClients may have registered it already.
-    assert fake.activations[0]["api_key"] == store.get_salon_secrets(SALON)["api_key"]
+    assert fake.activations[0]["api_key"] == store.secrets.get(SALON)["api_key"]
 
 
 def test_an_uninstall_during_retries_wins(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
@@ -322,11 +324,11 @@ def test_an_uninstall_during_retries_wins(store: Store, client: YClientsClient, 
     _script(fake, {"status": 503})
 
     def uninstall_then_continue(_seconds: float) -> bool:
-        store.transition(SALON, SalonState.UNINSTALLED, "yclients", "lifecycle uninstall")
+        store.transitions.apply(Transition(SALON, SalonState.UNINSTALLED, "yclients", "lifecycle uninstall"))
         return True
 
     assert _activate(store, client, uninstall_then_continue) == ActivationEnd.INTERRUPTED
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.UNINSTALLED
     assert len(fake.calls) == 1
 

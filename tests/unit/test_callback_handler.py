@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 
-from aiadmin.store import Store
+from aiadmin.db import Store
 from local.gateway import LambdaContext
 from local.template import ROOT
 
@@ -29,7 +29,7 @@ def callback(table: Any, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     for key, value in {"TABLE_NAME": table.name, "YCLIENTS_PARTNER_TOKEN": TOKEN, "YCLIENTS_APP_ID": "4242",
                        "ENTITY_QUEUE_URL": queue_url}.items():
         monkeypatch.setenv(key, value)
-    Store(table).put_salon_secrets(SALON, {"webhook_secret": SECRET, "api_key": "k"})
+    Store(table).secrets.put(SALON, {"webhook_secret": SECRET, "api_key": "k"})
     spec = importlib.util.spec_from_file_location(f"callback_under_test_{uuid.uuid4().hex}",
                                                   ROOT / "functions" / "callback" / "app.py")
     assert spec and spec.loader

@@ -78,7 +78,7 @@ def test_importing_a_handler_leaves_route_only_modules_and_validators_to_first_u
     loaded = roots & modules
     assert not loaded, f"imported with the handler (cold start): {sorted(loaded)}"
     assert result["built_models"] == [], "pydantic validators are built on first use (defer_build)"
-    if "aiadmin.store" not in first_use:  # the store's models are imported, only not built
+    if "aiadmin.db" not in first_use:  # the store's models are imported, only not built
         assert "aiadmin.models" in modules
 
 
@@ -111,7 +111,7 @@ def test_redirect_preloads_its_first_use_work_before_a_snapstart_snapshot(tmp_pa
                       "YCLIENTS_PARTNER_TOKEN_PARAM": "/aiadmin/partner-token"}
     result = _import("redirect", tracing=False, code=probe, extra_path=str(tmp_path), env=secrets_in_ssm)
     modules = set(result["modules"])  # type: ignore[call-overload]
-    assert {"aiadmin.store", "aiadmin.onboarding", "aiadmin.consent", "aiadmin.yclients", "requests", "jwt",
+    assert {"aiadmin.db", "aiadmin.onboarding", "aiadmin.consent", "aiadmin.yclients", "requests", "jwt",
             "phonenumbers", "pydantic_settings"} <= modules
     assert {"aiadmin.models.Salon", "aiadmin.models.UserData"} <= set(result["built_models"])  # type: ignore[arg-type]
     clients: dict[str, bool] = result["clients"]  # type: ignore[assignment]

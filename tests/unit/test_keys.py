@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any
 
-from aiadmin.store import Store
+from aiadmin.db import Store
 from wa_runner.keys import PostgresKeys, SqliteKeyFiles
 
 DEVICE = {"jid": "79001234567:12@s.whatsapp.net", "sim_device_id": "d1", "noise_key": "n", "identity_key": "i",
@@ -44,19 +44,19 @@ def test_removal_takes_the_file_and_sqlites_side_files(tmp_path: Path) -> None:
 
 def test_postgres_keys_remember_each_salons_device_beside_its_lease(store: Store, table: Any) -> None:
     def load(salon_id: int) -> str | None:
-        lease = store.get_session(salon_id)
+        lease = store.sessions.get(salon_id)
         return lease.device_jid if lease else None
 
     keys = PostgresKeys("postgresql://runner:pw@db.internal/whatsapp", load_jid=load,
-                        save_jid=store.set_session_device)
+                        save_jid=store.sessions.set_device)
     assert keys.database(1) == keys.database(2) == "postgresql://runner:pw@db.internal/whatsapp"
     keys.remember(1, DEVICE["jid"])                         # no session item yet: nothing is created
-    assert store.get_session(1) is None
-    store.request_session(1, "link")
-    store.request_session(2, "link")
+    assert store.sessions.get(1) is None
+    store.sessions.request(1, "link")
+    store.sessions.request(2, "link")
     keys.remember(1, DEVICE["jid"])
     assert (keys.device_jid(1), keys.device_jid(2)) == (DEVICE["jid"], None)
-    store.request_session(1, "run")                         # commands keep the device name
+    store.sessions.request(1, "run")                         # commands keep the device name
     assert keys.device_jid(1) == DEVICE["jid"]
     keys.remove(1)
-    assert keys.device_jid(1) is None and store.get_session(1) is not None
+    assert keys.device_jid(1) is None and store.sessions.get(1) is not None

@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
+from aiadmin.db import Store
+from aiadmin.db.sessions import UNINSTALLED_RETENTION_SECONDS
+from aiadmin.db.transitions import Transition
 from aiadmin.lifecycle import apply_lifecycle_event
 from aiadmin.models import UserData
 from aiadmin.onboarding import start_onboarding
 from aiadmin.states import SalonState
-from aiadmin.store import UNINSTALLED_RETENTION_SECONDS, Store
 
 S = SalonState
 SALON = 31
@@ -20,21 +22,22 @@ SALON = 31
 
 def _active_salon(store: Store, table: Any) -> None:
     start_onboarding(store, SALON, UserData(id="5", name="Анна", phone="79001234567", salon_name="Салон"), time.time())
-    store.request_session(SALON, "link", pair_phone="79001234567")
+    store.sessions.request(SALON, "link", pair_phone="79001234567")
     for state in (S.QR_READY, S.PAIRING, S.WHATSAPP_CONNECTED):
-        store.transition(SALON, state, actor="runner")
-    store.transition(SALON, S.ACTIVATING, actor="runner", salon_secrets={"api_key": "k", "webhook_secret": "w"})
-    store.transition(SALON, S.ACTIVE, actor="runner")
+        store.transitions.apply(Transition(SALON, state, actor="runner"))
+    store.transitions.apply(Transition(
+        SALON, S.ACTIVATING, actor="runner", secrets={"api_key": "k", "webhook_secret": "w"}))
+    store.transitions.apply(Transition(SALON, S.ACTIVE, actor="runner"))
     # Whatever later versions of the salon item keep of the owner (issue 9 names them).
     table.update_item(Key={"pk": f"SALON#{SALON}", "sk": "STATE"},
                       UpdateExpression="SET owner_phone = :p, owner_email = :e",
                       ExpressionAttributeValues={":p": "79001234567", ":e": "a@example.ru"})
-    store.admit_pairing_request(SALON, "79001234567", time.time(), 30, 3, 3600)
+    store.pairing.admit(SALON, "79001234567", time.time(), 30, 3, 3600)
 
 
 def _transactions(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[list[dict[str, Any]]]:
     calls: list[list[dict[str, Any]]] = []
-    client: Any = store._client
+    client: Any = store.table.meta.client
     original = client.transact_write_items
 
     def spy(**kwargs: Any) -> Any:
@@ -62,12 +65,12 @@ def test_uninstall_is_one_transaction_and_forgets_the_owner(store: Store, table:
     assert before + retention - 5 <= int(state["ttl"]) <= time.time() + retention
     session = table.get_item(Key={"pk": f"SALON#{SALON}", "sk": "SESSION"})["Item"]
     assert session["desired"] == "stop" and "pair_phone" not in session and int(session["ttl"]) > time.time()
-    assert store.get_salon_secrets(SALON) == {}
+    assert store.secrets.get(SALON) == {}
     assert "Item" not in table.get_item(Key={"pk": f"SALON#{SALON}", "sk": "PAIRING"})
     # A replay changes nothing, and gets the same answer.
-    version = store.get_salon(SALON).version  # type: ignore[union-attr]
+    version = store.salons.get(SALON).version  # type: ignore[union-attr]
     assert apply_lifecycle_event(store, SALON, "uninstall") == "uninstalled"
-    assert store.get_salon(SALON).version == version  # type: ignore[union-attr]
+    assert store.salons.get(SALON).version == version  # type: ignore[union-attr]
 
 
 def test_a_reinstall_clears_the_ttl_and_a_second_uninstall_is_applied(store: Store, table: Any) -> None:
@@ -78,7 +81,7 @@ def test_a_reinstall_clears_the_ttl_and_a_second_uninstall_is_applied(store: Sto
     session = table.get_item(Key={"pk": f"SALON#{SALON}", "sk": "SESSION"})["Item"]
     assert "ttl" not in state and "ttl" not in session and session["desired"] == "link"
     assert apply_lifecycle_event(store, SALON, "uninstall") == "uninstalled"
-    uninstalls = [e for e in store.events_of(SALON) if e["to_state"] == "uninstalled"]
+    uninstalls = [e for e in store.events.of(SALON) if e["to_state"] == "uninstalled"]
     assert len(uninstalls) == 2
 
 
@@ -87,10 +90,10 @@ def test_freeze_and_payment_write_state_and_command_together(store: Store, table
     _active_salon(store, table)
     transactions = _transactions(store, monkeypatch)
     assert apply_lifecycle_event(store, SALON, "freeze") == "frozen"
-    assert store.get_session(SALON).desired == "pause"  # type: ignore[union-attr]
+    assert store.sessions.get(SALON).desired == "pause"  # type: ignore[union-attr]
     assert apply_lifecycle_event(store, SALON, "payment", {"period_from": "a"}) == "active"
-    assert store.get_session(SALON).desired == "run"  # type: ignore[union-attr]
+    assert store.sessions.get(SALON).desired == "run"  # type: ignore[union-attr]
     assert len(transactions) == 2 and all(
         any(next(iter(i.values())).get("Key", {}).get("sk") == "SESSION" for i in items) for items in transactions)
     # A freeze keeps what a frozen salon needs to resume.
-    assert store.get_salon_secrets(SALON) == {"api_key": "k", "webhook_secret": "w"}
+    assert store.secrets.get(SALON) == {"api_key": "k", "webhook_secret": "w"}

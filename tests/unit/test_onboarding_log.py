@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from aiadmin.db.transitions import Transition
 from aiadmin.models import UserData
 from aiadmin.observability import logger, mask_personal
 from aiadmin.onboarding import start_onboarding
@@ -26,9 +27,11 @@ def test_each_state_change_is_one_line_without_personal_data(store: Any) -> None
     try:
         owner = UserData(name="Анна Смирнова", phone="+7 900 123-45-67", email="anna@example.ru", salon_name="Лотос")
         start_onboarding(store, 77, owner, time.time())
-        store.transition(77, SalonState.QR_READY, "runner", "new QR code", attrs={"qr": "2@secret-qr-payload"})
-        store.transition(77, SalonState.CODE_FAILED, "runner", "WhatsApp refused +7 (900) 123-45-67: rate-overlimit",
-                         expected=[SalonState.QR_READY])
+        store.transitions.apply(Transition(
+            77, SalonState.QR_READY, "runner", "new QR code", attrs={"qr": "2@secret-qr-payload"}))
+        store.transitions.apply(Transition(
+            77, SalonState.CODE_FAILED, "runner", "WhatsApp refused +7 (900) 123-45-67: rate-overlimit",
+            expected=[SalonState.QR_READY]))
     finally:
         base.removeHandler(handler)
         base.setLevel(previous)

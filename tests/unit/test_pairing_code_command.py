@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from aiadmin.db import Store
+from aiadmin.db.transitions import Transition
 from aiadmin.onboarding import (
     PAIRING_PHONES_PER_HOUR,
     InvalidPhone,
@@ -16,7 +18,6 @@ from aiadmin.onboarding import (
     request_pairing_code,
 )
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 
 S = SalonState
 
@@ -25,47 +26,48 @@ PAGE = Requester()
 
 
 def _salon_in(store: Store, state: SalonState) -> None:
-    store.transition(1, S.PENDING_WHATSAPP, actor="test")
-    store.request_session(1, "link")
+    store.transitions.apply(Transition(1, S.PENDING_WHATSAPP, actor="test"))
+    store.sessions.request(1, "link")
     if state == S.CODE_READY:
-        store.transition(1, S.CODE_READY, actor="runner", attrs={"pairing_code": "ABCD-EFGH", "code_expires_at": 9.0})
+        store.transitions.apply(Transition(
+            1, S.CODE_READY, actor="runner", attrs={"pairing_code": "ABCD-EFGH", "code_expires_at": 9.0}))
     elif state != S.PENDING_WHATSAPP:
-        store.transition(1, S.QR_READY, actor="runner", attrs={"qr": "code", "qr_expires_at": 1.0})
+        store.transitions.apply(Transition(1, S.QR_READY, actor="runner", attrs={"qr": "code", "qr_expires_at": 1.0}))
         if state != S.QR_READY:
-            store.transition(1, state, actor="runner")
+            store.transitions.apply(Transition(1, state, actor="runner"))
 
 
 @pytest.mark.parametrize("state", [S.QR_READY, S.QR_EXPIRED, S.LINK_REFUSED, S.PASSKEY_REQUIRED, S.CODE_READY])
 def test_a_pairing_code_request_starts_a_fresh_attempt_for_that_number(store: Store, state: SalonState) -> None:
     _salon_in(store, state)
-    before = store.get_session(1)
+    before = store.sessions.get(1)
     assert before is not None
     salon = request_pairing_code(store, 1, "8 (900) 123-45-67", PAGE)
     assert salon is not None and salon.state == S.PENDING_WHATSAPP
-    stored = store.get_salon(1)
+    stored = store.salons.get(1)
     assert stored is not None and stored.qr is None and stored.pairing_code is None
-    lease = store.get_session(1)
+    lease = store.sessions.get(1)
     assert lease is not None and lease.desired == "link" and lease.pair_phone == "79001234567"
     assert lease.generation == before.generation + 1
 
 
 def test_a_bad_number_changes_nothing(store: Store) -> None:
     _salon_in(store, S.QR_READY)
-    before = (store.get_salon(1), store.get_session(1))
+    before = (store.salons.get(1), store.sessions.get(1))
     with pytest.raises(InvalidPhone):
         request_pairing_code(store, 1, "12-34", PAGE)
-    assert (store.get_salon(1), store.get_session(1)) == before
+    assert (store.salons.get(1), store.sessions.get(1)) == before
 
 
 def test_a_replayed_request_does_not_restart_the_attempt(store: Store) -> None:
     _salon_in(store, S.QR_READY)
     request_pairing_code(store, 1, "+7 900 123-45-67", PAGE)
-    first = store.get_session(1)
+    first = store.sessions.get(1)
     request_pairing_code(store, 1, "89001234567", PAGE)  # the same number, typed differently
-    assert store.get_session(1) == first
+    assert store.sessions.get(1) == first
     # another number, later: a new attempt
     request_pairing_code(store, 1, "+7 900 765-43-21", PAGE, now=time.time() + 31)
-    lease = store.get_session(1)
+    lease = store.sessions.get(1)
     assert first is not None and lease is not None
     assert lease.generation == first.generation + 1 and lease.pair_phone == "79007654321"
 
@@ -73,22 +75,22 @@ def test_a_replayed_request_does_not_restart_the_attempt(store: Store) -> None:
 def test_no_pairing_code_for_a_linked_salon(store: Store) -> None:
     _salon_in(store, S.QR_READY)
     for state in (S.PAIRING, S.WHATSAPP_CONNECTED):
-        store.transition(1, state, actor="runner")
-    before = store.get_session(1)
+        store.transitions.apply(Transition(1, state, actor="runner"))
+    before = store.sessions.get(1)
     assert request_pairing_code(store, 1, "+7 900 123-45-67", PAGE) is None
-    assert store.get_session(1) == before
+    assert store.sessions.get(1) == before
 
 
 @pytest.mark.parametrize("state", [S.QR_EXPIRED, S.LINK_REFUSED, S.PASSKEY_REQUIRED, S.CODE_READY])
 def test_a_new_qr_after_a_code_attempt_forgets_the_number(store: Store, state: SalonState) -> None:
     _salon_in(store, S.QR_READY)
     request_pairing_code(store, 1, "+7 900 123-45-67", PAGE)
-    store.transition(1, S.CODE_READY, actor="runner", attrs={"pairing_code": "ABCD-EFGH"})
+    store.transitions.apply(Transition(1, S.CODE_READY, actor="runner", attrs={"pairing_code": "ABCD-EFGH"}))
     if state != S.CODE_READY:
-        store.transition(1, state, actor="runner")
+        store.transitions.apply(Transition(1, state, actor="runner"))
     salon = request_new_qr(store, 1, PAGE)
     assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.pairing_code is None
-    lease = store.get_session(1)
+    lease = store.sessions.get(1)
     assert lease is not None and lease.pair_phone is None and lease.desired == "link"
 
 
@@ -99,7 +101,7 @@ def test_no_new_qr_while_one_is_shown(store: Store) -> None:
 
 def _back_to_qr(store: Store) -> None:
     """WhatsApp ended the last attempt: the owner may ask again."""
-    store.transition(1, S.QR_READY, actor="runner", attrs={"qr": "code"})
+    store.transitions.apply(Transition(1, S.QR_READY, actor="runner", attrs={"qr": "code"}))
 
 
 def test_requests_closer_than_the_interval_are_refused_and_change_nothing(store: Store) -> None:
@@ -107,11 +109,11 @@ def test_requests_closer_than_the_interval_are_refused_and_change_nothing(store:
     now = 1_000_000.0
     request_pairing_code(store, 1, "+7 900 111-11-11", PAGE, now=now, min_interval=30)
     _back_to_qr(store)
-    before = (store.get_salon(1), store.get_session(1))
+    before = (store.salons.get(1), store.sessions.get(1))
     with pytest.raises(PairingLimited, match="через 20 с") as refused:
         request_pairing_code(store, 1, "+7 900 222-22-22", PAGE, now=now + 10, min_interval=30)
     assert refused.value.retry_after == pytest.approx(20)
-    assert (store.get_salon(1), store.get_session(1)) == before
+    assert (store.salons.get(1), store.sessions.get(1)) == before
     assert request_pairing_code(store, 1, "+7 900 222-22-22", PAGE, now=now + 30, min_interval=30) is not None
 
 
@@ -135,7 +137,7 @@ def _atomic_calls(store: Store) -> None:
     """moto's conditional writes are not atomic across threads (DynamoDB's are): serialise the
     table's calls so the test checks our conditions, not moto's thread safety."""
     lock = threading.Lock()
-    table: Any = store._table
+    table: Any = store.table
 
     for name in ("update_item", "get_item"):
         original = getattr(table, name)
@@ -153,7 +155,7 @@ def test_concurrent_requests_for_many_numbers_admit_one(store: Store) -> None:
     verdicts: list[bool] = []
 
     def ask(i: int) -> None:
-        verdict = store.admit_pairing_request(1, f"7900000000{i}", now, 30, PAIRING_PHONES_PER_HOUR, 3600)
+        verdict = store.pairing.admit(1, f"7900000000{i}", now, 30, PAIRING_PHONES_PER_HOUR, 3600)
         verdicts.append(verdict.allowed)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(10)]
@@ -171,7 +173,7 @@ def test_the_hour_and_the_interval_are_counted_across_threads(store: Store) -> N
     def ask(i: int) -> None:
         # Ten numbers, each asked at a different moment past the interval: only three fit the hour.
         phone = f"7900000001{i}"
-        if store.admit_pairing_request(1, phone, 1_000_000.0 + 31 * i, 30, PAIRING_PHONES_PER_HOUR, 3600).allowed:
+        if store.pairing.admit(1, phone, 1_000_000.0 + 31 * i, 30, PAIRING_PHONES_PER_HOUR, 3600).allowed:
             allowed.append(phone)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(10)]

@@ -13,17 +13,17 @@ from typing import ClassVar
 
 import pytest
 
+from aiadmin.db import Store
 from aiadmin.models import Salon
 from aiadmin.push import Pusher
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 
 SALON = Salon(salon_id=9, state=SalonState.QR_READY, consent_id="consent-now")
 LIVE = time.time() + 1800  # a token expiry an hour away
 
 
 def _open(store: Store, connection_id: str, consent_id: str | None = "consent-now", token_exp: float = LIVE) -> None:
-    store.add_connection(connection_id, 9, token_exp=token_exp, consent_id=consent_id)
+    store.connections.add(connection_id, 9, token_exp=token_exp, consent_id=consent_id)
 
 
 class ManagementApi(BaseHTTPRequestHandler):
@@ -72,7 +72,7 @@ def test_a_connection_still_in_its_handshake_gets_the_message_and_a_gone_one_is_
         _open(store, connection_id)
     assert Pusher(management_url).fan_out(store, SALON, '{"type": "state"}') == 2
     assert sorted(ManagementApi.received) == ["c-new", "c-open"]
-    assert sorted(store.connections_of(9)) == ["c-new", "c-open"]
+    assert sorted(store.connections.ids_of(9)) == ["c-new", "c-open"]
 
 
 class BlockingManagementApi(Pusher):
@@ -120,7 +120,7 @@ def test_a_fan_out_gives_up_at_its_deadline_without_waiting_for_a_hanging_connec
     assert pusher.deliver(store, SALON, "{}", deadline_seconds=0.2) == (2, False)
     release["c-hangs"].set()
     assert sorted(pusher.sent)[:2] == ["c1", "c2"]
-    assert "c-hangs" in store.connections_of(9)  # late, not gone: kept for the next push
+    assert "c-hangs" in store.connections.ids_of(9)  # late, not gone: kept for the next push
 
 
 def test_a_push_reaches_only_current_tokens_and_ends_the_others(store: Store, management_url: str) -> None:
@@ -138,8 +138,8 @@ def test_a_push_reaches_only_current_tokens_and_ends_the_others(store: Store, ma
         "c-old-owner": ["token_revoked"], "c-expired": ["token_expired"], "c-legacy": ["token_revoked"]}
     assert all(m["type"] == "error" and "qr" not in m for messages in ended.values() for m in messages)
     assert sorted(ManagementApi.closed) == ["c-expired", "c-legacy", "c-old-owner"]
-    assert store.connections_of(9) == ["c-current"]
-    assert store.salon_of_connection("c-old-owner") is None
+    assert store.connections.ids_of(9) == ["c-current"]
+    assert store.connections.salon_of("c-old-owner") is None
 
 
 def test_an_uninstall_is_the_last_state_its_pages_receive(store: Store, management_url: str) -> None:
@@ -151,7 +151,7 @@ def test_an_uninstall_is_the_last_state_its_pages_receive(store: Store, manageme
     assert Pusher(management_url).fan_out(store, uninstalled, '{"type": "state", "state": "uninstalled"}') == 0
     assert ManagementApi.payloads["u-page"] == [{"type": "state", "state": "uninstalled"}]
     assert [m["code"] for m in ManagementApi.payloads["u-expired"]] == ["token_expired"]
-    assert {"u-page", "u-expired"} <= set(ManagementApi.closed) and store.connections_of(9) == []
+    assert {"u-page", "u-expired"} <= set(ManagementApi.closed) and store.connections.ids_of(9) == []
 
 
 def test_who_pushes_a_change_is_one_rule() -> None:
@@ -170,11 +170,11 @@ def test_a_late_state_of_an_ended_consent_leaves_the_new_consents_pages_alone(st
                                                                                management_url: str) -> None:
     """The uninstall's push arrives after the new owner's page connected (new consent): that page
     gets neither the old state nor an ending; the old consent's page is ended."""
-    store.put_salon(SALON.model_copy(update={"consent_id": "new-owner"}))
+    store.salons.put(SALON.model_copy(update={"consent_id": "new-owner"}))
     _open(store, "late-old", consent_id="consent-now")
     _open(store, "late-new", consent_id="new-owner")
     uninstalled = SALON.model_copy(update={"state": SalonState.UNINSTALLED, "consent_id": "after-the-uninstall"})
     Pusher(management_url).fan_out(store, uninstalled, '{"type": "state", "state": "uninstalled"}')
     assert "late-new" not in ManagementApi.payloads and "late-new" not in ManagementApi.closed
     assert ManagementApi.payloads["late-old"] == [{"type": "state", "state": "uninstalled"}]
-    assert store.connections_of(9) == ["late-new"]
+    assert store.connections.ids_of(9) == ["late-new"]

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aiadmin.db import Store
 from aiadmin.models import parse_salon_id
 from aiadmin.observability import metrics
-from aiadmin.store import Store
 from aiadmin.tokens import verify_token
 from aiadmin.yclients import sign_user_data
 from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
@@ -120,7 +120,7 @@ def test_the_salon_users_check_refuses_a_user_yclients_does_not_list(
     stranger = {**_query(fake, 102), "salon_id": 101}
     response = _get(module, stranger)
     assert response["statusCode"] == 403 and "ConsentRefused" in metrics.metric_set
-    assert Store(table).get_salon(101) is None  # nothing written
+    assert Store(table).salons.get(101) is None  # nothing written
     assert _get(module, _query(fake, 101))["statusCode"] == 302  # the salon's own user passes
     # Where YClients does not show the users, the binding alone decides (the check is unverified).
     fake.scripts["salon_users"].append(ScriptedAnswer(status=403))
@@ -188,7 +188,7 @@ def test_a_salon_id_that_is_not_ascii_digits_in_range_gets_the_bad_salon_page(
     response = _get(module, query, {"accept-language": "en"})
     assert response["statusCode"] == 400
     assert "<h1>Wrong salon number</h1>" in response["body"]
-    assert fake.calls == [] and Store(table).get_salon(101) is None  # nothing asked, nothing written
+    assert fake.calls == [] and Store(table).salons.get(101) is None  # nothing asked, nothing written
 
 
 def test_one_bad_location_among_good_ones_refuses_the_whole_redirect(
@@ -274,7 +274,7 @@ def test_signed_user_data_we_cannot_read_gets_the_bad_user_data_page(
     response = _get(module, {"salon_id": 101, **_signed_raw(raw)}, {"accept-language": "ru"})
     assert response["statusCode"] == 400
     assert "<h1>Ссылка повреждена</h1>" in response["body"] and "RedirectRefused" in metrics.metric_set
-    assert fake.calls == [] and Store(table).get_salon(101) is None
+    assert fake.calls == [] and Store(table).salons.get(101) is None
 
 
 def test_a_forged_signature_still_gets_the_bad_sign_page(table: Any, marketplace: tuple[FakeYClients, str],
@@ -291,6 +291,6 @@ def test_a_name_with_an_escaped_surrogate_pair_is_stored_as_utf8(
     module = _load(table, marketplace, monkeypatch)
     raw = b'{"id":5101,"name":"Lily \\ud83c\\udf38","salon_name":"\\u041b\\u043e\\u0442\\u043e\\u0441"}'
     assert _get(module, {"salon_id": 101, **_signed_raw(raw)})["statusCode"] == 302
-    salon = Store(table).get_salon(101)
+    salon = Store(table).salons.get(101)
     assert salon is not None and salon.user_name == "Lily \U0001f338"
     salon.user_name.encode("utf-8")

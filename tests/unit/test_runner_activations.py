@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from aiadmin.db import Store
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from tests.unit.runner_fakes import (
     LEASE,
     FakeClock,
@@ -43,10 +43,10 @@ def test_a_yclients_outage_holding_every_activation_delays_nothing_else(store: S
         # Meanwhile: the membership is renewed, a new owner gets a QR, a freeze is carried out.
         live_through(clock, 10, runner)
         assert runner.membership.holds(clock.now)
-        store.request_session(9, "link")
+        store.sessions.request(9, "link")
         await claim_all(runner, clock)
         await handle(runner, EventKind.QR, 9, code="qr", expires_at=clock.now + 60)
-        store.request_session(3, "pause")
+        store.sessions.request(3, "pause")
         await runner.intake.poll(clock.now)
         assert 3 not in engine_of(runner).running()
         yclients.release.set()
@@ -54,12 +54,12 @@ def test_a_yclients_outage_holding_every_activation_delays_nothing_else(store: S
         await runner.writer.drain()
 
     asyncio.run(scenario())
-    salon = store.get_salon(9)
+    salon = store.salons.get(9)
     assert salon is not None and salon.state == S.QR_READY
     assert any(message["state"] == "qr_ready" for message in pusher_of(runner).states(9))
     # The paused salon's queued activation never started; the others ran to the end.
     assert sorted(yclients.activated) == [1, 2]
-    assert {store.get_salon(s).state for s in (1, 2)} == {S.ACTIVE}  # type: ignore[union-attr]
+    assert {store.salons.get(s).state for s in (1, 2)} == {S.ACTIVE}  # type: ignore[union-attr]
 
 
 def test_a_runner_that_takes_over_mid_activation_finishes_the_activation(store: Store) -> None:
@@ -80,7 +80,7 @@ def test_a_runner_that_takes_over_mid_activation_finishes_the_activation(store: 
         await claim_all(dying, clock)
         await resume_and_connect(dying, clock)
         assert dying_yclients.calling.acquire(timeout=10)  # runner-a is activating
-        salon = store.get_salon(5)
+        salon = store.salons.get(5)
         assert salon is not None and salon.state == S.ACTIVATING
         live_through(clock, LEASE + LEASE / 10 + 1, taker)  # runner-a renews no more: dead
         assert await taker.claimer.takeover_step(clock.now) == 1
@@ -94,5 +94,5 @@ def test_a_runner_that_takes_over_mid_activation_finishes_the_activation(store: 
         dying_yclients.release.set()
         dying.activations.join(10)
     assert yclients.activated == [5]
-    salon = store.get_salon(5)
+    salon = store.salons.get(5)
     assert salon is not None and salon.state == S.ACTIVE

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from aiadmin.db import Store
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from tests.unit.runner_fakes import (
     LEASE,
     FakeClock,
@@ -34,7 +34,7 @@ def test_new_linking_attempts_are_claimed_first_and_each_runner_keeps_to_its_bou
     linked_sessions(store, range(1, 41))       # a mass resume waiting
     for salon_id in (100, 104):                # then two owners press "Подключить" (same shard)
         put_salon(store, salon_id, SalonState.PENDING_WHATSAPP)
-        store.request_session(salon_id, "link")
+        store.sessions.request(salon_id, "link")
 
     async def scenario() -> None:
         await a.claimer.claim_step(clock.now)  # shard 0: the linking attempt first, then resumes
@@ -63,7 +63,7 @@ def test_a_mass_resume_is_claimed_at_every_poll_and_a_linking_attempt_still_goes
         claimed = [await runner.claimer.claim_step(clock.now) for _ in range(4)]
         assert claimed == [0, 0, 0, 20]  # idle rhythm until the first resume shard's turn
         put_salon(store, 200, SalonState.PENDING_WHATSAPP)
-        store.request_session(200, "link")
+        store.sessions.request(200, "link")
         assert await runner.claimer.claim_step(clock.now) == 21  # the linking attempt and the next shard
         assert 200 in runner.book and runner.pairings_in_flight() == 1
         assert [await runner.claimer.claim_step(clock.now) for _ in range(2)] == [20, 20]
@@ -95,7 +95,7 @@ def test_a_mass_resume_reads_the_salons_once_per_claim_page(store: Store) -> Non
     assert calls["BatchGetItem"] == 4  # one per claim page (the 4 resume shards)
     # No per-session read: the only single reads are the activation's of salon 41.
     assert calls["GetItem"] <= 10
-    salon = store.get_salon(41)
+    salon = store.salons.get(41)
     assert salon is not None and salon.state == SalonState.ACTIVE
 
 
@@ -119,11 +119,11 @@ def test_a_dead_runners_sessions_are_taken_over_after_its_lease_and_grace(store:
 
     asyncio.run(scenario())
     assert survivor.status()["phases"] == {"connected": 5}
-    owners = store.get_sessions(range(1, 6))
+    owners = store.sessions.get_many(range(1, 6))
     assert {(lease.owner, lease.owner_epoch) for lease in owners.values()} == {("survivor", 1)}
     # Nothing left of the dead runner: its membership is forgotten at the next look.
     asyncio.run(survivor.claimer.takeover_step(clock.now))
-    assert {m.runner_id for m in store.ownership.members()} == {"survivor"}
+    assert {m.runner_id for m in store.members.all()} == {"survivor"}
 
 
 def test_sigterm_hands_every_session_over_at_once(store: Store) -> None:
@@ -148,7 +148,7 @@ def test_sigterm_hands_every_session_over_at_once(store: Store) -> None:
 
     asyncio.run(scenario())
     assert staying.status()["phases"] == {"connected": 30}
-    [gone] = [m for m in store.ownership.members() if m.runner_id == "leaving"]
+    [gone] = [m for m in store.members.all() if m.runner_id == "leaving"]
     assert gone.left
 
 
@@ -160,7 +160,7 @@ def test_a_frozen_runner_wakes_up_without_acting_on_sessions_it_lost(store: Stor
     frozen.membership.join(clock.now)
     linked_sessions(store, [1, 2])
     put_salon(store, 3, SalonState.PENDING_WHATSAPP)
-    store.request_session(3, "link")
+    store.sessions.request(3, "link")
 
     async def scenario() -> None:
         await claim_all(frozen, clock)
@@ -186,7 +186,7 @@ def test_a_frozen_runner_wakes_up_without_acting_on_sessions_it_lost(store: Stor
         assert len(frozen.book) == 0
 
     asyncio.run(scenario())
-    salon = store.get_salon(3)
+    salon = store.salons.get(3)
     assert salon is not None and salon.qr != "stale-qr"
-    owners = store.get_sessions([1, 2, 3])
+    owners = store.sessions.get_many([1, 2, 3])
     assert {lease.owner for lease in owners.values()} == {"other"}

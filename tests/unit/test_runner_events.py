@@ -9,10 +9,11 @@ import threading
 
 import pytest
 
+from aiadmin.db import Store
+from aiadmin.db.transitions import Transition
 from aiadmin.models import Salon, UserData
 from aiadmin.onboarding import request_pairing_code, start_onboarding
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from aiadmin.yclients import ActivationOutcome, ActivationResult
 from tests.helpers import page_of
 from tests.unit.runner_fakes import (
@@ -57,9 +58,9 @@ def test_a_linking_attempt_from_qr_to_active(store: Store) -> None:
         await runner.writer.drain()
 
     asyncio.run(scenario())
-    salon = store.get_salon(5)
+    salon = store.salons.get(5)
     assert salon is not None and salon.state == S.ACTIVE and yclients.activated == [5]
-    lease = store.get_session(5)
+    lease = store.sessions.get(5)
     assert lease is not None and lease.desired == "run"
     # Every change reached the page, each with its own version (the page orders by these).
     messages = sorted(pusher_of(runner).states(5), key=lambda m: int(m["version"]))
@@ -86,14 +87,14 @@ def test_a_session_that_connects_without_a_pairing_event_is_connected_and_activa
             await handle(runner, EventKind.QR, 5, code="qr-1", expires_at=clock.now + 60)
         elif linking_state == S.CODE_READY:
             await handle(runner, EventKind.PAIRING_CODE, 5, code="ABCD-EFGH", expires_at=clock.now + 60)
-        salon = store.get_salon(5)
+        salon = store.salons.get(5)
         assert salon is not None and salon.state == linking_state
         await handle(runner, EventKind.CONNECTED, 5)  # WhatsApp connected; no PAIR_SUCCESS came first
         runner.activations.join(10)
         await runner.writer.drain()
 
     asyncio.run(scenario())
-    salon = store.get_salon(5)
+    salon = store.salons.get(5)
     assert salon is not None and salon.state == S.ACTIVE and yclients.activated == [5]
     states = [m["state"] for m in sorted(pusher_of(runner).states(5), key=lambda m: int(m["version"]))]
     assert states[-3:] == ["whatsapp_connected", "activating", "active"]
@@ -118,7 +119,7 @@ def test_a_failed_activation_is_not_retried_on_reconnect_only_on_an_explicit_ret
 
     asyncio.run(reconnects())
     assert yclients.activated == []
-    salon = store.get_salon(5)
+    salon = store.salons.get(5)
     assert salon is not None and salon.state == S.ACTIVATION_FAILED
 
     # The owner presses "Подключить" again: the explicit retry activates, once.
@@ -133,7 +134,7 @@ def test_a_failed_activation_is_not_retried_on_reconnect_only_on_an_explicit_ret
 
     asyncio.run(retry())
     assert yclients.activated == [5]
-    salon = store.get_salon(5)
+    salon = store.salons.get(5)
     assert salon is not None and salon.state == S.ACTIVE
 
 
@@ -141,7 +142,7 @@ def test_a_retry_asked_while_nobody_owned_the_session_is_not_lost(store: Store) 
     clock = FakeClock()
     yclients = ScriptedYClients(ActivationResult(ActivationOutcome.PERMANENT_FAILURE, 400, "Агрегатор не найден"))
     linked_sessions(store, [5], state=S.ACTIVATION_FAILED)
-    store.request_session(5, "run", renew_command=True)  # the retry, between two runners
+    store.sessions.request(5, "run", renew_command=True)  # the retry, between two runners
     runner = make_runner(store, clock, yclients=yclients)
     runner.membership.join(clock.now)
 
@@ -154,7 +155,7 @@ def test_a_retry_asked_while_nobody_owned_the_session_is_not_lost(store: Store) 
 
     asyncio.run(scenario())
     assert yclients.activated == [5]
-    salon = store.get_salon(5)
+    salon = store.salons.get(5)
     assert salon is not None and salon.state == S.ACTIVATION_FAILED
 
 
@@ -164,18 +165,18 @@ def test_a_write_refused_by_the_fence_drops_the_session(store: Store) -> None:
     runner.membership.join(clock.now)
     other.membership.join(clock.now)
     put_salon(store, 5, S.PENDING_WHATSAPP)
-    store.request_session(5, "link")
+    store.sessions.request(5, "link")
 
     async def scenario() -> None:
         await claim_all(runner, clock)
         assert engine_of(runner).running() == {5}
         # The session moved to another runner behind this one's back.
-        assert store.ownership.take_over(5, other.membership.fence, runner.membership.fence, clock.now + 100)
+        assert store.sessions.take_over(5, other.membership.fence, runner.membership.fence, clock.now + 100)
         await handle(runner, EventKind.QR, 5, code="stale", expires_at=clock.now + 60)
 
     asyncio.run(scenario())
     assert 5 not in runner.book and engine_of(runner).running() == set()
-    salon = store.get_salon(5)
+    salon = store.salons.get(5)
     assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.qr is None
 
 
@@ -194,7 +195,7 @@ def test_a_code_of_an_attempt_the_owner_replaced_is_not_shown(store: Store) -> N
         await handle(runner, EventKind.QR, 5, code="qr-1", expires_at=clock.now + 60)
         assert request_pairing_code(store, 5, "+7 900 123-45-67", page_of(store, 5), now=clock.now) is not None
         await handle(runner, EventKind.QR, 5, code="qr-2", expires_at=clock.now + 80)
-        salon = store.get_salon(5)
+        salon = store.salons.get(5)
         assert salon is not None and salon.state == S.PENDING_WHATSAPP and salon.qr is None
         assert 5 in runner.book
         await runner.intake.poll(clock.now)
@@ -218,10 +219,10 @@ def test_a_logout_unlinks_the_device_and_retires_the_session(store: Store) -> No
         await handle(runner, EventKind.LOGGED_OUT, 5)
 
     asyncio.run(scenario())
-    salon = store.get_salon(5)
+    salon = store.salons.get(5)
     assert salon is not None and salon.state == S.WHATSAPP_LOGGED_OUT
     assert not engine_of(runner).has_credentials(5) and 5 not in runner.book
-    lease = store.get_session(5)
+    lease = store.sessions.get(5)
     assert lease is not None and lease.owner is None
 
 
@@ -237,10 +238,10 @@ def test_the_activations_writes_are_fenced_too(store: Store) -> None:
     asyncio.run(claim_all(runner, clock))
     yclients = ScriptedYClients(ActivationResult(ActivationOutcome.TRANSIENT_FAILURE, 503))
     activator = Activator(store, yclients, "https://aiadmin.example", lambda: runner.membership.fence)
-    store.transition(5, S.ACTIVATING, "runner", "activating", fence=runner.membership.fence)
+    store.transitions.apply(Transition(5, S.ACTIVATING, "runner", "activating", fence=runner.membership.fence))
 
     def take_over(salon_id: int) -> bool:
-        return store.ownership.take_over(salon_id, other.membership.fence, runner.membership.fence,
+        return store.sessions.take_over(salon_id, other.membership.fence, runner.membership.fence,
                                          clock.now + 100) is not None
 
     assert take_over(5) and take_over(6)
@@ -250,7 +251,7 @@ def test_the_activations_writes_are_fenced_too(store: Store) -> None:
     # Lost during a backoff: no further call.
     assert activator.run(7, lambda _s: take_over(7)) == ActivationEnd.INTERRUPTED
     assert yclients.activated == [7]
-    assert [store.get_salon(s).state for s in (5, 6, 7)] == [  # type: ignore[union-attr]
+    assert [store.salons.get(s).state for s in (5, 6, 7)] == [  # type: ignore[union-attr]
         S.ACTIVATING, S.WHATSAPP_CONNECTED, S.ACTIVATING]
 
 
@@ -272,7 +273,7 @@ class HangingFirstSend(RecordingPusher):
 
 
 def test_a_push_that_missed_its_deadline_comes_again_with_the_latest_state(store: Store) -> None:
-    from aiadmin.ownership import Fence
+    from aiadmin.db.memberships import Fence
     from aiadmin.push import PushPolicy
     from wa_runner.salons import SalonWriter
 
@@ -280,13 +281,13 @@ def test_a_push_that_missed_its_deadline_comes_again_with_the_latest_state(store
     put_salon(store, 5, S.QR_READY)
     pusher = HangingFirstSend()
     writer = SalonWriter(store, pusher, lambda: Fence("a", 1), clock, PushPolicy(deadline_seconds=10, again_seconds=1))
-    stale = store.get_salon(5)
+    stale = store.salons.get(5)
     assert stale is not None
 
     async def scenario() -> None:
         writer.push(stale)
         assert await asyncio.to_thread(pusher.hanging.wait, 10)
-        store.transition(5, S.PAIRING, actor="test")  # moved on before the push came again
+        store.transitions.apply(Transition(5, S.PAIRING, actor="test"))  # moved on before the push came again
         writer.pushes.step(clock.advance(10))  # its deadline passed: it comes again a second later
         writer.pushes.step(clock.advance(0.5))
         assert len(pusher.pushed) == 1
@@ -304,7 +305,7 @@ def test_a_push_that_missed_its_deadline_comes_again_with_the_latest_state(store
 def test_a_newer_state_supersedes_a_queued_one_and_never_an_older_one(store: Store) -> None:
     """The pool is busy: of three states of a salon waiting for it, only the latest is sent. A
     state older than the one on its way is never sent after it."""
-    from aiadmin.ownership import Fence
+    from aiadmin.db.memberships import Fence
     from wa_runner.salons import SalonWriter
 
     clock = FakeClock()

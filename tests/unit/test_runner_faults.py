@@ -10,8 +10,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from aiadmin.db import Store
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from tests.unit.runner_fakes import (
     FakeClock,
     claim_all,
@@ -55,7 +55,7 @@ def _setup(store: Store, clock: FakeClock) -> Runner:
     runner.membership.join(clock.now)
     linked_sessions(store, LINKED)
     put_salon(store, WAITING, SalonState.PENDING_WHATSAPP)
-    store.request_session(WAITING, "link")
+    store.sessions.request(WAITING, "link")
 
     async def ready() -> None:
         await claim_all(runner, clock)
@@ -93,7 +93,7 @@ def _nothing_dropped(runner: Runner, store: Store, uninstalled: int) -> None:
     assert WAITING in engine.running() and engine.starts(WAITING) == 1  # the same attempt: its QR still links
     assert runner.membership.epoch == 1 and runner.membership.holds(runner._clock())  # never lapsed
     assert uninstalled not in engine.running() and uninstalled not in runner.book  # the command landed
-    lease = store.get_session(uninstalled)
+    lease = store.sessions.get(uninstalled)
     assert lease is not None and lease.desired == "stop" and lease.owner is None
 
 
@@ -106,13 +106,13 @@ def test_dynamodb_answering_in_two_seconds_for_twenty_seconds(store: Store) -> N
     async def scenario() -> None:
         fault.until = clock.now + 20
         await _through(runner, clock, 2)
-        store.request_session(3, "stop")  # YClients' uninstall, during the fault (2 s per call here too)
+        store.sessions.request(3, "stop")  # YClients' uninstall, during the fault (2 s per call here too)
         await _through(runner, clock, 30)
 
     asyncio.run(scenario())
     assert fault.hits >= 10  # 20 s of calls taking 2 s each
     _nothing_dropped(runner, store, uninstalled=3)
-    salon = store.get_salon(WAITING)
+    salon = store.salons.get(WAITING)
     assert salon is not None and salon.qr == "qr-2"
 
 
@@ -128,7 +128,7 @@ def test_dynamodb_throttling_for_ten_seconds(store: Store) -> None:
         await _through(runner, clock, 1)
         # The uninstall is written before the throttle reaches the handler (a handler retries).
         fault.until, paused = 0.0, fault.until
-        store.request_session(2, "stop")
+        store.sessions.request(2, "stop")
         fault.until = paused
         await _through(runner, clock, 25)
 

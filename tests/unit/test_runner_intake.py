@@ -10,8 +10,9 @@ from typing import Any
 
 import boto3
 
+from aiadmin.db import Store
+from aiadmin.db.transitions import Transition
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from local.template import create_tables, load_template
 from tests.unit.runner_fakes import (
     FakeClock,
@@ -54,12 +55,12 @@ class Calls:
 def test_a_command_reaches_the_owner_at_its_next_poll_and_is_acknowledged(store: Store) -> None:
     clock = FakeClock()
     runner = _connected_runner(store, clock, range(1, 4))
-    store.request_session(2, "pause")  # a freeze in YClients
+    store.sessions.request(2, "pause")  # a freeze in YClients
     assert asyncio.run(runner.intake.poll(clock.now)) == 1
     assert engine_of(runner).sessions.keys() == {1, 3}
     assert 2 not in runner.book
-    assert store.ownership.pending_commands("runner-a") == []
-    lease = store.get_session(2)
+    assert store.sessions.pending_commands("runner-a") == []
+    lease = store.sessions.get(2)
     assert lease is not None and lease.owner is None  # retired: nobody runs a paused session
 
 
@@ -67,7 +68,7 @@ def test_a_command_that_could_not_be_carried_out_comes_back(store: Store) -> Non
     clock = FakeClock()
     runner = _connected_runner(store, clock, range(1, 3))
     engine = engine_of(runner)
-    store.request_session(1, "link")  # a relink: a fresh attempt
+    store.sessions.request(1, "link")  # a relink: a fresh attempt
     engine.fail_start.add(1)
     asyncio.run(runner.intake.poll(clock.now))
     # The engine refused: supervision retries it; the command was carried out (acknowledged).
@@ -77,25 +78,25 @@ def test_a_command_that_could_not_be_carried_out_comes_back(store: Store) -> Non
     async def fail_once(*_args: Any, **_kwargs: Any) -> None:
         raise ConnectionError("the engine is gone for a moment")
 
-    store.request_session(2, "stop")
+    store.sessions.request(2, "stop")
     real_stop = engine.stop
     engine.stop = fail_once  # type: ignore[method-assign]
     asyncio.run(runner.intake.poll(clock.now))
-    assert store.ownership.pending_commands("runner-a") == [2]  # not acknowledged: never lost
+    assert store.sessions.pending_commands("runner-a") == [2]  # not acknowledged: never lost
     engine.stop = real_stop  # type: ignore[method-assign]
     asyncio.run(runner.intake.poll(clock.now + 0.5))
-    assert store.ownership.pending_commands("runner-a") == [] and 2 not in runner.book
+    assert store.sessions.pending_commands("runner-a") == [] and 2 not in runner.book
 
 
 def test_the_reconcile_adopts_a_lost_claim_and_drops_a_session_taken_elsewhere(store: Store) -> None:
     clock = FakeClock()
     runner = _connected_runner(store, clock, range(1, 3))
     linked_sessions(store, [7])
-    assert store.ownership.claim(7, runner.membership.fence) is not None  # its answer never arrived
+    assert store.sessions.claim(7, runner.membership.fence) is not None  # its answer never arrived
     other = make_runner(store, clock, runner_id="other")
     other.membership.join(clock.now)
     # Another runner got salon 2 (e.g. an operator moved it): the book still says it is ours.
-    assert store.ownership.take_over(2, other.membership.fence, runner.membership.fence, clock.now + 100)
+    assert store.sessions.take_over(2, other.membership.fence, runner.membership.fence, clock.now + 100)
     asyncio.run(runner.intake.reconcile(clock.now))
     assert 7 in runner.book and runner.book.get(7).phase.value == "queued"
     assert 2 not in runner.book and 2 not in engine_of(runner).sessions
@@ -142,7 +143,7 @@ def test_idle_upkeep_does_not_grow_with_the_sessions(aws: None) -> None:
 def test_a_salon_write_of_the_new_owner_is_not_a_command(store: Store) -> None:
     clock = FakeClock()
     runner = _connected_runner(store, clock, range(1, 2))
-    store.transition(1, SalonState.FROZEN, actor="yclients")  # a state change alone commands nothing
+    store.transitions.apply(Transition(1, SalonState.FROZEN, actor="yclients"))  # a state change alone commands nothing
     assert asyncio.run(runner.intake.poll(clock.now)) == 0
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from aiadmin.ownership import Fence, Ownership
-from aiadmin.store import Store
+from aiadmin.db import Store
+from aiadmin.db.memberships import Fence, Memberships
 from tests.unit.runner_fakes import LEASE, FakeClock
 from wa_runner.membership import RETRY_SECONDS, Membership
 
 
-class Counting(Ownership):
+class Counting(Memberships):
     """Counts renewals; a test can make them fail or take (fake) time."""
 
     def __init__(self, table: Any, clock: FakeClock) -> None:
@@ -65,7 +65,7 @@ def test_a_changed_status_is_written_within_a_second(dynamo: Counting, clock: Fa
     _run(membership, clock, 0.5)
     status = {"sessions": 1}
     _run(membership, clock, 1.25)
-    [member] = dynamo.members()
+    [member] = dynamo.all()
     assert member.status == {"sessions": 1}
 
 
@@ -87,8 +87,8 @@ def test_a_lapse_stops_everything_before_joining_again(dynamo: Counting, clock: 
     assert membership.epoch == first.epoch + 1 and membership.holds(clock.now)
 
 
-def first_end(fence: Fence, dynamo: Ownership) -> float:
-    [member] = [m for m in dynamo.members() if m.epoch == fence.epoch]
+def first_end(fence: Fence, dynamo: Memberships) -> float:
+    [member] = [m for m in dynamo.all() if m.epoch == fence.epoch]
     return member.expires
 
 

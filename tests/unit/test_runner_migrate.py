@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aiadmin.ownership import CLAIM_PARTITIONS, LIGHT, LINK_ATTEMPT, RESUME
-from aiadmin.store import Store
+from aiadmin.db import Store
+from aiadmin.db.sessions import CLAIM_PARTITIONS, LIGHT, LINK_ATTEMPT, RESUME
 from wa_runner.migrate import migrate
 
 
@@ -12,11 +12,11 @@ def test_old_sessions_become_claimable_and_new_ones_are_left_alone(store: Store)
     for salon_id, desired in ((1, "run"), (2, "link")):
         table.put_item(Item={"pk": f"SALON#{salon_id}", "sk": "SESSION", "salon_id": salon_id, "desired": desired,
                              "generation": 3, "lease_pk": "LEASE", "lease_expires": 12, "owner": "old-runner"})
-    store.request_session(3, "run")  # already in the new scheme
+    store.sessions.request(3, "run")  # already in the new scheme
     assert migrate(table) == 2
     assert migrate(table) == 0
     claimable = {c.salon_id: c.klass for partition in CLAIM_PARTITIONS
-                 for c in store.ownership.claimable(partition, {LINK_ATTEMPT, LIGHT, RESUME})}
+                 for c in store.sessions.claimable(partition, {LINK_ATTEMPT, LIGHT, RESUME})}
     assert claimable == {1: RESUME, 2: LINK_ATTEMPT, 3: RESUME}
-    lease = store.get_session(1)
+    lease = store.sessions.get(1)
     assert lease is not None and lease.owner is None and lease.generation == 3

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+from aiadmin.db import Store
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from tests.unit.runner_fakes import (
     FakeClock,
     claim_all,
@@ -74,21 +74,21 @@ def test_an_attempt_nobody_watches_is_stopped_and_retired(store: Store) -> None:
     runner = make_runner(store, clock, limits=RunnerLimits(abandon_seconds=8))
     runner.membership.join(clock.now)
     put_salon(store, 5, SalonState.PENDING_WHATSAPP)
-    store.request_session(5, "link")
-    store.add_connection("page", 5)
+    store.sessions.request(5, "link")
+    store.connections.add("page", 5)
 
     async def scenario() -> None:
         await claim_all(runner, clock)
         await handle(runner, EventKind.QR, 5, code="qr", expires_at=clock.now + 60)
         await runner.linking.check_pages(clock.advance(8))
         assert runner.book.get(5).phase == Phase.AWAITING_PHONE  # the page is open
-        store.remove_connection("page", 5)
+        store.connections.remove("page", 5)
         await runner.linking.check_pages(clock.advance(4))
         assert 5 in runner.book
         await runner.linking.check_pages(clock.advance(6))
 
     asyncio.run(scenario())
-    salon = store.get_salon(5)
+    salon = store.salons.get(5)
     assert salon is not None and salon.state == SalonState.QR_EXPIRED
     assert 5 not in runner.book and engine_of(runner).running() == set()
     assert runner.pairings_in_flight() == 0

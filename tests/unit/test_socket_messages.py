@@ -14,12 +14,13 @@ import pytest
 from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 
+from aiadmin.db import Store
+from aiadmin.db.transitions import Transition
 from aiadmin.observability import metrics
 from aiadmin.onboarding import new_consent_id
 from aiadmin.push import Pusher
 from aiadmin.sockets import MESSAGES_PER_WINDOW
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from aiadmin.tokens import TokenClaims, verify_token_claims
 from local.gateway import LambdaContext
 from local.template import ROOT
@@ -75,13 +76,14 @@ def _pushed(connection_id: str) -> list[dict[str, Any]]:
 
 
 def _page(store: Store, expires_in: float = 600, consent_id: str = "consent-1") -> str:
-    if store.get_salon(SALON) is None:
-        store.transition(SALON, SalonState.PENDING_WHATSAPP, actor="redirect", attrs={"consent_id": consent_id})
-        store.request_session(SALON, "link")
-        store.transition(SALON, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})
+    if store.salons.get(SALON) is None:
+        store.transitions.apply(Transition(
+            SALON, SalonState.PENDING_WHATSAPP, actor="redirect", attrs={"consent_id": consent_id}))
+        store.sessions.request(SALON, "link")
+        store.transitions.apply(Transition(SALON, SalonState.QR_READY, actor="runner", attrs={"qr": "code"}))
     connection = f"page-{uuid.uuid4().hex[:6]}"
     claims = TokenClaims(SALON, int(time.time() + expires_in), consent_id=consent_id, token_id=uuid.uuid4().hex)
-    store.add_connection(connection, SALON, now=time.time(), token_exp=claims.expires_at, consent_id=consent_id,
+    store.connections.add(connection, SALON, now=time.time(), token_exp=claims.expires_at, consent_id=consent_id,
                          token_id=claims.token_id)
     return connection
 
@@ -95,7 +97,7 @@ def test_an_unknown_command_is_answered_and_counted(handler: ModuleType, store: 
     assert first["type"] == "error" and first["code"] == "bad_request" and first["action"] == "unknown"
     assert second["code"] == "bad_request"
     assert counted == ["SocketBadMessage", "SocketBadMessage"]
-    assert store.get_salon(SALON).version == 2  # type: ignore[union-attr]  # the setup's two transitions
+    assert store.salons.get(SALON).version == 2  # type: ignore[union-attr]  # the setup's two transitions
 
 
 def test_after_the_token_expired_nothing_is_done(handler: ModuleType, store: Store, counted: list[str],
@@ -106,15 +108,15 @@ def test_after_the_token_expired_nothing_is_done(handler: ModuleType, store: Sto
     [refusal] = _pushed(page)
     assert refusal["code"] == "token_expired" and "Ссылка устарела" in refusal["message"]
     assert counted == ["SocketTokenExpired", "SocketEnded"]
-    assert store.get_session(SALON).pair_phone is None  # type: ignore[union-attr]
+    assert store.sessions.get(SALON).pair_phone is None  # type: ignore[union-attr]
     # The socket gets nothing more: closed and forgotten (issue 15).
-    assert closed == [page] and store.salon_of_connection(page) is None
+    assert closed == [page] and store.connections.salon_of(page) is None
 
 
 def _set(store: Store, **fields: object) -> None:
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None
-    store.put_salon(salon.model_copy(update={**fields, "version": salon.version + 1}))
+    store.salons.put(salon.model_copy(update={**fields, "version": salon.version + 1}))
 
 
 @pytest.mark.parametrize("action", [{"action": "sync"}, {"action": "new_qr"}, {"action": "relink"},
@@ -125,14 +127,14 @@ def test_a_socket_of_an_ended_consent_does_nothing_and_is_closed(
     (no QR), changes nothing (no re-link of the new owner's salon), and is closed."""
     old_page = _page(store)
     _set(store, state=SalonState.ACTIVE, consent_id=new_consent_id())  # uninstalled, re-installed, linked
-    before = store.get_salon(SALON)
+    before = store.salons.get(SALON)
     counted.clear()
     assert _send(handler, old_page, action) == 403
     [refusal] = _pushed(old_page)
     assert refusal["type"] == "error" and refusal["code"] == "token_revoked" and "qr" not in refusal
-    assert closed == [old_page] and store.salon_of_connection(old_page) is None
-    assert store.get_salon(SALON) == before
-    assert store.get_session(SALON).pair_phone is None  # type: ignore[union-attr]
+    assert closed == [old_page] and store.connections.salon_of(old_page) is None
+    assert store.salons.get(SALON) == before
+    assert store.sessions.get(SALON).pair_phone is None  # type: ignore[union-attr]
 
 
 def test_a_relink_ends_every_other_token_and_gives_the_asking_page_a_new_one(
@@ -140,7 +142,7 @@ def test_a_relink_ends_every_other_token_and_gives_the_asking_page_a_new_one(
     asking, other = _page(store), _page(store)
     _set(store, state=SalonState.ACTIVE)
     assert _send(handler, asking, {"action": "relink"}) == 200
-    salon = store.get_salon(SALON)
+    salon = store.salons.get(SALON)
     assert salon is not None and salon.state == SalonState.PENDING_WHATSAPP and salon.consent_id != "consent-1"
     [token_message, state] = _pushed(asking)
     assert token_message["type"] == "token" and state["state"] == "pending_whatsapp"
@@ -169,7 +171,7 @@ def test_pairing_limits_are_answered_and_counted(handler: ModuleType, store: Sto
     page = _page(store)
     counted.clear()  # the setup's own transitions
     assert _send(handler, page, {"action": "pairing_code", "phone": "79001234567"}) == 200
-    store.transition(SALON, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})
+    store.transitions.apply(Transition(SALON, SalonState.QR_READY, actor="runner", attrs={"qr": "code"}))
     assert _send(handler, page, {"action": "pairing_code", "phone": "79007654321"}) == 429
     assert _send(handler, page, {"action": "pairing_code", "phone": "12"}) == 400
     refusals = [r for r in _pushed(page) if r["type"] == "error"]
@@ -177,7 +179,7 @@ def test_pairing_limits_are_answered_and_counted(handler: ModuleType, store: Sto
     assert refusals[0]["retry_after"] > 0 and "можно запросить через" in refusals[0]["message"]
     assert counted == ["Transition_pending_whatsapp", "Transition_qr_ready", "PairingCodeLimited",
                        "PairingPhoneRefused"]
-    assert store.get_session(SALON).pair_phone == "79001234567"  # type: ignore[union-attr]
+    assert store.sessions.get(SALON).pair_phone == "79001234567"  # type: ignore[union-attr]
 
 
 def test_an_unknown_connection_is_refused(handler: ModuleType, counted: list[str]) -> None:
@@ -207,4 +209,4 @@ def test_a_phone_with_a_lone_surrogate_is_refused_and_not_stored(handler: Module
     assert _send(handler, page, '{"action": "pairing_code", "phone": "7900123456\\udfff7"}') == 400
     [refusal] = _pushed(page)
     assert refusal["code"] == "invalid_phone"
-    assert store.get_session(SALON).pair_phone is None  # type: ignore[union-attr]
+    assert store.sessions.get(SALON).pair_phone is None  # type: ignore[union-attr]

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from aiadmin.db import Store
+from aiadmin.db.connections import CONNECTION_TTL_SECONDS
 from aiadmin.models import Salon
 from aiadmin.sockets import (
     MAX_SOCKETS_PER_SALON,
@@ -20,7 +22,6 @@ from aiadmin.sockets import (
     open_socket,
 )
 from aiadmin.states import SalonState
-from aiadmin.store import CONNECTION_TTL_SECONDS, Store
 from aiadmin.tokens import TokenClaims
 
 NOW = 1_000_000.0
@@ -31,7 +32,7 @@ OPENED = Opening.OPENED
 @pytest.fixture(autouse=True)
 def salons(store: Store) -> None:
     for salon_id in (7, 8):
-        store.put_salon(Salon(salon_id=salon_id, state=SalonState.QR_READY, consent_id=f"consent-{salon_id}"))
+        store.salons.put(Salon(salon_id=salon_id, state=SalonState.QR_READY, consent_id=f"consent-{salon_id}"))
 
 
 def test_a_sixth_socket_is_refused_and_writes_nothing(store: Store, table: Any) -> None:
@@ -40,7 +41,7 @@ def test_a_sixth_socket_is_refused_and_writes_nothing(store: Store, table: Any) 
     items = table.scan()["Count"]
     assert open_socket(store, "c-sixth", CLAIMS, NOW) == Opening.SALON_FULL
     assert table.scan()["Count"] == items
-    assert sorted(store.connections_of(7)) == [f"c{i}" for i in range(MAX_SOCKETS_PER_SALON)]
+    assert sorted(store.connections.ids_of(7)) == [f"c{i}" for i in range(MAX_SOCKETS_PER_SALON)]
     # Other salons are not affected.
     assert open_socket(store, "other", TokenClaims(salon_id=8, expires_at=CLAIMS.expires_at,
                                                    consent_id="consent-8"), NOW) == OPENED
@@ -49,12 +50,12 @@ def test_a_sixth_socket_is_refused_and_writes_nothing(store: Store, table: Any) 
 def test_a_closed_socket_frees_its_slot_once(store: Store) -> None:
     for i in range(MAX_SOCKETS_PER_SALON):
         open_socket(store, f"c{i}", CLAIMS, NOW)
-    store.remove_connection("c2")
-    store.remove_connection("c2")  # a replayed $disconnect frees nothing more
+    store.connections.remove("c2")
+    store.connections.remove("c2")  # a replayed $disconnect frees nothing more
     assert open_socket(store, "c-new", CLAIMS, NOW) == OPENED
     assert open_socket(store, "c-newer", CLAIMS, NOW) == Opening.SALON_FULL
-    assert "c2" not in store.connections_of(7) and "c-new" in store.connections_of(7)
-    assert store.salon_of_connection("c2") is None
+    assert "c2" not in store.connections.ids_of(7) and "c-new" in store.connections.ids_of(7)
+    assert store.connections.salon_of("c2") is None
 
 
 def test_a_slot_whose_disconnect_was_lost_is_taken_after_the_longest_connection(store: Store) -> None:
@@ -64,14 +65,14 @@ def test_a_slot_whose_disconnect_was_lost_is_taken_after_the_longest_connection(
     assert open_socket(store, "c-late", TokenClaims(salon_id=7, expires_at=int(later) + 1800,
                                                     consent_id="consent-7"), later) == OPENED
     # The stale connection's late $disconnect does not free the slot its successor holds.
-    store.remove_connection("c0")
-    assert "c-late" in store.connections_of(7)
+    store.connections.remove("c0")
+    assert "c-late" in store.connections.ids_of(7)
 
 
 def test_concurrent_connects_never_exceed_the_bound(store: Store) -> None:
     lock = threading.Lock()
-    client: Any = store._client
-    table: Any = store._table
+    client: Any = store.table.meta.client
+    table: Any = store.table
     for owner, name in ((client, "transact_write_items"), (table, "query")):
         original = getattr(owner, name)
 
@@ -88,7 +89,7 @@ def test_concurrent_connects_never_exceed_the_bound(store: Store) -> None:
     for thread in threads:
         thread.join()
     assert results.count(OPENED) == MAX_SOCKETS_PER_SALON
-    assert len(store.connections_of(7)) == MAX_SOCKETS_PER_SALON
+    assert len(store.connections.ids_of(7)) == MAX_SOCKETS_PER_SALON
 
 
 def test_messages_over_the_window_limit_are_refused_and_only_the_first_is_answered(store: Store) -> None:
@@ -122,7 +123,7 @@ def test_a_page_reloaded_again_and_again_with_one_token_keeps_getting_its_state(
     for i in range(3 * MESSAGES_PER_TOKEN_WINDOW):
         open_socket(store, f"reload-{i}", claims, NOW)
         assert admit_message(store, f"reload-{i}", NOW + i * 0.01).verdict == Verdict.ALLOWED
-        store.remove_connection(f"reload-{i}")
+        store.connections.remove(f"reload-{i}")
 
 
 def test_one_message_in_each_of_two_windows_is_counted_in_each(store: Store) -> None:
@@ -153,4 +154,4 @@ def test_commands_are_refused_once_the_token_expired(store: Store) -> None:
 
 def test_an_unknown_connection_is_refused(store: Store) -> None:
     assert admit_message(store, "never-connected", NOW).verdict == Verdict.UNKNOWN
-    assert store.salon_of_connection("never-connected") is None
+    assert store.connections.salon_of("never-connected") is None

@@ -16,10 +16,11 @@ from boto3.dynamodb.types import TypeSerializer
 from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 
+from aiadmin.db import Store
+from aiadmin.db.transitions import Transition
 from aiadmin.lifecycle import apply_lifecycle_event
 from aiadmin.push import Pusher
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 from local.gateway import LambdaContext
 from local.template import ROOT
 
@@ -57,26 +58,27 @@ def test_an_outdated_change_is_not_pushed_over_a_newer_one(state_stream: ModuleT
     closed: list[str] = []  # moto forgets what a closed connection received: recorded instead
     monkeypatch.setattr(Pusher, "close", lambda _self, connection_id: closed.append(connection_id))
     context = LambdaContext(function_name="StateStreamFunction", aws_request_id=str(uuid.uuid4()))
-    store.add_connection("page-1", 7, token_exp=time.time() + 1800)
-    store.transition(7, SalonState.PENDING_WHATSAPP, actor="redirect")
+    store.connections.add("page-1", 7, token_exp=time.time() + 1800)
+    store.transitions.apply(Transition(7, SalonState.PENDING_WHATSAPP, actor="redirect"))
     consent = _record(table, 7)
-    store.transition(7, SalonState.QR_READY, actor="runner", attrs={"qr": "code"})  # pushed by the runner
+    store.transitions.apply(Transition(
+        7, SalonState.QR_READY, actor="runner", attrs={"qr": "code"}))  # pushed by the runner
     assert state_stream.lambda_handler({"Records": [consent]}, context) == {"batchItemFailures": []}
     assert _pushed("page-1") == b""
     assert apply_lifecycle_event(store, 7, "uninstall") == "uninstalled"
     state_stream.lambda_handler({"Records": [consent, _record(table, 7, "2")]}, context)
     assert b'"state":"uninstalled"' in _pushed("page-1") and b"pending_whatsapp" not in _pushed("page-1")
     # The uninstall ended the consent: its page got that state last, and was closed and forgotten.
-    assert closed == ["page-1"] and store.connections_of(7) == []
+    assert closed == ["page-1"] and store.connections.ids_of(7) == []
 
 
 def test_a_record_that_fails_is_reported_alone_and_the_others_are_pushed(
         state_stream: ModuleType, store: Store, table: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Pusher, "close", lambda _self, connection_id: None)
     for salon_id, page in ((7, "page-7"), (8, "page-8")):
-        store.add_connection(page, salon_id, token_exp=time.time() + 1800)
-        store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="redirect")
-        store.transition(salon_id, SalonState.UNINSTALLED, actor="yclients")
+        store.connections.add(page, salon_id, token_exp=time.time() + 1800)
+        store.transitions.apply(Transition(salon_id, SalonState.PENDING_WHATSAPP, actor="redirect"))
+        store.transitions.apply(Transition(salon_id, SalonState.UNINSTALLED, actor="yclients"))
     broken = {"eventName": "MODIFY", "eventSource": "aws:dynamodb",
               "dynamodb": {"NewImage": {"pk": {"S": "SALON#not-a-number"}, "sk": {"S": "STATE"}},
                            "SequenceNumber": "2"}}

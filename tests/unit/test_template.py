@@ -36,7 +36,7 @@ def test_every_alarm_on_our_metrics_watches_a_metric_the_code_emits() -> None:
 
     from local.template import ROOT
 
-    sources = [*(ROOT / "layers" / "common" / "aiadmin").glob("*.py"), *(ROOT / "wa_runner").glob("*.py"),
+    sources = [*(ROOT / "layers" / "common" / "aiadmin").rglob("*.py"), *(ROOT / "wa_runner").glob("*.py"),
                *(ROOT / "functions").glob("*/app.py")]
     code = "\n".join(path.read_text() for path in sources)
     # (the runner's event table names its metrics as data: `metric="..."`)
@@ -59,7 +59,7 @@ def _emitted_metrics() -> set[str]:
     from aiadmin.states import SalonState
     from local.template import ROOT
 
-    sources = [*(ROOT / "layers" / "common" / "aiadmin").glob("*.py"), *(ROOT / "wa_runner").glob("*.py"),
+    sources = [*(ROOT / "layers" / "common" / "aiadmin").rglob("*.py"), *(ROOT / "wa_runner").glob("*.py"),
                *(ROOT / "functions").glob("*/app.py")]
     emitted: set[str] = set()
     for path in sources:

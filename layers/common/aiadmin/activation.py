@@ -16,8 +16,8 @@ The rules (issue 3, ../shared/yclients-protocol.md §2):
   `expired_consent` when YClients then no longer reports the app pending or active (the consent
   lapsed), in `activation_failed` otherwise;
 - only the runner that owns the salon's session activates it: every write of the activation is
-  fenced on the session (`Store.transition(fence=...)`), and before every call to YClients the
-  fence is checked again (`Store.hold_activation`). A runner that takes a session over mid-
+  fenced on the session (`Transition.fence`), and before every call to YClients the
+  fence is checked again (`Transitions.hold_activation`). A runner that takes a session over mid-
   activation (its owner died) finds the salon `activating` and finishes the activation itself.
 
 No AWS in here: it takes a `Store` and a `YClientsClient`; waiting is the caller's `wait`,
@@ -33,11 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from aiadmin.db import Store
+from aiadmin.db.memberships import Fence
+from aiadmin.db.transitions import ConcurrentUpdate, LeaseLost, Transition
 from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
-from aiadmin.ownership import Fence
 from aiadmin.states import ACTIVATABLE_STATES, IllegalTransition, SalonState
-from aiadmin.store import ConcurrentUpdate, LeaseLost, Store
 from aiadmin.yclients import ActivationOutcome, PartnerApiError, YClientsClient
 
 S = SalonState
@@ -111,11 +112,11 @@ class Activator:
         if not isinstance(started, Salon):
             return started
         salon = started
-        secrets_ = self._store.get_salon_secrets(salon_id)
+        secrets_ = self._store.secrets.get(salon_id)
         if not {"api_key", "webhook_secret"} <= secrets_.keys():
             # Entered `activating` from elsewhere (an unfrozen salon) without keys yet.
             secrets_ = _new_secrets()
-            self._store.put_salon_secrets(salon_id, secrets_)
+            self._store.secrets.put(salon_id, secrets_)
         url = webhook_url(self._public_base_url, salon_id, secrets_["webhook_secret"])
         consent_at = salon.consent_at if salon.consent_at is not None else self._clock()
         cap = consent_at + self._policy.cap_seconds
@@ -127,7 +128,7 @@ class Activator:
             now = self._clock()
             if attempt > 1 and now >= cap:
                 return self._expire(salon_id, "12 hours since the consent passed")
-            if not self._store.hold_activation(salon_id, self._fence()):
+            if not self._store.transitions.hold_activation(salon_id, self._fence()):
                 logger.warning("activation ended: the salon moved on or its session is no longer ours",
                                extra={"salon_id": salon_id})
                 return ActivationEnd.INTERRUPTED
@@ -183,23 +184,23 @@ class Activator:
         `activating` and its session ours (its previous owner died, or another process moved it
         there). BUSY when the session is not ours."""
         for _ in range(_BEGIN_ATTEMPTS):
-            salon = self._store.get_salon(salon_id)
+            salon = self._store.salons.get(salon_id)
             if salon is None:
                 return ActivationEnd.NOT_APPLICABLE
             if salon.state == S.ACTIVATING:
-                if not self._store.hold_activation(salon_id, self._fence()):
+                if not self._store.transitions.hold_activation(salon_id, self._fence()):
                     return ActivationEnd.BUSY
             elif salon.state in ACTIVATABLE_STATES:
                 # A salon keeps its key while it is installed: YClients may hold it already (a
                 # retried or repeated activation is answered "already installed" and does not
                 # replace it). Uninstalling removes it, so a reinstall gets a new one.
-                kept = self._store.get_salon_secrets(salon_id)
+                kept = self._store.secrets.get(salon_id)
                 try:
                     # Conditional on the state read: a change meanwhile is looked at again.
-                    salon = self._store.transition(
-                        salon_id, S.ACTIVATING, self._actor, "activating in YClients", {"activation_error": None},
-                        expected=[salon.state], fence=self._fence(),
-                        salon_secrets=None if {"api_key", "webhook_secret"} <= kept.keys() else _new_secrets())
+                    salon = self._store.transitions.apply(Transition(
+                        salon_id, S.ACTIVATING, self._actor, "activating in YClients", attrs={"activation_error": None},
+                        expected=[salon.state], fence=self._fence(), seen=salon,
+                        secrets=None if {"api_key", "webhook_secret"} <= kept.keys() else _new_secrets()))
                 except (IllegalTransition, ConcurrentUpdate):
                     continue
                 except LeaseLost:
@@ -214,8 +215,8 @@ class Activator:
         """The final transition; False when the salon moved on meanwhile (uninstalled, unlinked,
         frozen): that newer state stands."""
         try:
-            salon = self._store.transition(salon_id, state, self._actor, reason, attrs, expected=[S.ACTIVATING],
-                                           fence=self._fence())
+            salon = self._store.transitions.apply(Transition(
+                salon_id, state, self._actor, reason, attrs=attrs or {}, expected=[S.ACTIVATING], fence=self._fence()))
         except (IllegalTransition, ConcurrentUpdate):
             return False
         self._notify(salon)

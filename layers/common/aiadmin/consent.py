@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from aiadmin.db import Store
 from aiadmin.models import Salon, UserData
 from aiadmin.observability import logger, metrics
 from aiadmin.onboarding import ConsentRefused, Location, check_consent, consenting_user, record_refusal, start_locations
-from aiadmin.store import Store
 from aiadmin.yclients import BadUserData, PartnerApiError, check_user_data
 
 __all__ = ["BadUserData", "Consent", "ConsentRefused", "NotInstalled", "SalonDirectory", "YClientsUnavailable",
@@ -75,14 +75,16 @@ def accept_consent(store: Store, yclients: SalonDirectory, salon_ids: Sequence[i
     # Which message YClients signed (the decoded bytes, as documented, or the string as sent).
     metrics.add_metric(name=f"UserDataSigned_{verified.form.value}", unit="Count", value=1)
     user = verified.user
-    check_consent(store, salon_ids, user)  # bindings first: a refused user costs no call to YClients
-    locations = [_confirm(store, yclients, salon_id, user, check_salon_users) for salon_id in salon_ids]
-    salons = start_locations(store, locations, user, clock())
+    # Bindings first: a refused user costs no call to YClients. Each salon is read once, here.
+    seen = check_consent(store, salon_ids, user)
+    locations = [_confirm(store, yclients, salon_id, seen[salon_id], user, check_salon_users)
+                 for salon_id in salon_ids]
+    salons = start_locations(store, locations, user, clock(), seen)
     metrics.add_metric(name="RedirectAccepted", unit="Count", value=1)  # the funnel's first step
     return Consent(user, salons)
 
 
-def _confirm(store: Store, yclients: SalonDirectory, salon_id: int, user: UserData,
+def _confirm(store: Store, yclients: SalonDirectory, salon_id: int, salon: Salon | None, user: UserData,
              check_salon_users: bool) -> Location:
     """`salon_id` is not signed: YClients must confirm our app pending or active in the salon."""
     try:
@@ -94,11 +96,12 @@ def _confirm(store: Store, yclients: SalonDirectory, salon_id: int, user: UserDa
         logger.warning("salon has no pending app", extra={"salon_id": salon_id, "status": status})
         raise NotInstalled(salon_id, status)
     if check_salon_users:
-        _check_salon_user(store, yclients, salon_id, user)
+        _check_salon_user(store, yclients, salon_id, salon, user)
     return Location(salon_id, status or "pending")
 
 
-def _check_salon_user(store: Store, yclients: SalonDirectory, salon_id: int, user: UserData) -> None:
+def _check_salon_user(store: Store, yclients: SalonDirectory, salon_id: int, salon: Salon | None,
+                      user: UserData) -> None:
     """The second, unverified check: refused only when YClients does list the salon's users and
     the consenting user is not among them; when it shows us none, the binding alone decides."""
     users = yclients.salon_user_ids(salon_id)
@@ -108,5 +111,5 @@ def _check_salon_user(store: Store, yclients: SalonDirectory, salon_id: int, use
     user_id = consenting_user(user)
     if user_id is None or user_id not in users:
         reason = "not a user of the salon in YClients"
-        record_refusal(store, salon_id, user_id, reason)
+        record_refusal(store, salon_id, salon, user_id, reason)
         raise ConsentRefused(salon_id, reason)

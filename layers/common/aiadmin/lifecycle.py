@@ -6,10 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from aiadmin.db import Store
+from aiadmin.db.pairing import PAIRING_SK
+from aiadmin.db.salon_secrets import SECRETS_SK
+from aiadmin.db.sessions import SessionCommand
+from aiadmin.db.transitions import ConcurrentUpdate, Transition
 from aiadmin.models import SessionDesire
 from aiadmin.onboarding import NO_CODES, new_consent_id
 from aiadmin.states import IllegalTransition, SalonState
-from aiadmin.store import PAIRING_SK, SECRETS_SK, ConcurrentUpdate, SessionCommand, Store
 
 ACTOR = "yclients"
 _TARGETS: dict[str, tuple[SalonState, SessionDesire]] = {
@@ -27,27 +31,28 @@ def apply_lifecycle_event(store: Store, salon_id: int, event: str, details: Mapp
 
     Idempotent: a repeated event finds the salon already in the target state and answers as
     the first delivery did, changing nothing. Uninstall also
-    forgets what the salon no longer needs (aiadmin.store has the TTL of what is left): the
+    forgets what the salon no longer needs (aiadmin.db has the TTL of what is left): the
     owner's name, phone and email, the codes on screen, the API key and webhook secret, the
     pairing-limit item and the session's `pair_phone`; the runner logs the session out and
     deletes its WhatsApp keys. It also ends the salon's consent: every token issued for it is
     refused from then on, and its open sockets are closed by the push of this change."""
-    salon = store.get_salon(salon_id)
+    salon = store.salons.get(salon_id)
     if event == "payment":
         # A payment ends a freeze (the bot resumes on the kept session); otherwise it is only recorded.
         if salon is not None and salon.state == SalonState.FROZEN:
             try:
-                store.transition(salon_id, SalonState.ACTIVE, ACTOR, "payment received", expected=[SalonState.FROZEN],
-                                 command=SessionCommand("run"))
+                store.transitions.apply(Transition(
+                    salon_id, SalonState.ACTIVE, ACTOR, "payment received", expected=[SalonState.FROZEN],
+                    command=SessionCommand("run")))
             except (IllegalTransition, ConcurrentUpdate):
                 return "unchanged"
             return SalonState.ACTIVE.value
         if salon is not None:
-            store.record_event(salon_id, ACTOR, "payment", details)
+            store.events.record(salon_id, ACTOR, "payment", details, state=salon.state)
         return "recorded"
     if event not in _TARGETS:
         if salon is not None:
-            store.record_event(salon_id, ACTOR, f"unknown lifecycle event {event[:50]}", details)
+            store.events.record(salon_id, ACTOR, f"unknown lifecycle event {event[:50]}", details, state=salon.state)
         return "recorded"
     target, desired = _TARGETS[event]
     if salon is None:
@@ -56,15 +61,15 @@ def apply_lifecycle_event(store: Store, salon_id: int, event: str, details: Mapp
         # A replay (or a repeat) finds its work done: the same answer as the first delivery.
         return target.value
     # A salon that never had a session gets no command (it would only make a runner claim nothing).
-    command = SessionCommand(desired) if store.get_session(salon_id) is not None else None
+    command = SessionCommand(desired) if store.sessions.get(salon_id) is not None else None
     uninstall = target == SalonState.UNINSTALLED
     try:
         # Uninstalled: the consent ends, and with it every token of the salon: its open pages get
         # this state as their last message and are closed (`aiadmin.push`).
-        store.transition(salon_id, target, actor=ACTOR, reason=f"lifecycle {event}", command=command,
-                         attrs={**NO_CODES, "consent_id": new_consent_id()} if uninstall else None,
-                         remove=OWNER_PERSONAL_FIELDS if uninstall else (),
-                         forget=(SECRETS_SK, PAIRING_SK) if uninstall else ())
+        store.transitions.apply(Transition(
+            salon_id, target, actor=ACTOR, reason=f"lifecycle {event}", command=command,
+            attrs={**NO_CODES, "consent_id": new_consent_id()} if uninstall else {},
+            remove=OWNER_PERSONAL_FIELDS if uninstall else (), forget=(SECRETS_SK, PAIRING_SK) if uninstall else ()))
     except IllegalTransition:
         return "unchanged"
     return target.value

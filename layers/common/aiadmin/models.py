@@ -81,7 +81,7 @@ SessionDesire = Literal["link", "run", "pause", "stop"]
 
 class SessionLease(BaseModel):
     """A salon's WhatsApp session item: what the rest of the system wants from the session,
-    and which runner owns it (`aiadmin.ownership` keeps these items).
+    and which runner owns it (`aiadmin.db.sessions` keeps these items).
 
     `desired` is the command channel from handlers to the owning runner: `link` (start a
     linking attempt; a new `generation` means a fresh attempt), `run` (keep the linked
@@ -107,7 +107,7 @@ class SessionLease(BaseModel):
     activation_retry: int | None = None
     # Counts commands; the owner acknowledges the one it carried out by this number.
     command_seq: int = 0
-    # The index sort key (see aiadmin.ownership): `S#<salon id>` for an owned session with no
+    # The index sort key (see aiadmin.db.sessions): `S#<salon id>` for an owned session with no
     # command waiting.
     session_sk: str | None = None
 

@@ -18,9 +18,12 @@ import hmac
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from aiadmin.db import Store
+from aiadmin.db.sessions import SessionCommand
+from aiadmin.db.transitions import UNREAD, Transition, Unread
 from aiadmin.i18n import DEFAULT_LANGUAGE, t
 from aiadmin.models import Salon, StateMessage, UserData
 from aiadmin.observability import logger, metrics
@@ -36,7 +39,6 @@ from aiadmin.states import (
     IllegalTransition,
     SalonState,
 )
-from aiadmin.store import SessionCommand, Store
 
 # YClients' help pages ask for the activation within one hour of the owner's consent: the page
 # asks the owner to finish within it. It is not our limit: the activation goes on while YClients
@@ -152,13 +154,16 @@ def _bound_user(salon: Salon | None, user_id: str | None, marketplace_status: st
     return salon.owner_user_id
 
 
-def record_refusal(store: Store, salon_id: int, user_id: str | None, reason: str, actor: str = "redirect") -> None:
+def record_refusal(store: Store, salon_id: int, salon: Salon | None, user_id: str | None, reason: str,
+                   actor: str = "redirect") -> None:
     """The refused consent on the salon's event log (the refused user's id only: no name, phone
-    or email of theirs is kept) and as a metric ops can alarm on."""
+    or email of theirs is kept) and as a metric ops can alarm on. `salon` as read: a salon we
+    do not know gets no log."""
     metrics.add_metric(name="ConsentRefused", unit="Count", value=1)
     logger.warning("consent refused", extra={"salon_id": salon_id, "reason": reason})
-    if store.get_salon(salon_id) is not None:
-        store.record_event(salon_id, actor, f"consent refused: {reason}", {"user_id": user_id or ""})
+    if salon is not None:
+        store.events.record(salon_id, actor, f"consent refused: {reason}", {"user_id": user_id or ""},
+                            state=salon.state)
 
 
 @dataclass(frozen=True)
@@ -170,30 +175,40 @@ class Location:
 
 
 def check_consent(store: Store, salon_ids: Sequence[int], user: UserData,
-                  marketplace_status: Callable[[int], str] = lambda _i: "pending") -> None:
+                  marketplace_status: Callable[[int], str] = lambda _i: "pending",
+                  seen: Mapping[int, Salon | None] | None = None) -> dict[int, Salon | None]:
     """Refuse (ConsentRefused, after recording it) when any of the salons is bound to someone
-    else. Reads only, but for the refusal's event: call it before anything else is written."""
+    else. Reads only (the salons not in `seen`), but for the refusal's event: call it before
+    anything else is written. Returns the salons as read, for the writes that follow."""
     user_id = consenting_user(user)
-    for salon_id in salon_ids:
-        reason = binding_refusal(store.get_salon(salon_id), user_id, marketplace_status(salon_id))
+    salons = {salon_id: seen[salon_id] if seen is not None and salon_id in seen else store.salons.get(salon_id)
+              for salon_id in salon_ids}
+    for salon_id, salon in salons.items():
+        reason = binding_refusal(salon, user_id, marketplace_status(salon_id))
         if reason is not None:
-            record_refusal(store, salon_id, user_id, reason)
+            record_refusal(store, salon_id, salon, user_id, reason)
             raise ConsentRefused(salon_id, reason)
+    return salons
 
 
-def start_locations(store: Store, locations: Sequence[Location], user: UserData, now: float) -> list[Salon]:
+def start_locations(store: Store, locations: Sequence[Location], user: UserData, now: float,
+                    seen: Mapping[int, Salon | None] | None = None) -> list[Salon]:
     """Several locations of one redirect (`salon_ids[]`): every binding is checked before any is
     written, then each location is onboarded on its own (its own WhatsApp, its own activation).
-    With several locations, `user_data`'s salon name cannot tell which one it names: it is not used."""
-    check_consent(store, [loc.salon_id for loc in locations], user,
-                  {loc.salon_id: loc.marketplace_status for loc in locations}.__getitem__)
+    With several locations, `user_data`'s salon name cannot tell which one it names: it is not used.
+    `seen`: the salons as the caller read them (each is read once per redirect; a change since
+    is found by the conditional writes, which read it again)."""
+    salons = check_consent(store, [loc.salon_id for loc in locations], user,
+                           {loc.salon_id: loc.marketplace_status for loc in locations}.__getitem__, seen)
     if len(locations) > 1:
         user = user.model_copy(update={"salon_name": None})
-    return [start_onboarding(store, loc.salon_id, user, now, loc.marketplace_status) for loc in locations]
+    return [start_onboarding(store, loc.salon_id, user, now, loc.marketplace_status, seen=salons[loc.salon_id])
+            for loc in locations]
 
 
 def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
-                     marketplace_status: str = "pending", _rejoin: bool = True) -> Salon:
+                     marketplace_status: str = "pending", seen: Salon | Unread | None = UNREAD,
+                     _rejoin: bool = True) -> Salon:
     """Record the owner's consent and make sure a linking attempt runs.
 
     A repeat visit while linking joins the running attempt; a visit to a linked salon only
@@ -202,7 +217,8 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
     again; a salon that is new, uninstalled, expired before it was linked, or unlinked starts
     over. `marketplace_status` is the app's status in YClients (`pending` or `active`).
 
-    Raises ConsentRefused (recorded) when the salon is bound to another YClients user."""
+    `seen` is the salon as the caller read it (read here otherwise). Raises ConsentRefused
+    (recorded) when the salon is bound to another YClients user."""
     user_id = consenting_user(user)
     profile: dict[str, object] = {}
     if user.salon_name:
@@ -213,12 +229,12 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
         # Only to tell the owner, after linking, whether the linked WhatsApp is their own number.
         profile["owner_phone"] = owner_phone
     consent = {"consent_at": now, "activation_deadline": now + ACTIVATION_WINDOW_SECONDS}
-    salon = store.get_salon(salon_id)
+    salon = store.salons.get(salon_id) if isinstance(seen, Unread) else seen
 
     def guard(current: Salon | None) -> None:
         reason = binding_refusal(current, user_id, marketplace_status)
         if reason is not None:
-            record_refusal(store, salon_id, user_id, reason)
+            record_refusal(store, salon_id, current, user_id, reason)
             raise ConsentRefused(salon_id, reason)
 
     guard(salon)
@@ -226,12 +242,13 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
         if salon is not None and salon.state == SalonState.EXPIRED_CONSENT and _still_linked(store, salon_id):
             # The consent ran out while the linked session waited for YClients: a new consent
             # activates that session again; it never logs a working device out (issue 10).
-            salon = store.transition(salon_id, SalonState.ACTIVATING, actor="redirect",
-                                     reason="owner consented again after the activation expired",
-                                     attrs={**profile, **consent, "activation_error": None,
-                                            "activation_owner": None, "activation_lock_until": None},
-                                     expected=[SalonState.EXPIRED_CONSENT], guard=guard)
-            store.request_session(salon_id, "run", renew_command=True)
+            salon = store.transitions.apply(Transition(
+                salon_id, SalonState.ACTIVATING, actor="redirect",
+                reason="owner consented again after the activation expired",
+                attrs={**profile, **consent, "activation_error": None, "activation_owner": None,
+                       "activation_lock_until": None},
+                expected=[SalonState.EXPIRED_CONSENT], guard=guard, seen=salon))
+            store.sessions.request(salon_id, "run", renew_command=True)
             return salon
         bound_user = _bound_user(salon, user_id, marketplace_status)
         bound: dict[str, object] = {"owner_user_id": bound_user}
@@ -240,28 +257,29 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
             # A new binding (or the first): every token of an earlier one ends.
             bound["consent_id"] = new_consent_id()
         try:
-            salon = store.transition(
+            salon = store.transitions.apply(Transition(
                 salon_id, SalonState.PENDING_WHATSAPP, actor="redirect", reason="owner consent",
-                attrs={**profile, **consent, **NO_CODES, **bound}, guard=guard,
+                attrs={**profile, **consent, **NO_CODES, **bound}, guard=guard, seen=salon,
                 # Only from the state read: a consent that raced this one (a double press) and
                 # started the attempt first is joined below, never overwritten with a new consent.
                 expected=[salon.state if salon is not None else None] if "consent_id" in bound else None,
-            )
+            ))
         except IllegalTransition:
             if not _rejoin:
                 raise
-            return start_onboarding(store, salon_id, user, now, marketplace_status, _rejoin=False)
-        store.request_session(salon_id, "link")
+            return start_onboarding(store, salon_id, user, now, marketplace_status, _rejoin=False)  # read again
+        store.sessions.request(salon_id, "link")
         return salon
     if user_id is not None and not salon.owner_user_id:
         # The salon's first binding: the tokens of the consents that bound nobody end with it.
-        store.bind_owner(salon_id, user_id, new_consent_id())
-        salon = store.get_salon(salon_id) or salon
-        guard(salon)  # bound by someone else meanwhile: refused and recorded
+        bound_salon = store.salons.bind_owner(salon_id, user_id, new_consent_id())
+        if bound_salon is None:  # bound by someone else meanwhile: refused and recorded (or joined)
+            bound_salon = store.salons.get(salon_id)
+            guard(bound_salon)
+        salon = bound_salon or salon
     elif salon.consent_id is None:
         # Recorded before consents had ids: this consent gives it one (tokens without one end).
-        store.update_profile(salon_id, {"consent_id": new_consent_id()})
-        salon = store.get_salon(salon_id) or salon
+        salon = store.salons.update_profile(salon_id, {"consent_id": new_consent_id()})
     if salon.state == SalonState.ACTIVATION_FAILED or (
             salon.state in REACTIVATED_WHEN_PENDING and marketplace_status == "pending"):
         # A new consent opens a new hour; the runner owning the linked session activates again.
@@ -271,40 +289,40 @@ def start_onboarding(store: Store, salon_id: int, user: UserData, now: float,
         if salon.state != SalonState.ACTIVATION_FAILED:
             reason = "owner reconnected a frozen salon" if salon.state == SalonState.FROZEN \
                 else "YClients reports the app pending again"
-            salon = store.transition(salon_id, SalonState.ACTIVATING, actor="redirect", reason=reason,
-                                     attrs={**profile, **consent, "activation_owner": None,
-                                            "activation_lock_until": None},
-                                     expected=[salon.state], guard=guard)
+            salon = store.transitions.apply(Transition(
+                salon_id, SalonState.ACTIVATING, actor="redirect", reason=reason,
+                attrs={**profile, **consent, "activation_owner": None, "activation_lock_until": None},
+                expected=[salon.state], guard=guard, seen=salon))
         else:
-            store.update_profile(salon_id, {**profile, **consent})
-            salon = salon.model_copy(update={**profile, **consent})
-        store.request_session(salon_id, "run", renew_command=True)
+            salon = store.salons.update_profile(salon_id, {**profile, **consent})
+        store.sessions.request(salon_id, "run", renew_command=True)
         return salon
     if salon.state == SalonState.FROZEN and marketplace_status == "active":
         # Paid in YClients meanwhile (the payment webhook may come later or never).
-        salon = store.transition(salon_id, SalonState.ACTIVE, actor="redirect", reason="active in YClients again",
-                                 attrs=profile, expected=[SalonState.FROZEN], guard=guard)
-        store.request_session(salon_id, "run", renew_command=True)
+        salon = store.transitions.apply(Transition(
+            salon_id, SalonState.ACTIVE, actor="redirect", reason="active in YClients again", attrs=profile,
+            expected=[SalonState.FROZEN], guard=guard, seen=salon))
+        store.sessions.request(salon_id, "run", renew_command=True)
         return salon
     if salon.state in LINKING_STATES:
         # Pressing "Подключить" again is a new consent in YClients: its hour starts again.
         profile.update(consent)
     if profile:
-        store.update_profile(salon_id, profile)
-    if salon.state in LINKING_STATES and store.get_session(salon_id) is None:
-        store.request_session(salon_id, "link")
-    return salon.model_copy(update=profile)
+        salon = store.salons.update_profile(salon_id, profile)
+    if salon.state in LINKING_STATES and store.sessions.get(salon_id) is None:
+        store.sessions.request(salon_id, "link")
+    return salon
 
 
 def _still_linked(store: Store, salon_id: int) -> bool:
     """Whether the salon's WhatsApp session is linked (the runner keeps it running)."""
-    lease = store.get_session(salon_id)
+    lease = store.sessions.get(salon_id)
     return lease is not None and lease.desired == "run"
 
 
 def _readable(store: Store, salon_id: int, requester: Requester) -> Salon | None:
     """The salon, if `requester` may act on it; ConsentEnded if its token's consent ended."""
-    salon = store.get_salon(salon_id)
+    salon = store.salons.get(salon_id)
     if salon is not None and not requester.may_act_on(salon):
         raise ConsentEnded(salon_id)
     return salon
@@ -324,15 +342,15 @@ def request_relink(store: Store, salon_id: int, now: float, requester: Requester
     if salon is None or salon.state not in RELINK_STATES:
         return None
     consent_id = new_consent_id()
-    also = store.reissue_socket(kept.connection_id, salon_id, kept.slot, kept.token_exp, consent_id,
+    also = store.connections.reissue_items(kept.connection_id, salon_id, kept.slot, kept.token_exp, consent_id,
                                 kept.token_id) if kept is not None else []
     # The activation after the new link confirms the integration YClients already has (its
     # "already installed" answer counts as success); its 12-hour bound starts now.
-    return store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="owner asked to re-link",
-                            attrs={**NO_CODES, "consent_at": now, "activation_deadline": None,
-                                   "consent_id": consent_id},
-                            expected=RELINK_STATES, command=SessionCommand("link"), guard=requester.check(salon_id),
-                            also=also)
+    return store.transitions.apply(Transition(
+        salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="owner asked to re-link",
+        attrs={**NO_CODES, "consent_at": now, "activation_deadline": None, "consent_id": consent_id},
+        expected=RELINK_STATES, command=SessionCommand("link"), guard=requester.check(salon_id), seen=salon,
+        also=also))
 
 
 def request_new_qr(store: Store, salon_id: int, requester: Requester) -> Salon | None:
@@ -341,9 +359,9 @@ def request_new_qr(store: Store, salon_id: int, requester: Requester) -> Salon |
     salon = _readable(store, salon_id, requester)
     if salon is None or salon.state not in RETRY_STATES:
         return None
-    return store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="new QR requested",
-                            attrs=NO_CODES, expected=RETRY_STATES, command=SessionCommand("link"),
-                            guard=requester.check(salon_id))
+    return store.transitions.apply(Transition(
+        salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="new QR requested", attrs=NO_CODES,
+        expected=RETRY_STATES, command=SessionCommand("link"), guard=requester.check(salon_id), seen=salon))
 
 
 def request_pairing_code(store: Store, salon_id: int, raw_phone: object, requester: Requester,
@@ -360,11 +378,11 @@ def request_pairing_code(store: Store, salon_id: int, raw_phone: object, request
     if salon is None or salon.state not in PAIRING_CODE_STATES:
         return None
     if salon.state == SalonState.PENDING_WHATSAPP:
-        lease = store.get_session(salon_id)
+        lease = store.sessions.get(salon_id)
         if lease is not None and lease.desired == "link" and lease.pair_phone == phone:
             return salon
     moment = time.time() if now is None else now
-    verdict = store.admit_pairing_request(salon_id, phone, moment, min_interval, PAIRING_PHONES_PER_HOUR,
+    verdict = store.pairing.admit(salon_id, phone, moment, min_interval, PAIRING_PHONES_PER_HOUR,
                                           PAIRING_WINDOW_SECONDS)
     if not verdict.allowed:
         wait = max(1, math.ceil(verdict.retry_after))
@@ -373,9 +391,10 @@ def request_pairing_code(store: Store, salon_id: int, raw_phone: object, request
         raise PairingLimited("pairing.hourly", verdict.retry_after, count=PAIRING_PHONES_PER_HOUR,
                              minutes=math.ceil(wait / 60))
     # The new attempt and the runner's command in one transaction: never one without the other.
-    return store.transition(salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="pairing code requested",
-                            attrs=NO_CODES, expected=PAIRING_CODE_STATES,
-                            command=SessionCommand("link", pair_phone=phone), guard=requester.check(salon_id))
+    return store.transitions.apply(Transition(
+        salon_id, SalonState.PENDING_WHATSAPP, actor="owner", reason="pairing code requested", attrs=NO_CODES,
+        expected=PAIRING_CODE_STATES, command=SessionCommand("link", pair_phone=phone),
+        guard=requester.check(salon_id), seen=salon))
 
 
 def state_message(salon: Salon, now: float) -> str:

@@ -42,11 +42,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aiadmin.db import Store
 from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
 from aiadmin.sockets import ending_message
 from aiadmin.states import SalonState
-from aiadmin.store import Store
 
 # How long a WebSocket handshake may take after $connect recorded the connection.
 HANDSHAKE_SECONDS = 0.5
@@ -128,7 +128,7 @@ class Pusher:
             self.close(connection_id)
         except (ClientError, BotoCoreError):
             logger.exception("closing an ended socket failed", extra={"salon_id": salon_id})
-        store.remove_connection(connection_id, salon_id)
+        store.connections.remove(connection_id, salon_id)
 
     def audience(self, store: Store, salon: Salon, now: float) -> tuple[list[str], list[tuple[str, str]]]:
         """The salon's sockets that may receive its state (see the module's rule), and the others
@@ -138,11 +138,11 @@ class Pusher:
         current: list[str] = []
         ended: list[tuple[str, str]] = []
         now_consent: list[str | None] = []  # read on the first mismatch only
-        for socket in store.sockets_of(salon.salon_id):
+        for socket in store.connections.sockets_of(salon.salon_id):
             reason = socket.ended(salon.consent_id, now)
             if reason == "token_revoked":
                 if not now_consent:
-                    latest = store.get_salon(salon.salon_id)
+                    latest = store.salons.get(salon.salon_id)
                     now_consent.append(latest.consent_id if latest is not None else salon.consent_id)
                 if socket.consent_id == now_consent[0]:
                     continue
@@ -311,7 +311,7 @@ class PushQueue:
             if self._clock() < push.deadline:
                 answer = _Answer.SENT if self._pusher.send(connection_id, push.payload) else _Answer.GONE
             if answer == _Answer.GONE and resent:
-                self._store.remove_connection(connection_id, push.salon_id)  # gone for good
+                self._store.connections.remove(connection_id, push.salon_id)  # gone for good
         except (ClientError, BotoCoreError):
             # One broken or slow connection must not stop the others from getting the state.
             logger.exception("push failed", extra={"salon_id": push.salon_id})

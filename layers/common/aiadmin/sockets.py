@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from aiadmin.db import Store
 from aiadmin.i18n import DEFAULT_LANGUAGE, t
 from aiadmin.models import ErrorMessage, Salon
-from aiadmin.store import Store
 from aiadmin.tokens import TokenClaims
 
 MAX_SOCKETS_PER_SALON = 5
@@ -52,10 +52,10 @@ def open_socket(store: Store, connection_id: str, claims: TokenClaims, now: floa
                 salon: Salon | None = None) -> Opening:
     """Record a new socket for the token's salon, if the token's consent is the salon's now
     (`salon`: the salon as read, or read here)."""
-    current = salon if salon is not None else store.get_salon(claims.salon_id)
+    current = salon if salon is not None else store.salons.get(claims.salon_id)
     if current is None or not current.accepts_token_of(claims.consent_id):
         return Opening.CONSENT_ENDED
-    opened = store.add_connection(connection_id, claims.salon_id, now=now, token_exp=claims.expires_at,
+    opened = store.connections.add(connection_id, claims.salon_id, now=now, token_exp=claims.expires_at,
                                   max_per_salon=MAX_SOCKETS_PER_SALON, consent_id=claims.consent_id,
                                   token_id=claims.token_id)
     return Opening.OPENED if opened else Opening.SALON_FULL
@@ -89,7 +89,7 @@ class Admission:
 
 def admit_message(store: Store, connection_id: str, now: float) -> Admission:
     """Count the message against its socket's and its token's limits, then check the token's expiry."""
-    record = store.count_message(connection_id, int(now // MESSAGE_WINDOW_SECONDS))
+    record = store.connections.count_message(connection_id, int(now // MESSAGE_WINDOW_SECONDS))
     if record is None:
         return Admission(Verdict.UNKNOWN)
     token_messages = record.token_messages or 0
