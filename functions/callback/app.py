@@ -49,11 +49,10 @@ def settings() -> CallbackSettings:
     return CallbackSettings.load()
 
 
-@cache
 def store() -> Store:
-    from aiadmin.db import Store
+    from aiadmin.db import open_store
 
-    return Store(boto3.resource("dynamodb").Table(settings().table_name))
+    return open_store(settings().table_name)
 
 
 @cache

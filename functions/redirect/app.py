@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlparse
 
-import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -44,11 +43,10 @@ def settings() -> RedirectSettings:
     return RedirectSettings.load()
 
 
-@cache
 def store() -> Store:
-    from aiadmin.db import Store
+    from aiadmin.db import open_store
 
-    return Store(boto3.resource("dynamodb").Table(settings().table_name))
+    return open_store(settings().table_name)
 
 
 def yclients() -> YClientsClient:

@@ -9,7 +9,6 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
@@ -18,7 +17,7 @@ from aiadmin.db.salons import Salons
 from aiadmin.models import Salon
 from aiadmin.observability import logger, metrics
 from aiadmin.onboarding import state_message
-from aiadmin.push import Pusher, pushed_by_stream
+from aiadmin.push import Pusher, open_pusher, pushed_by_stream
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch import BatchProcessor
@@ -39,14 +38,14 @@ def settings() -> StateStreamSettings:
     return StateStreamSettings.load()
 
 
-@cache
 def store() -> Store:
-    return Store(boto3.resource("dynamodb").Table(settings().table_name))
+    from aiadmin.db import open_store
+
+    return open_store(settings().table_name)
 
 
-@cache
 def pusher() -> Pusher:
-    return Pusher(settings().websocket_management_url)
+    return open_pusher(settings().websocket_management_url)
 
 
 @cache

@@ -8,7 +8,6 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -32,9 +31,10 @@ def settings() -> SocketConnectSettings:
     return SocketConnectSettings.load()
 
 
-@cache
 def store() -> Store:
-    return Store(boto3.resource("dynamodb").Table(settings().table_name))
+    from aiadmin.db import open_store
+
+    return open_store(settings().table_name)
 
 
 def _connect(event: APIGatewayWebSocketEvent) -> dict[str, Any]:

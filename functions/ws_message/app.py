@@ -9,7 +9,6 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -27,7 +26,7 @@ from aiadmin.onboarding import (
     request_relink,
     state_message,
 )
-from aiadmin.push import Pusher
+from aiadmin.push import Pusher, open_pusher
 from aiadmin.sockets import (
     MESSAGE_WINDOW_SECONDS,
     RATE_LIMITED_KEY,
@@ -56,14 +55,14 @@ def settings() -> SocketMessageSettings:
     return SocketMessageSettings.load()
 
 
-@cache
 def store() -> Store:
-    return Store(boto3.resource("dynamodb").Table(settings().table_name))
+    from aiadmin.db import open_store
+
+    return open_store(settings().table_name)
 
 
-@cache
 def pusher() -> Pusher:
-    return Pusher(settings().websocket_management_url)
+    return open_pusher(settings().websocket_management_url)
 
 
 ACTIONS = ("sync", "new_qr", "pairing_code", "relink")

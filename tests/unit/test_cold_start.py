@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from aiadmin.db import open_store
 from aiadmin.observability import tracer, tracing_enabled
 from aiadmin.preload import preload
 from local.template import ROOT
@@ -33,6 +34,11 @@ import json, sys
 import app
 # The handler's cached factories (settings, clients): whether each has built its object.
 clients = {n: f.cache_info().currsize > 0 for n, f in vars(app).items() if callable(f) and hasattr(f, "cache_info")}
+# The shared ones (the store and the pusher, one per table or endpoint), where the handler loaded them.
+for module, name in (("aiadmin.db", "open_store"), ("aiadmin.push", "open_pusher")):
+    shared = getattr(sys.modules.get(module), name, None)
+    if shared is not None:
+        clients[name] = shared.cache_info().currsize > 0
 built_models = [f"{m.__name__}.{k}" for m in (sys.modules.get("aiadmin.models"), app) if m is not None
                 for k, v in vars(m).items()
                 if isinstance(v, type) and v.__module__ == m.__name__ and getattr(v, "__pydantic_complete__", False)]
@@ -156,7 +162,7 @@ def test_a_handlers_settings_and_clients_are_built_once_on_first_use(monkeypatch
     assert spec and spec.loader
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    assert app.settings.cache_info().currsize == 0 and app.store.cache_info().currsize == 0
+    assert app.settings.cache_info().currsize == 0
     store = app.store()
     assert app.store() is store and app.settings() is app.settings()
-    assert app.settings.cache_info().currsize == 1 and app.store.cache_info().currsize == 1
+    assert app.settings.cache_info().currsize == 1 and store is open_store(app.settings().table_name)

@@ -13,11 +13,12 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiadmin.db import Store
+from aiadmin.db import Store, open_store
 from aiadmin.models import parse_salon_id
 from aiadmin.observability import metrics
 from aiadmin.tokens import verify_token
@@ -294,3 +295,28 @@ def test_a_name_with_an_escaped_surrogate_pair_is_stored_as_utf8(
     salon = Store(table).salons.get(101)
     assert salon is not None and salon.user_name == "Lily \U0001f338"
     salon.user_name.encode("utf-8")
+
+
+def test_a_redirect_reads_each_salon_once(table: Any, marketplace: tuple[FakeYClients, str], fake: FakeYClients,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consent's checks and writes share one read of the salon's state item: a new salon, a
+    repeat visit while linking, and a salon bound on its first consent."""
+    module = _load(table, marketplace, monkeypatch)
+    state_reads: list[str] = []
+
+    def count(params: dict[str, Any], **_: Any) -> None:
+        if params.get("Key", {}).get("sk") == "STATE":
+            state_reads.append(params["Key"]["pk"])
+
+    open_store.cache_clear()  # the handler's store is made again, with the counting hook on its client
+    boto3.DEFAULT_SESSION._session.get_component("event_emitter").register(  # type: ignore[union-attr]
+        "provide-client-params.dynamodb.GetItem", count, unique_id="count-state-reads")
+    try:
+        for _visit in range(2):
+            state_reads.clear()
+            assert _get(module, _query(fake, 101))["statusCode"] == 302
+            assert state_reads == ["SALON#101"]
+    finally:
+        boto3.DEFAULT_SESSION._session.get_component("event_emitter").unregister(  # type: ignore[union-attr]
+            "provide-client-params.dynamodb.GetItem", unique_id="count-state-reads")
+        open_store.cache_clear()

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cache
 from typing import Any
 
 import boto3
@@ -77,6 +78,13 @@ class PushPolicy:
     # state (messages carry the version: a repeat is harmless), this many times at most.
     again_seconds: float = 1.0
     again_times: int = 3
+
+
+@cache
+def open_pusher(endpoint_url: str) -> Pusher:
+    """The pusher of a WebSocket API's management endpoint: made on a handler's first push and
+    kept for the container's life (its connections and its fan-out pool with it)."""
+    return Pusher(endpoint_url)
 
 
 class Pusher:

@@ -27,6 +27,7 @@ writes, batch reads, number conversion) are in `aiadmin.db.dynamo`.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from aiadmin.db.connections import Connections
@@ -55,9 +56,10 @@ class Store:
         self.transitions = Transitions(table, self.salons, self.sessions)
 
 
+@cache
 def open_store(table_name: str) -> Store:
-    """The store of the table named `table_name`, with the default boto3 session (what each
-    handler keeps for its container's life)."""
+    """The store of the table named `table_name`, on boto3's default session: made on a handler's
+    first request that needs it and kept for the container's life (one per table)."""
     import boto3  # here, not at import: only what opens a store pays for it
 
     return Store(boto3.resource("dynamodb").Table(table_name))
