@@ -205,13 +205,10 @@ class FakeWhatsApp:
     async def scan(self, request: web.Request) -> web.Response:
         """The simulated phone scans: `{"qr": "<decoded QR string>", "outcome": "success"}` (with
         `"phone": "79001234567"`, the scanning phone's number: the linked device's JID carries it)."""
-        body = await _json_body(request)
-        qr = body.get("qr")
-        if not isinstance(qr, str):
-            return _error(400, 'expected JSON {"qr": "<decoded QR string>", "outcome": "success"}')
-        outcome = body.get("outcome", "success")
-        if outcome not in SCAN_OUTCOMES:
-            return _bad_outcome()
+        read = await _phone_request(request, "qr", "<decoded QR string>")
+        if isinstance(read, web.Response):
+            return read
+        body, qr, outcome = read
         payload = qr[len(QR_PREFIX):] if qr.startswith(QR_PREFIX) else qr
         parts = payload.split(",")
         if len(parts) not in (4, 5):
@@ -231,13 +228,10 @@ class FakeWhatsApp:
     async def enter_code(self, request: web.Request) -> web.Response:
         """The simulated phone enters a pairing code: `{"code": "ABCD-EFGH", "outcome": "success"}`
         (with `"phone"`, only the phone of that number may enter it)."""
-        body = await _json_body(request)
-        raw = body.get("code")
-        if not isinstance(raw, str):
-            return _error(400, 'expected JSON {"code": "XXXX-XXXX", "outcome": "success"}')
-        outcome = body.get("outcome", "success")
-        if outcome not in SCAN_OUTCOMES:
-            return _bad_outcome()
+        read = await _phone_request(request, "code", "XXXX-XXXX")
+        if isinstance(read, web.Response):
+            return read
+        body, raw, outcome = read
         code = raw.replace("-", "").replace(" ", "").upper()
         issued = self.codes.get(code)
         if issued is None:
@@ -370,8 +364,18 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _bad_outcome() -> web.Response:
-    return _error(400, f"outcome must be one of {', '.join(SCAN_OUTCOMES)}")
+async def _phone_request(request: web.Request, field: str,
+                         example: str) -> tuple[dict[str, Any], str, str] | web.Response:
+    """What the simulated phone sends (a scanned QR, an entered code): the body, its `field` and
+    the outcome asked for; a 400 answer when either is missing or wrong."""
+    body = await _json_body(request)
+    value = body.get(field)
+    if not isinstance(value, str):
+        return _error(400, f'expected JSON {{"{field}": "{example}", "outcome": "success"}}')
+    outcome = body.get("outcome", "success")
+    if outcome not in SCAN_OUTCOMES:
+        return _error(400, f"outcome must be one of {', '.join(SCAN_OUTCOMES)}")
+    return body, value, str(outcome)
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -106,7 +106,7 @@ class Requester:
         return salon is not None and (self.operator or salon.accepts_token_of(self.consent_id))
 
     def check(self, salon_id: int) -> Callable[[Salon | None], None]:
-        """A `Store.transition` guard: the write happens only while the consent is the salon's."""
+        """A `Transition.guard`: the write happens only while the consent is the salon's."""
         def guard(salon: Salon | None) -> None:
             if salon is not None and not self.may_act_on(salon):
                 raise ConsentEnded(salon_id)
