@@ -217,7 +217,7 @@ def test_past_the_owners_hour_the_page_says_so_and_keeps_going(stack: RunningSta
     card = page.locator("#card")
     expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     expect(page.locator("#deadline")).to_contain_text("в течение часа")
-    Store(stack.table()).update_profile(118, {"activation_deadline": time.time() - 5})
+    Store(stack.table()).salons.update_profile(118, {"activation_deadline": time.time() - 5})
     page.reload()  # the page asks for the current state again
     expect(card).to_have_attribute("data-state", "qr_ready", timeout=45000)
     expect(page.locator("#deadline")).to_contain_text("Час на подключение прошёл", timeout=15000)
