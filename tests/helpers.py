@@ -17,6 +17,7 @@ from aiadmin.store import Store
 from local.fake_yclients import FakeYClients
 from local.owner import follow_redirect, press_connect
 from local.process import RunningStack
+from local.stack import free_port
 
 # The stack most integration modules share (tests/integration/conftest.py).
 SHARED_STACK_TIME_SCALE = 0.1  # a pairing attempt's six codes last 16 s instead of 160 s
@@ -73,6 +74,20 @@ def fake_marketplace(partner_token: str, application_id: int = 4242,
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto server on a free port of this machine, as AWS for code that calls it over HTTP; yields its URL."""
+    from moto.server import ThreadedMotoServer  # flask and werkzeug: only for the tests that need one
+
+    port = free_port("127.0.0.1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
 
 
 def page_of(store: Store, salon_id: int) -> Requester:
