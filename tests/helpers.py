@@ -8,8 +8,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
+import requests
 from aiohttp import web
 
 from aiadmin.onboarding import Requester
@@ -35,6 +37,19 @@ def page_token(stack: RunningStack, salon_id: int) -> str:
     _, token = follow_redirect(press_connect(stack.marketplace, salon_id))
     assert token, f"salon {salon_id}'s redirect carried no page token"
     return token
+
+
+def script_marketplace(stack: RunningStack, operation: str, *answers: dict[str, Any]) -> None:
+    """The stack's fake YClients gives these answers to the next calls of the operation."""
+    response = requests.post(stack.marketplace + "/_script", json={"operation": operation, "answers": list(answers)},
+                             timeout=5)
+    assert response.status_code == 200
+
+
+def client_keys(qr: str) -> list[str]:
+    """A linking code without its ref (the part before the first comma): the keys part, the same
+    for every code one client shows in one attempt."""
+    return qr.split(",")[1:]
 
 
 def report_stack_output_on_failure(request: pytest.FixtureRequest, stack: RunningStack) -> None:
