@@ -20,10 +20,11 @@ LAYER_REQUIREMENTS := layers/common/requirements.txt
 RUNNER_REQUIREMENTS := wa_runner/requirements.txt
 
 # The tests run on every core (pytest-xdist): `make unit PYTEST_WORKERS=0` runs them in one process.
-# A worker takes whole modules (--dist loadscope): a module's own stack and fixtures stay in one
-# process, and each worker starts the shared integration stack once, when it first needs it.
+# A worker takes whole modules (--dist loadscope) in collection order, the longest first (see
+# tests/conftest.py): a module's own stack and fixtures stay in one process, and each worker
+# starts the shared integration stack once, when it first needs it.
 PYTEST_WORKERS ?= auto
-PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # Deploy (scripts/deploy.py reads samconfig.toml): make deploy ENV=staging [DRY_RUN=1] [TAG=...]
 ENV ?= staging

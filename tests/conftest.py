@@ -86,3 +86,24 @@ def store(table: Any) -> Any:
     from aiadmin.store import Store
 
     return Store(table)
+
+
+# The longest modules (each a minute or more of waiting on real time) run first. Under xdist
+# (`make test`: whole modules per worker, --no-loadscope-reorder) the other worker meanwhile
+# takes the rest, so none of these starts last while a worker idles. Only the order of whole
+# modules changes; the tests within each keep theirs.
+LONGEST_FIRST = (
+    "tests/browser/test_owner_page.py",
+    "tests/integration/test_dynamo_faults.py",
+    "tests/integration/test_ownership.py",
+    "tests/integration/test_bad_input.py",
+    "tests/unit/test_runner_intake.py",  # the longest unit module (`make unit`)
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every other module, and every module's tests, in collection order
