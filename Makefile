@@ -19,6 +19,13 @@ SYNC := $(UV) sync --frozen --python $(PYTHON)
 LAYER_REQUIREMENTS := layers/common/requirements.txt
 RUNNER_REQUIREMENTS := wa_runner/requirements.txt
 
+# The tests run on every core (pytest-xdist): `make unit PYTEST_WORKERS=0` runs them in one process.
+# A worker takes whole modules (--dist loadscope) in collection order, the longest first (see
+# tests/conftest.py): a module's own stack and fixtures stay in one process, and each worker
+# starts the shared integration stack once, when it first needs it.
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
+
 # Deploy (scripts/deploy.py reads samconfig.toml): make deploy ENV=staging [DRY_RUN=1] [TAG=...]
 ENV ?= staging
 DRY_RUN ?=
@@ -72,16 +79,16 @@ validate: $(STAMP_DEV)
 	$(BIN)/sam validate --lint --region eu-central-1
 
 unit: compile
-	$(BIN)/pytest tests/unit
+	$(PYTEST) tests/unit
 
 integration: compile
-	$(BIN)/pytest tests/integration
+	$(PYTEST) tests/integration
 
 browser: compile system-deps
-	$(BIN)/pytest tests/browser
+	$(PYTEST) tests/browser
 
 test: compile system-deps lint typecheck validate
-	$(BIN)/pytest
+	$(PYTEST)
 
 bench: $(STAMP_DEV)
 	$(BIN)/python bench/onboarding.py

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cfnlint.decode import cfn_yaml
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -56,15 +56,36 @@ class Template:
                 if res.get("Type") == "AWS::DynamoDB::Table"}
 
 
-def _plain(node: Any) -> Any:
-    """cfn-lint's nodes are dict/str/list subclasses; turn them into plain Python values."""
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    if isinstance(node, str):
-        return str(node)
-    return node
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _CfnLoader(_Loader):
+    """YAML with CloudFormation's short forms: `!Ref X` is `{"Ref": "X"}`, `!GetAtt A.B` is
+    `{"Fn::GetAtt": ["A", "B"]}`, any other `!Name` is `{"Fn::Name": ...}` (as cfn-lint reads
+    them; cfn-lint itself is not imported: it pulls in sympy and networkx, seconds per process)."""
+
+
+def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    key = suffix if suffix in ("Ref", "Condition") else f"Fn::{suffix}"
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if key == "Fn::GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    elif isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    else:  # pragma: no cover - yaml has no other node kinds
+        raise ValueError(f"bad tag !{suffix}")
+    return {key: value}
+
+
+_CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def _read_yaml(path: Path) -> Any:
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_CfnLoader)  # noqa: S506 - a safe loader
 
 
 _SUB_REF = re.compile(r"\$\{(\w+)(?:\.Arn)?\}")
@@ -87,7 +108,7 @@ def _referenced(value: Any) -> str | None:
 
 
 def load_template(path: Path = TEMPLATE) -> Template:
-    raw = _plain(cfn_yaml.load(str(path)))
+    raw = _read_yaml(path)
     resources: dict[str, Any] = raw["Resources"]
     globals_env = raw.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     functions: dict[str, FunctionSpec] = {}

@@ -8,8 +8,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
+import requests
 from aiohttp import web
 
 from aiadmin.db import Store
@@ -17,6 +19,7 @@ from aiadmin.onboarding import Requester
 from local.fake_yclients import FakeYClients
 from local.owner import follow_redirect, press_connect
 from local.process import RunningStack
+from local.stack import free_port
 
 # The stack most integration modules share (tests/integration/conftest.py).
 SHARED_STACK_TIME_SCALE = 0.1  # a pairing attempt's six codes last 16 s instead of 160 s
@@ -34,6 +37,19 @@ def page_token(stack: RunningStack, salon_id: int) -> str:
     _, token = follow_redirect(press_connect(stack.marketplace, salon_id))
     assert token, f"salon {salon_id}'s redirect carried no page token"
     return token
+
+
+def script_marketplace(stack: RunningStack, operation: str, *answers: dict[str, Any]) -> None:
+    """The stack's fake YClients gives these answers to the next calls of the operation."""
+    response = requests.post(stack.marketplace + "/_script", json={"operation": operation, "answers": list(answers)},
+                             timeout=5)
+    assert response.status_code == 200
+
+
+def client_keys(qr: str) -> list[str]:
+    """A linking code without its ref (the part before the first comma): the keys part, the same
+    for every code one client shows in one attempt."""
+    return qr.split(",")[1:]
 
 
 def report_stack_output_on_failure(request: pytest.FixtureRequest, stack: RunningStack) -> None:
@@ -73,6 +89,20 @@ def fake_marketplace(partner_token: str, application_id: int = 4242,
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto server on a free port of this machine, as AWS for code that calls it over HTTP; yields its URL."""
+    from moto.server import ThreadedMotoServer  # flask and werkzeug: only for the tests that need one
+
+    port = free_port("127.0.0.1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
 
 
 def page_of(store: Store, salon_id: int) -> Requester:

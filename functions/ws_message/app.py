@@ -67,6 +67,9 @@ def pusher() -> Pusher:
 
 ACTIONS = ("sync", "new_qr", "pairing_code", "relink")
 
+# The time a message is counted at (its rate-limit window); tests put a fake clock here.
+clock = time.time
+
 
 def _message(event: APIGatewayWebSocketEvent) -> dict[str, Any]:
     try:
@@ -97,7 +100,7 @@ def _refuse(connection_id: str, salon_id: int, action: str, code: str, text: str
 @event_source(data_class=APIGatewayWebSocketEvent)
 def lambda_handler(event: APIGatewayWebSocketEvent, context: LambdaContext) -> dict[str, Any]:
     connection_id = event.request_context.connection_id
-    now = time.time()
+    now = clock()
     admission = admit_message(store(), connection_id, now)
     if admission.verdict == Verdict.UNKNOWN or admission.salon_id is None:
         metrics.add_metric(name="SocketUnknownConnection", unit="Count", value=1)

@@ -24,7 +24,7 @@ import requests
 from local.observe import runner_events, store, wait_until, whatsapp
 from local.owner import follow_redirect, link_to_active, open_page, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
-from tests.helpers import report_stack_output_on_failure
+from tests.helpers import client_keys, report_stack_output_on_failure
 
 pytestmark = pytest.mark.integration
 
@@ -47,11 +47,6 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningSta
         report_stack_output_on_failure(request, running)
 
 
-def _client_keys(qr: str) -> list[str]:
-    """A linking code without its ref: the same for every code of one attempt."""
-    return qr.split(",")[1:]
-
-
 def _send_uninstall(stack: RunningStack, salon_id: int, answers: list[Any]) -> None:
     try:
         answers.append(requests.post(f"{stack.marketplace}/send/{salon_id}/uninstall", timeout=60).status_code)
@@ -70,12 +65,12 @@ async def _keep_waiting(stack: RunningStack, page: Any, first: dict[str, Any], u
         except TimeoutError:
             break
         assert message["state"] == "qr_ready", f"the waiting owner's page went to {message['state']}"
-        assert _client_keys(message["qr"]) == _client_keys(first["qr"]), "a new linking attempt replaced the QR"
+        assert client_keys(message["qr"]) == client_keys(first["qr"]), "a new linking attempt replaced the QR"
         latest = message
     answer = await asyncio.to_thread(scan, stack.base_url, latest["qr"])
     if answer.status_code == 410:  # that code's 20-60 s are over: the next one of the same attempt
         latest = await receive_until(page, {"qr_ready"}, 25)
-        assert _client_keys(latest["qr"]) == _client_keys(first["qr"]), "a new linking attempt replaced the QR"
+        assert client_keys(latest["qr"]) == client_keys(first["qr"]), "a new linking attempt replaced the QR"
         answer = await asyncio.to_thread(scan, stack.base_url, latest["qr"])
     assert answer.status_code == 200, answer.text
     await receive_until(page, {"active"}, RECOVERY_SECONDS)

@@ -20,7 +20,7 @@ import requests
 from local.observe import live_heartbeats, owners, store, wait_until, whatsapp
 from local.owner import follow_redirect, link_to_active, open_page, press_connect, receive_until, scan
 from local.process import RunningStack, local_stack
-from tests.helpers import report_stack_output_on_failure
+from tests.helpers import client_keys, report_stack_output_on_failure
 
 pytestmark = pytest.mark.integration
 
@@ -69,11 +69,6 @@ def _owned_by(stack: RunningStack, salon_ids: list[int]) -> dict[int, str]:
     return {salon_id: str(owner) for salon_id, owner in current.items()}
 
 
-def _client_keys(qr: str) -> list[str]:
-    """The keys part of a linking code (after the ref): the same for every code of one client."""
-    return qr.split(",")[1:]
-
-
 def _taken_over(stack: RunningStack, salon_ids: list[int], gone: str, resumes: dict[int, int]) -> bool:
     """Every salon is owned by another runner and its device connected again with its keys."""
     now_owned = owners(stack, salon_ids)
@@ -113,7 +108,7 @@ def test_killed_and_stopped_runners_sessions_move_to_the_survivors(three_runners
             # The linking salon's new owner starts a fresh attempt (a new client, so new keys in
             # the code) and pushes its code to the open page.
             fresh = first_qr
-            while _client_keys(fresh["qr"]) == _client_keys(first_qr["qr"]):
+            while client_keys(fresh["qr"]) == client_keys(first_qr["qr"]):
                 fresh = await receive_until(page, {"qr_ready"}, TAKEOVER_TARGET_SECONDS)
             assert _owned_by(stack, [300])[300] != victim
             assert scan(stack.base_url, fresh["qr"]).status_code == 200

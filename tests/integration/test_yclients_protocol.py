@@ -17,17 +17,12 @@ from local import observe
 from local.owner import follow_redirect, link_whatsapp, open_page, press_connect, receive_until, scan
 from local.process import RunningStack
 from local.stack import DEFAULT_PARTNER_TOKEN
+from tests.helpers import script_marketplace
 
 pytestmark = pytest.mark.integration
 
 
 # The shared stack (tests/integration/conftest.py); salons 301-309.
-
-
-def _script(stack: RunningStack, operation: str, *answers: dict[str, Any]) -> None:
-    response = requests.post(stack.marketplace + "/_script", json={"operation": operation, "answers": list(answers)},
-                             timeout=5)
-    assert response.status_code == 200
 
 
 def _calls(stack: RunningStack, operation: str) -> list[dict[str, Any]]:
@@ -63,7 +58,7 @@ def _drain(stack: RunningStack) -> list[dict[str, Any]]:
 
 
 def test_permanent_refusal_shows_activation_failed_and_a_new_consent_retries(stack: RunningStack) -> None:
-    _script(stack, "activate", {"status": 400, "message": "Агрегатор не найден"})
+    script_marketplace(stack, "activate", {"status": 400, "message": "Агрегатор не найден"})
     seen = asyncio.run(link_whatsapp(stack.base_url, stack.marketplace, 301, {"activation_failed", "active"}))
     assert _states(seen)[-1] == "activation_failed"
     assert [c["status"] for c in _calls(stack, "activate") if c["body"]["salon_id"] == 301] == [400]
@@ -81,7 +76,7 @@ def test_permanent_refusal_shows_activation_failed_and_a_new_consent_retries(sta
 
 
 def test_transient_failures_are_retried_until_active(stack: RunningStack) -> None:
-    _script(stack, "activate",
+    script_marketplace(stack, "activate",
             {"status": 503, "html": "<html>Service Unavailable</html>"},
             {"status": 429},
             {"status": 200, "body": {"success": False, "data": None, "meta": {"message": "Ошибка"}}},
@@ -183,7 +178,8 @@ def test_partner_operations_against_the_marketplace(stack: RunningStack) -> None
 
 def test_redirect_confirms_the_salon_with_yclients_first(stack: RunningStack) -> None:
     redirect = press_connect(stack.marketplace, 306)
-    _script(stack, "app_status", *[{"status": 503, "html": "<html>down</html>"}] * 3)  # past the quick retries
+    # Past the quick retries.
+    script_marketplace(stack, "app_status", *[{"status": 503, "html": "<html>down</html>"}] * 3)
     down = requests.get(redirect, allow_redirects=False, timeout=10)
     assert down.status_code == 503 and "YClients не отвечает" in down.text and "Location" not in down.headers
     for status in ("freezed", "uninstalled"):
@@ -207,7 +203,7 @@ def test_a_new_consent_after_an_expired_activation_keeps_the_linked_device(stack
     linked device. YClients lets the consent lapse while the activation is refused: the salon
     ends in `expired_consent` with its WhatsApp still linked; the next consent activates that
     same device again, with no new pairing and no logout."""
-    _script(stack, "activate", {"status": 422, "message": "Истекло время на подключение"})
+    script_marketplace(stack, "activate", {"status": 422, "message": "Истекло время на подключение"})
     requests.post(f"{stack.marketplace}/_salon/307", json={"name": "Салон 307"}, timeout=5)
 
     async def expire() -> list[dict[str, Any]]:

@@ -16,7 +16,12 @@ from aiadmin.db import Store
 from aiadmin.models import Salon
 from aiadmin.push import Pusher
 from aiadmin.states import SalonState
+<<<<<<< HEAD
 from aiadmin.yclients import ActivationOutcome, ActivationResult, YClientsClient
+=======
+from aiadmin.db import Store
+from aiadmin.yclients import ActivationOutcome, ActivationResult, PartnerApiError, YClientsClient
+>>>>>>> i16-speed
 from tests.unit.fakes import FakeClock
 from wa_runner.engine import EngineEvent, EventKind
 from wa_runner.runner import Runner, RunnerLimits
@@ -110,6 +115,11 @@ class ScriptedYClients(YClientsClient):
         if self.answers:
             return self.answers.pop(0)
         return ActivationResult(ActivationOutcome.ACTIVATED, 201)
+
+    def app_status(self, salon_id: int) -> str | None:
+        # What the real client raises for a YClients it cannot reach (its base URL here is a closed
+        # port), without its quick retries' real pauses.
+        raise PartnerApiError("app status", None, "ConnectionError")
 
 
 def make_runner(store: Store, clock: FakeClock, engine: InMemoryEngine | None = None,

@@ -14,13 +14,20 @@ import pytest
 import requests
 from pyrate_limiter import Limiter, Rate
 
+from aiadmin import yclients
 from aiadmin.activation import ActivationEnd, ActivationPolicy, Activator, backoff_delay
 from aiadmin.db import Store
 from aiadmin.db.memberships import Fence
 from aiadmin.db.transitions import Transition
 from aiadmin.states import SalonState
+<<<<<<< HEAD
 from aiadmin.yclients import RATE_LIMIT_FILE_ENV, YClientsClient, process_limiter
+=======
+from aiadmin.db import Store
+from aiadmin.yclients import RATE_LIMIT_FILE_ENV, PartnerApiError, YClientsClient, process_limiter
+>>>>>>> i16-speed
 from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
+from local.stack import free_port
 from tests.helpers import fake_marketplace
 from tests.unit.runner_fakes import FakeClock
 
@@ -379,3 +386,16 @@ def test_the_fake_answers_429_above_5_requests_per_second_and_the_client_waits_i
     # Someone else used up the second: our client's call is refused once, then retried after a pause.
     assert client.app_status(SALON) == "pending"
     assert [c["status"] for c in fake.calls][-2:] == [429, 200]
+
+
+def test_an_unreachable_yclients_is_asked_again_after_short_pauses_then_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GET that never reaches YClients (here a closed port) changes nothing: it is tried three
+    times, 0.5 s then 1 s apart (the pauses recorded, not slept), then refused naming the error."""
+    pauses: list[float] = []
+    monkeypatch.setattr(yclients.time, "sleep", pauses.append)
+    closed = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+    client = YClientsClient(closed, TOKEN, 4242, limiter=Limiter(Rate(1000, 1000)), timeout=(1.0, 0.5))
+    with pytest.raises(PartnerApiError) as refused:
+        client.app_status(SALON)
+    assert refused.value.status is None and refused.value.message == "ConnectionError"
+    assert pauses == [0.5, 1.0]

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from local.stack import free_port
 from local.template import ROOT
+from tests.helpers import moto_server
 
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"  # moto's account
@@ -34,11 +33,8 @@ esac
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = free_port("127.0.0.1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,20 +15,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
 
 from local.dynamo_faults import CONTROL_PATH, DynamoFaults, FaultRequest
-from local.stack import free_port
+from tests.helpers import moto_server
 from tests.unit.fakes import FakeClock
 
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = free_port("127.0.0.1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from local.gateway import HandlerFailed, LambdaHost, StreamPoller
 from local.template import FunctionSpec, Template
 
 HANDLER = '''
-import os
+import socket
 import time
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
@@ -35,13 +35,15 @@ def probe():
 
 @app.get("/hold")
 def hold():
-    # Held until the test creates the release file (at most 20 s).
-    release = app.current_event.query_string_parameters["release"]
-    for _ in range(200):
-        if os.path.exists(release):
-            return {"held": True}
-        time.sleep(0.1)
-    return {"held": False}
+    # Tells the test (on its port) that it is being served, then is held until the test
+    # answers (at most 20 s).
+    port = int(app.current_event.query_string_parameters["port"])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as test:
+        test.sendall(b"serving")
+        try:
+            return {"held": test.recv(1) == b"!"}
+        except TimeoutError:
+            return {"held": False}
 
 
 @app.get("/crash")
@@ -93,19 +95,31 @@ def test_a_handler_that_raises_is_a_failed_invocation_and_the_next_one_is_served
     assert asyncio.run(run())["statusCode"] == 200
 
 
-def test_one_functions_busy_invocations_never_hold_another_functions(host: LambdaHost, tmp_path: Path) -> None:
+def test_one_functions_busy_invocations_never_hold_another_functions(host: LambdaHost) -> None:
     """Lambda scales each function on its own: redirects waiting on YClients' rate limit must
     not hold the page's socket connects (they did when all functions shared one pool)."""
-    release = tmp_path / "release"
 
     async def run() -> tuple[dict[str, object], bool, list[str]]:
-        held = [asyncio.ensure_future(host.invoke("Probe", _event("/hold", n, release=str(release))))
-                for n in range(4)]  # every Probe worker busy
-        await asyncio.sleep(0.5)
+        serving: list[asyncio.StreamWriter] = []
+        all_serving = asyncio.Event()
+
+        async def served(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            serving.append(writer)
+            if len(serving) == 4:
+                all_serving.set()
+
+        server = await asyncio.start_server(served, "127.0.0.1", 0)
+        port = str(server.sockets[0].getsockname()[1])
+        held = [asyncio.ensure_future(host.invoke("Probe", _event("/hold", n, port=port))) for n in range(4)]
+        await asyncio.wait_for(all_serving.wait(), 15)  # every Probe worker busy
         other = await asyncio.wait_for(host.invoke("Other", _event("/probe", 9)), 15)
         still_held = not any(task.done() for task in held)
-        release.touch()
-        return other, still_held, [r["body"] for r in await asyncio.gather(*held)]
+        for writer in serving:  # released
+            writer.write(b"!")
+            await writer.drain()
+        bodies = [r["body"] for r in await asyncio.gather(*held)]
+        server.close()
+        return other, still_held, bodies
 
     other, still_held, bodies = asyncio.run(run())
     assert other["body"] == '{"before":"9","after":"9"}'

@@ -9,14 +9,7 @@ from pathlib import Path
 import pytest
 
 from local.rate_priority import STALE_SECONDS, PriorityLimiter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakes import FakeClock
 
 
 class RecordingLimiter:
@@ -32,7 +25,7 @@ class RecordingLimiter:
         return True
 
 
-def _announce(waiting_dir: Path, clock: Clock, age: float = 0.0) -> Path:
+def _announce(waiting_dir: Path, clock: FakeClock, age: float = 0.0) -> Path:
     mark = waiting_dir / "other-process"
     mark.touch()
     os.utime(mark, (clock.now - age, clock.now - age))
@@ -48,7 +41,7 @@ def test_an_interactive_call_is_announced_while_it_waits_for_the_limit(tmp_path:
 
 
 def test_a_background_call_waits_until_no_interactive_call_is_waiting(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     mark = _announce(tmp_path, clock)
     polls: list[float] = []
 
@@ -64,7 +57,7 @@ def test_a_background_call_waits_until_no_interactive_call_is_waiting(tmp_path: 
 
 
 def test_a_background_call_gives_up_at_its_timeout_while_owners_keep_waiting(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     _announce(tmp_path, clock)
 
     def sleep(seconds: float) -> None:
@@ -78,7 +71,7 @@ def test_a_background_call_gives_up_at_its_timeout_while_owners_keep_waiting(tmp
 
 
 def test_a_crashed_waiters_stale_announcement_is_ignored_and_removed(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     _announce(tmp_path, clock, age=STALE_SECONDS + 1)
     limiter = RecordingLimiter(tmp_path)
     gate = PriorityLimiter(limiter, tmp_path, background=True, clock=clock, sleep=lambda _s: None)

@@ -24,6 +24,7 @@ from aiadmin.states import SalonState
 from aiadmin.tokens import TokenClaims, verify_token_claims
 from local.gateway import LambdaContext
 from local.template import ROOT
+from tests.unit.fakes import FakeClock
 
 REGION = "eu-central-1"
 SALON = 7
@@ -154,11 +155,12 @@ def test_a_relink_ends_every_other_token_and_gives_the_asking_page_a_new_one(
     assert [m["code"] for m in _pushed(other)] == ["token_revoked"] and closed == [other]
 
 
-def test_a_flood_is_answered_once_then_ignored(handler: ModuleType, store: Store, counted: list[str]) -> None:
+def test_a_flood_is_answered_once_then_ignored(handler: ModuleType, store: Store, counted: list[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     page = _page(store)
     counted.clear()  # the setup's own transitions
-    # Start at the beginning of a 10-second window, so the flood falls into one.
-    time.sleep(10 - time.time() % 10 + 0.01)
+    # The handler's clock at the beginning of the next 10-second window, so the flood falls into one.
+    monkeypatch.setattr(handler, "clock", FakeClock(time.time() // 10 * 10 + 10 + 0.01))
     statuses = [_send(handler, page, {"action": "sync"}) for _ in range(MESSAGES_PER_WINDOW + 3)]
     assert statuses == [200] * MESSAGES_PER_WINDOW + [429] * 3
     replies = _pushed(page)

@@ -1,8 +1,47 @@
 """The local stack routes by reading template.yaml: these are the routes it must find there."""
 
+from pathlib import Path
 from typing import Any
 
 from local.template import load_template
+
+
+def test_cloudformation_short_forms_read_as_their_long_forms(tmp_path: Path) -> None:
+    """template.yaml is read with PyYAML and CloudFormation's tags, as cfn-lint reads them."""
+    path = tmp_path / "template.yaml"
+    path.write_text("""
+Conditions:
+  IsProd: !Equals [!Ref Stage, prod]
+Resources:
+  Fn:
+    Type: AWS::Serverless::Function
+    Condition: IsProd
+    Properties:
+      Handler: app.lambda_handler
+      CodeUri: functions/x
+      Environment:
+        Variables:
+          TABLE: !Ref AppTable
+          ARN: !GetAtt AppTable.StreamArn
+          LISTED: !GetAtt [AppTable, Arn]
+          URL: !Sub "https://${Api}.example"
+          PAIR: !Sub ["${X}", {X: !Ref Stage}]
+          CHOSEN: !If [IsProd, a, b]
+          BY_NAME: !Transform {Name: AWS::Include, Parameters: {Location: s3://x}}
+          WHEN: !Condition IsProd
+""")
+    template = load_template(path)
+    assert template.resources["Fn"]["Condition"] == "IsProd"
+    assert template.functions["Fn"].environment == {
+        "TABLE": {"Ref": "AppTable"},
+        "ARN": {"Fn::GetAtt": ["AppTable", "StreamArn"]},
+        "LISTED": {"Fn::GetAtt": ["AppTable", "Arn"]},
+        "URL": {"Fn::Sub": "https://${Api}.example"},
+        "PAIR": {"Fn::Sub": ["${X}", {"X": {"Ref": "Stage"}}]},
+        "CHOSEN": {"Fn::If": ["IsProd", "a", "b"]},
+        "BY_NAME": {"Fn::Transform": {"Name": "AWS::Include", "Parameters": {"Location": "s3://x"}}},
+        "WHEN": {"Condition": "IsProd"},
+    }
 
 
 def test_http_and_websocket_routes_come_from_the_template() -> None:
