@@ -16,12 +16,7 @@ from aiadmin.db import Store
 from aiadmin.models import Salon
 from aiadmin.push import Pusher
 from aiadmin.states import SalonState
-<<<<<<< HEAD
-from aiadmin.yclients import ActivationOutcome, ActivationResult, YClientsClient
-=======
-from aiadmin.db import Store
 from aiadmin.yclients import ActivationOutcome, ActivationResult, PartnerApiError, YClientsClient
->>>>>>> i16-speed
 from tests.unit.fakes import FakeClock
 from wa_runner.engine import EngineEvent, EventKind
 from wa_runner.runner import Runner, RunnerLimits

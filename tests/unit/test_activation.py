@@ -20,12 +20,7 @@ from aiadmin.db import Store
 from aiadmin.db.memberships import Fence
 from aiadmin.db.transitions import Transition
 from aiadmin.states import SalonState
-<<<<<<< HEAD
-from aiadmin.yclients import RATE_LIMIT_FILE_ENV, YClientsClient, process_limiter
-=======
-from aiadmin.db import Store
 from aiadmin.yclients import RATE_LIMIT_FILE_ENV, PartnerApiError, YClientsClient, process_limiter
->>>>>>> i16-speed
 from local.fake_yclients import FakeSalon, FakeYClients, ScriptedAnswer
 from local.stack import free_port
 from tests.helpers import fake_marketplace
