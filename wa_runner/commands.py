@@ -9,18 +9,20 @@ from wa_runner.activations import ActivationWorker
 from wa_runner.book import SessionBook
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.linking import LinkingAttempts
+from wa_runner.outbox import OutboxSender
 from wa_runner.resumes import ResumePacer
 from wa_runner.sessions import OwnedSession, Phase
 
 
 class CommandApplier:
     def __init__(self, book: SessionBook, engine: WhatsAppEngine, linking: LinkingAttempts, resumes: ResumePacer,
-                 activations: ActivationWorker) -> None:
+                 activations: ActivationWorker, outbox: OutboxSender) -> None:
         self._book = book
         self._engine = engine
         self._linking = linking
         self._resumes = resumes
         self._activations = activations
+        self._outbox = outbox
 
     async def adopt(self, lease: SessionLease, now: float, salon: Salon | None = None) -> None:
         """A session just claimed or taken over: run what its command asks. `salon`: its record
@@ -48,6 +50,8 @@ class CommandApplier:
             except Exception:
                 owned.lease = previous
                 raise
+        # Every new outbound message nudges the session like a command: send what waits.
+        self._outbox.wake(lease.salon_id)
 
     async def apply(self, owned: OwnedSession, now: float) -> None:
         """Make the engine match what the session's command asks for."""

@@ -1,6 +1,6 @@
 """Messages through the salon's WhatsApp: what AI Admin sends us (`OutboundRequest`), what it
 reads back (`OutboundStatus`), and what it receives on the inbound queue (`InboundMessage`,
-`ReceiptEvent`: schema `aiadmin.inbound`, version 1, `schemas/inbound-v1.json`)."""
+`ReceiptEvent`, told apart by `type`; `schema_version` 1, `schemas/inbound-v1.json`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-INBOUND_SCHEMA = "aiadmin.inbound"
 INBOUND_SCHEMA_VERSION = 1
+MessageKind = Literal["text", "image", "video", "audio", "document", "sticker", "location", "contact", "reaction",
+                      "other"]
+MESSAGE_KINDS: frozenset[str] = frozenset(MessageKind.__args__)  # type: ignore[attr-defined]
 # WhatsApp takes 65,536 characters in one text; a salon's replies are far shorter. A bound we
 # state keeps a runaway caller from filling queues and phones.
 MAX_TEXT_CHARS = 4096
@@ -102,15 +104,13 @@ class InboundMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    schema_: Literal["aiadmin.inbound"] = Field(INBOUND_SCHEMA, alias="schema")
-    version: Literal[1] = INBOUND_SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     type: Literal["message"] = "message"
     salon_id: int
     chat: Chat
     wa_message_id: str
     at: float = Field(description="WhatsApp's timestamp, epoch seconds")
-    kind: Literal["text", "image", "video", "audio", "document", "sticker", "location", "contact", "reaction",
-                  "other"]
+    kind: MessageKind
     text: str = Field("", description="the text, or a media message's caption")
     push_name: str = ""
     quoted_id: str | None = None
@@ -122,8 +122,7 @@ class ReceiptEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    schema_: Literal["aiadmin.inbound"] = Field(INBOUND_SCHEMA, alias="schema")
-    version: Literal[1] = INBOUND_SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     type: Literal["receipt"] = "receipt"
     salon_id: int
     id: str = Field(description="the caller's id of the message")
