@@ -59,10 +59,12 @@ class CommandApplier:
         salon_id = lease.salon_id
         if lease.desired == "stop":
             await self._engine.stop(salon_id, logout=True)
+            await self._outbox.settle(salon_id)  # what waits can never be sent: failed, while still ours
             await self._book.retire(owned)
         elif lease.desired == "pause":
             await self._engine.stop(salon_id)
             owned.enter(Phase.PAUSED, now)
+            await self._outbox.quiesce(salon_id)  # what waits stays queued for the next owner
             await self._book.retire(owned)  # a later command makes it claimable again
         elif lease.desired == "run":
             if owned.phase == Phase.CONNECTED:
@@ -70,6 +72,7 @@ class CommandApplier:
             elif owned.phase not in (Phase.QUEUED, Phase.STARTING, Phase.RETRYING):
                 self._resumes.enqueue(owned, now)
         elif owned.started_generation != lease.generation:
+            await self._outbox.settle(salon_id)  # a new link may be another number: nothing old goes out
             await self._linking.start(owned, now)
 
     async def restart(self, owned: OwnedSession, now: float) -> None:

@@ -16,7 +16,7 @@ from aiadmin.observability import logger, metrics
 from aiadmin.states import CONNECTS_FROM, IllegalTransition, SalonState
 from wa_runner.activations import ActivationWorker
 from wa_runner.book import SessionBook
-from wa_runner.engine import EngineEvent, EventKind, WhatsAppEngine
+from wa_runner.engine import EngineEvent, WhatsAppEngine
 from wa_runner.inbound import InboundPublisher
 from wa_runner.linking import LinkingAttempts
 from wa_runner.mapping import FollowUp, react
@@ -89,9 +89,6 @@ class EventHandler:
         now = self._clock()
         if not self._holds(now):
             return  # the membership lapsed: every session is being stopped
-        if event.kind in (EventKind.MESSAGE, EventKind.RECEIPT):
-            await self._carry(event)
-            return
         reaction = react(event, linking_by_code=bool(owned.lease.pair_phone))
         if reaction.only_if_live and owned.phase not in LIVE_PHASES:
             return
@@ -138,6 +135,8 @@ class EventHandler:
             await self._linking.end(owned, now, event.detail or "no scan within 160 s")
         elif follow_up == FollowUp.STREAM_REPLACED:
             await self._stream_replaced(owned, now)
+        elif follow_up == FollowUp.CARRY:
+            await self._carry(event)
         elif follow_up == FollowUp.RECONNECT:
             delay = owned.schedule_retry(now)
             logger.warning("session disconnected, reconnecting",

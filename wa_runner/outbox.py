@@ -51,6 +51,22 @@ class OutboxSender:
         if salon_id not in self.drains:
             self.drains[salon_id] = asyncio.create_task(self._drain(salon_id))
 
+    async def settle(self, salon_id: int) -> None:
+        """The salon's command ended its linked number (uninstalled, linked again): everything
+        in its outbox fails as `salon_not_linked` (or `unknown`, if it was being sent), now,
+        while the session is still ours to write for."""
+        self.wake(salon_id)
+        await self.quiesce(salon_id)
+
+    async def quiesce(self, salon_id: int) -> None:
+        """Wait for the salon's drain under way, if any (after its engine session was stopped,
+        its sends fail and leave the messages queued)."""
+        task = self.drains.get(salon_id)
+        if task is not None:
+            if salon_id in self._wakeups:
+                self._wakeups[salon_id].set()  # not waiting on the pace any more
+            await asyncio.shield(task)
+
     def forget(self, salon_id: int) -> None:
         self._paces.pop(salon_id, None)
 
@@ -98,6 +114,8 @@ class OutboxSender:
             if unlinked:
                 await self._finish(entry, MessageStatus.FAILED, FailureReason.SALON_NOT_LINKED.value)
                 continue
+            if owned.phase != Phase.CONNECTED or self._book.get(salon_id) is not owned:
+                return None  # disconnected (or dropped) meanwhile: connecting again wakes the outbox
             now = self._clock()
             if entry.to not in conversation:
                 conversation[entry.to] = await asyncio.to_thread(
