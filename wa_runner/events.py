@@ -16,7 +16,7 @@ from aiadmin.observability import logger, metrics
 from aiadmin.states import CONNECTS_FROM, IllegalTransition, SalonState
 from wa_runner.activations import ActivationWorker
 from wa_runner.book import SessionBook
-from wa_runner.engine import EngineEvent, WhatsAppEngine
+from wa_runner.engine import EngineEvent, EventKind, WhatsAppEngine
 from wa_runner.inbound import InboundPublisher
 from wa_runner.linking import LinkingAttempts
 from wa_runner.mapping import FollowUp, react
@@ -84,7 +84,8 @@ class EventHandler:
 
     async def handle(self, event: EngineEvent) -> None:
         owned = self._book.get(event.salon_id)
-        if owned is None or event.generation != owned.started_generation:
+        carried = event.kind in (EventKind.MESSAGE, EventKind.RECEIPT)  # WhatsApp will not send it again
+        if owned is None or (event.generation != owned.started_generation and not carried):
             return  # not ours (any more), or left over from an earlier attempt
         now = self._clock()
         if not self._holds(now):

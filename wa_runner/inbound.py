@@ -64,14 +64,16 @@ class InboundPublisher:
         """Publish a chat message (first: the loss window ends when the queue has it), then note
         that the client wrote (their chat is a conversation for the pace)."""
         record = InboundMessage(
-            salon_id=salon_id, chat=Chat(phone="+" + message.chat_phone, jid=message.chat_jid),
+            salon_id=salon_id, chat=Chat(phone="+" + message.chat_phone if message.chat_phone else None,
+                                         jid=message.chat_jid),
             wa_message_id=message.wa_id, at=message.at, kind=_kind(message.kind),
             text=message.text, push_name=message.push_name, quoted_id=message.quoted_id, from_me=message.from_me)
-        await self._publish(f"{salon_id}-{message.chat_phone}", message.wa_id, record.model_dump_json())
+        await self._publish(f"{salon_id}-{message.chat_phone or message.chat_jid}", message.wa_id,
+                            record.model_dump_json())
         if received_at is not None:
             self.publish_seconds.append(max(0.0, time.monotonic() - received_at))
         metrics.add_metric(name="InboundMessage", unit="Count", value=1)
-        if not message.from_me:
+        if not message.from_me and message.chat_phone:
             await asyncio.to_thread(self._outbox.note_client_wrote, salon_id, message.chat_phone, message.at)
 
     async def receipt(self, salon_id: int, receipt: Receipt) -> None:

@@ -94,7 +94,8 @@ class OutboundStatus(BaseModel):
 
 
 class Chat(BaseModel):
-    phone: str  # E.164, "+79001112233"
+    phone: str | None = Field(None, description='E.164 ("+79001112233"); null for a chat WhatsApp names '
+                                                'only by a linked id (`@lid`)')
     jid: str
 
 
