@@ -36,7 +36,7 @@ LOCAL_PARTNER_TOKEN = "local-partner-token-not-a-secret"  # noqa: S105
 LOCAL_JWT_SECRET = "local-jwt-secret-not-a-secret-0123456789"  # noqa: S105
 # The local stack's key for the messages API (`Authorization: Bearer <key>`, checked by its
 # gateway); in AWS the API takes IAM (SigV4) only, and `MESSAGES_API_KEY` is refused there.
-LOCAL_MESSAGES_API_KEY = "local-messages-api-key-not-a-secret"  # noqa: S105
+LOCAL_MESSAGES_API_KEY = "local-messages-api-key-not-a-secret"
 _LOCAL_SECRET_MARKER = "not-a-secret"  # noqa: S105
 # Set by the Lambda runtime and by the ECS (Fargate) agent respectively.
 _AWS_RUNTIME_VARIABLES = ("AWS_LAMBDA_FUNCTION_NAME", "ECS_CONTAINER_METADATA_URI_V4")

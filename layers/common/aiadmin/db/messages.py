@@ -152,7 +152,7 @@ class Messages:
         reasons = exc.response.get("CancellationReasons") or []
         old = reasons[_SESSION].get("Item") if len(reasons) > _SESSION else None
         if old is not None:
-            session = from_dynamo(self._client_image(old))
+            session = from_dynamo(self._client_image(dict(old)))
         else:  # no item in the answer (none existed, or the service left it out): read it
             session = from_dynamo(self._table.get_item(Key=session_key(salon_id), ConsistentRead=True).get("Item"))
         if session and session.get("desired") == "run":
