@@ -209,3 +209,16 @@ def test_the_local_api_key_is_refused_in_aws() -> None:
     with pytest.raises(SettingsError, match="MESSAGES_API_KEY"):
         MessagesSettings.load({**local, "AWS_LAMBDA_FUNCTION_NAME": "MessagesFunction"})
     assert MessagesSettings.load({"TABLE_NAME": "t", "AWS_LAMBDA_FUNCTION_NAME": "f"}).messages_outbox_max == 500
+
+
+def test_importing_the_handler_leaves_settings_store_and_models_to_first_use() -> None:
+    """As tests/unit/test_cold_start.py checks the other handlers."""
+    from tests.unit.test_cold_start import HEAVY, _import
+
+    result = _import("messages", tracing=False)
+    assert result["xray"] is False and result["botocore_clients"] is False
+    assert result["clients"] and not any(result["clients"].values())  # type: ignore[union-attr]
+    modules, first_use = set(result["modules"]), set(result["first_use"])  # type: ignore[call-overload]
+    roots = {name if name.startswith("aiadmin.") else name.split(".")[0] for name in (*HEAVY, *first_use)}
+    assert not roots & modules, sorted(roots & modules)
+    assert "pydantic_settings" not in modules and result["built_models"] == []
