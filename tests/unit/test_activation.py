@@ -109,7 +109,7 @@ def test_201_activates_with_a_per_salon_key_webhook_url_and_channel(store: Store
     secrets = store.secrets.get(SALON)
     assert activation["api_key"] == secrets["api_key"] and len(secrets["api_key"]) >= 40
     assert activation["webhook_urls"] == [f"{BASE}/webhook/yclients/{SALON}/{secrets['webhook_secret']}"]
-    assert activation["channels"] == ["whatsapp"]
+    assert activation["channels"] is None  # no channel declared unless YCLIENTS_CHANNELS names one
     assert [e["to_state"] for e in store.events.of(SALON)][-2:] == ["activating", "active"]
 
 
@@ -379,3 +379,9 @@ def test_the_fake_answers_429_above_5_requests_per_second_and_the_client_waits_i
     # Someone else used up the second: our client's call is refused once, then retried after a pause.
     assert client.app_status(SALON) == "pending"
     assert [c["status"] for c in fake.calls][-2:] == [429, 200]
+
+
+def test_the_channels_named_are_declared(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+    _connected_salon(store)
+    assert _activate(store, client, channels=("whatsapp",)) == ActivationEnd.ACTIVE
+    assert [a["channels"] for a in fake.activations] == [["whatsapp"]]
