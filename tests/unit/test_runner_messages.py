@@ -15,8 +15,9 @@ import pytest
 
 from aiadmin.db import Store
 from aiadmin.db.dynamo import salon_pk
-from aiadmin.db.message_keys import message_sk, queue_sk
+from aiadmin.db.message_keys import message_sk
 from aiadmin.db.sessions import session_key
+from aiadmin.messages import OutboundRequest
 from tests.unit.runner_fakes import FakeClock, claim_all, engine_of, handle, linked_sessions, make_runner
 from wa_runner.engine import ChatMessage, EventKind, Receipt
 from wa_runner.inbound import SqsQueue
@@ -28,15 +29,8 @@ CLIENT = "79001112233"
 
 
 def _enqueue(store: Store, caller_id: str, to: str, text: str, at: float) -> None:
-    """What the messages API writes for one message (the message, its outbox entry, the count)."""
-    table = store.table
-    table.put_item(Item={"pk": salon_pk(SALON), "sk": message_sk(caller_id), "id": caller_id, "salon_id": SALON,
-                         "to": "+" + to, "text": text, "status": "queued", "created_at": int(at),
-                         "updated_at": int(at)})
-    table.put_item(Item={"pk": salon_pk(SALON), "sk": queue_sk(at, caller_id), "caller_id": caller_id, "to": to,
-                         "text": text})
-    table.update_item(Key=session_key(SALON), UpdateExpression="ADD queued :one", ExpressionAttributeValues={
-        ":one": 1})
+    """What the messages API does for one message (the message, its outbox entry, the nudge)."""
+    store.messages.enqueue(SALON, OutboundRequest(id=caller_id, to="+" + to, text=text), now=at)
 
 
 def _status(store: Store, caller_id: str) -> dict[str, Any]:

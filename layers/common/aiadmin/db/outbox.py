@@ -49,9 +49,9 @@ class Outbox:
             KeyConditionExpression=Key("pk").eq(salon_pk(salon_id)) & Key("sk").begins_with("Q#"),
             ConsistentRead=True, Limit=limit)
         entries = [from_dynamo(item) for item in response["Items"]]
-        statuses = self._statuses(salon_id, [str(entry["caller_id"]) for entry in entries])
-        return [QueuedMessage(salon_id, str(entry["sk"]), str(entry["caller_id"]), str(entry["to"]),
-                              str(entry["text"]), statuses.get(str(entry["caller_id"]), MessageStatus.QUEUED))
+        statuses = self._statuses(salon_id, [str(entry["id"]) for entry in entries])
+        return [QueuedMessage(salon_id, str(entry["sk"]), str(entry["id"]), str(entry["to"]),
+                              str(entry["text"]), statuses.get(str(entry["id"]), MessageStatus.QUEUED))
                 for entry in entries]
 
     def _statuses(self, salon_id: int, caller_ids: list[str]) -> dict[str, MessageStatus]:
