@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -27,6 +27,7 @@ from wa_runner.engine import ChatMessage, Receipt
 # SQS's MessageGroupId and MessageDeduplicationId: up to 128 of these characters.
 _SQS_ID = re.compile(r"[^A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]")
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+EARLY_RECEIPTS = 10_000
 
 
 class MessageQueue(Protocol):
@@ -59,6 +60,11 @@ class InboundPublisher:
         self._outbox = outbox
         self._clock = clock
         self.publish_seconds: deque[float] = deque(maxlen=1000)
+        # Receipts for WhatsApp ids we do not know (yet): WhatsApp may confirm delivery before the
+        # outbox has recorded the send (a fast phone). Kept a while, bounded; the rest (messages
+        # the salon's own phone sent) just age out.
+        self._early: OrderedDict[tuple[int, str], list[Receipt]] = OrderedDict()
+        self._recorded: OrderedDict[tuple[int, str], None] = OrderedDict()  # sends recorded lately
 
     async def message(self, salon_id: int, message: ChatMessage, received_at: float | None = None) -> None:
         """Publish a chat message (first: the loss window ends when the queue has it), then note
@@ -82,12 +88,25 @@ class InboundPublisher:
         status = MessageStatus(receipt.status)
         for wa_id in receipt.wa_ids:
             caller_id = await asyncio.to_thread(self._outbox.receipt, salon_id, wa_id, status, self._clock())
+            if caller_id is None and (salon_id, wa_id) in self._recorded:  # recorded while we looked
+                caller_id = await asyncio.to_thread(self._outbox.receipt, salon_id, wa_id, status, self._clock())
             if caller_id is None:
+                self._early.setdefault((salon_id, wa_id), []).append(receipt)
+                while len(self._early) > EARLY_RECEIPTS:
+                    self._early.popitem(last=False)
                 continue
             event = ReceiptEvent(salon_id=salon_id, id=caller_id, wa_message_id=wa_id,
                                  status="read" if status == MessageStatus.READ else "delivered", at=receipt.at)
             await self._publish(f"{salon_id}-{receipt.chat_phone}", f"{wa_id}-{status.value}",
                                 event.model_dump_json())
+
+    async def sent(self, salon_id: int, wa_id: str) -> None:
+        """The outbox recorded a send: the receipts that came before it apply now."""
+        self._recorded[(salon_id, wa_id)] = None
+        while len(self._recorded) > EARLY_RECEIPTS:
+            self._recorded.popitem(last=False)
+        for receipt in self._early.pop((salon_id, wa_id), []):
+            await self.receipt(salon_id, Receipt((wa_id,), receipt.chat_phone, receipt.status, receipt.at))
 
     async def _publish(self, group: str, dedup: str, body: str) -> None:
         """Until the queue has it: a message has nowhere else to go (the salon's later events wait

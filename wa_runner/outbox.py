@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiadmin.db.memberships import Fence
 from aiadmin.db.outbox import CONVERSATION_SECONDS, Outbox, QueuedMessage
@@ -31,13 +31,15 @@ _UNLINKED = ("stop", "link")
 
 class OutboxSender:
     def __init__(self, outbox: Outbox, engine: WhatsAppEngine, book: SessionBook, fence: Callable[[], Fence],
-                 clock: Callable[[], float] = time.time, policy: PacePolicy | None = None) -> None:
+                 clock: Callable[[], float] = time.time, policy: PacePolicy | None = None,
+                 on_sent: Callable[[int, str], Awaitable[None]] | None = None) -> None:
         self._outbox = outbox
         self._engine = engine
         self._book = book
         self._fence = fence
         self._clock = clock
         self._policy = policy or PacePolicy()
+        self._on_sent = on_sent  # receipts that came before the send was recorded
         self._paces: dict[int, SalonPace] = {}
         self._again: set[int] = set()
         self._wakeups: dict[int, asyncio.Event] = {}
@@ -154,6 +156,8 @@ class OutboxSender:
         metrics.add_metric(name="MessageSent", unit="Count", value=1)
         await asyncio.to_thread(self._outbox.finish, entry, self._fence(), self._clock(), MessageStatus.SENT,
                                 None, sent.wa_id)
+        if self._on_sent is not None:
+            await self._on_sent(entry.salon_id, sent.wa_id)
         return True
 
     async def _finish(self, entry: QueuedMessage, status: MessageStatus, reason: str | None = None) -> None:

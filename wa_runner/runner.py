@@ -106,8 +106,9 @@ class Runner:
         self.resumes = ResumePacer(self.book, self.restarts, holds, limits)
         self.linking = LinkingAttempts(self.book, engine, self.restarts, self.writer, store, limits)
         outbox = Outbox(store.table, sessions)
-        self.outbox = OutboxSender(outbox, engine, self.book, fence, clock, pace)
         self.inbound = InboundPublisher(inbound_queue, outbox, clock) if inbound_queue is not None else None
+        self.outbox = OutboxSender(outbox, engine, self.book, fence, clock, pace,
+                                   on_sent=self.inbound.sent if self.inbound is not None else None)
         self.commands = CommandApplier(self.book, engine, self.linking, self.resumes, self.activations, self.outbox)
         times = self.membership.times
         self.events = EventHandler(engine, self.book, self.resumes, self.linking, self.writer, sessions,

@@ -101,7 +101,7 @@ def test_the_outbox_is_sent_in_order_and_each_message_recorded_sent(store: Store
         assert [(to, text) for _s, to, text, _id in engine_of(runner).sent] == [(CLIENT, f"text {n}") for n in range(3)]
         for n in range(3):
             record = _status(store, f"m{n}")
-            assert record["status"] == "sent" and record["wa_id"] == engine_of(runner).sent[n][3]
+            assert record["status"] == "sent" and record["wa_message_id"] == engine_of(runner).sent[n][3]
         assert store.table.get_item(Key=session_key(SALON))["Item"]["queued"] == 0
         assert not store.table.query(KeyConditionExpression="pk = :p AND begins_with(sk, :q)",
                                      ExpressionAttributeValues={":p": salon_pk(SALON), ":q": "Q#"})["Items"]

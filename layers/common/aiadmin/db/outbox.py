@@ -89,7 +89,7 @@ class Outbox:
         if reason is not None:
             fields["reason"] = reason
         if wa_id is not None:
-            fields["wa_id"] = wa_id
+            fields["wa_message_id"] = wa_id
         items: list[dict[str, Any]] = [
             self._status_update(entry, status, now, "attribute_exists(pk)", {}, fields),
             {"Delete": {"TableName": self._table.name, "Key": {"pk": salon_pk(entry.salon_id), "sk": entry.queue_sk}}},
