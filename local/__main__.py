@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--dynamodb-faults", action="store_true",
                         help="handlers and runners reach DynamoDB through a proxy that can slow or throttle "
                              "every call on demand (POST /_local/dynamodb/faults)")
+    parser.add_argument("--no-auto-reply", dest="auto_reply", action="store_false",
+                        help="no stand-in for AI Admin: clients' messages stay in the inbound queue unanswered")
     args = parser.parse_args()
     try:
         check_host(args.host, args.allow_remote)
@@ -35,7 +37,7 @@ def main() -> None:
     asyncio.run(run_stack(StackOptions(host=args.host, port=args.port, runners=args.runners,
                                        time_scale=args.time_scale, data_dir=args.data_dir,
                                        restart_runners=args.restart_runners, allow_remote=args.allow_remote,
-                                       dynamodb_faults=args.dynamodb_faults)))
+                                       dynamodb_faults=args.dynamodb_faults, auto_reply=args.auto_reply)))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,17 @@ What WhatsApp does after a scan or a code is scriptable per scan (`"outcome"`: `
 the link, `passkey`: WhatsApp asks the new device for a passkey), and a linked session can
 be ended later with `POST /_local/whatsapp/session-event` (`logged_out`,
 `stream_replaced`, `temp_ban`, `client_outdated`).
+
+Chats (once a device is linked): a client's phone writes to the salon
+(`POST /_local/whatsapp/client-message`), the salon's own phone writes to a client
+(`salon-phone-message`: the linked device sees it as `from_me`), the device sends
+(`{"type": "send", "ref", "to", "text"}` -> `send-ack` with WhatsApp's id, or `send-error`),
+and the client's phone answers with receipts (`delivered` while it is online, `read` on
+`client-read`). Everything the server sends a device (messages, receipts) is a stanza the
+device acks (`{"type": "ack", "id": <stanza>}`); unacked stanzas stay on the server and are
+sent again, in order, when the device connects: offline messages, as WhatsApp keeps them.
+Which numbers are on WhatsApp: `on_whatsapp` (every number of 7-15 international digits, except
+those ending in 0000, unless `client-register` says otherwise; a number that wrote is on it).
 """
 
 from __future__ import annotations
@@ -34,6 +45,10 @@ CODE_TIMEOUTS = (60.0, 20.0, 20.0, 20.0, 20.0, 20.0)
 # whatsmeow's linking-code alphabet (Crockford-like base32 without 0, I, O, U).
 PAIRING_CODE_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"
 SCAN_OUTCOMES = ("success", "max_devices", "passkey")
+MESSAGE_KINDS = ("text", "image", "video", "audio", "document", "sticker", "location", "contact", "reaction", "other")
+MAX_TEXT_CHARS = 65536          # WhatsApp's own bound on one text
+NOT_ON_WHATSAPP_SUFFIX = "0000"  # numbers ending so have no WhatsApp account (unless registered)
+USER_SERVER = "s.whatsapp.net"
 TEMP_BAN_SECONDS = 3600.0
 
 # Session events the simulated servers can send to a linked device, and what a later
@@ -85,6 +100,48 @@ class Device:
     # Streams this device opened (the pairing one included): a resume without a scan adds one.
     connections: int = 1
     resumes: int = 0  # connections with the stored device id (no scan)
+    # Stanzas (messages, receipts) for the device not acked yet, in order; the first `sent` of
+    # them went out on the current socket.
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    sent: int = 0
+    flushing: bool = False
+
+    @property
+    def phone(self) -> str:
+        """The salon's number (the JID's user part)."""
+        return self.jid.partition("@")[0].partition(":")[0].partition(".")[0]
+
+    @property
+    def live(self) -> bool:
+        return self.socket is not None and not self.socket.closed
+
+
+@dataclass
+class InboxEntry:
+    """A message the salon's number sent to a client's phone, as that phone shows it."""
+
+    wa_id: str
+    session: str
+    salon_phone: str
+    text: str
+    at: float
+    status: str = "sent"  # sent (on the server) -> delivered (on the phone) -> read
+    from_me_phone: bool = False  # written on the salon's own phone, not sent by its linked device
+
+    def view(self) -> dict[str, Any]:
+        salon: int | str = int(self.session) if self.session.isdigit() else self.session
+        return {"id": self.wa_id, "salon_id": salon, "from": self.salon_phone, "text": self.text,
+                "at": self.at, "status": self.status, "sent_by": "phone" if self.from_me_phone else "device"}
+
+
+@dataclass
+class ClientPhone:
+    """A client's phone: online or not, what it received."""
+
+    phone: str
+    online: bool = True
+    push_name: str = ""
+    inbox: list[InboxEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +155,10 @@ class FakeWhatsApp:
     pairing_attempts: dict[str, int] = field(default_factory=dict)  # per session
     code_phones: dict[str, list[str]] = field(default_factory=dict)  # numbers codes were issued for, per session
     streams_replaced: int = 0  # a device connected twice: two clients had the same keys
+    phones: dict[str, ClientPhone] = field(default_factory=dict)
+    # Numbers whose WhatsApp account is set explicitly (`client-register`), or that wrote.
+    registered: dict[str, bool] = field(default_factory=dict)
+    stanzas: int = 0
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -110,6 +171,12 @@ class FakeWhatsApp:
             web.post("/_local/whatsapp/unlink", self.unlink),
             web.get("/_local/whatsapp/devices", self.device_list),
             web.post("/_local/whatsapp/garble", self.garble),
+            web.post("/_local/whatsapp/client-message", self.client_message),
+            web.post("/_local/whatsapp/salon-phone-message", self.salon_phone_message),
+            web.post("/_local/whatsapp/client-register", self.client_register),
+            web.post("/_local/whatsapp/client-offline", self.client_offline),
+            web.post("/_local/whatsapp/client-read", self.client_read),
+            web.get("/_local/whatsapp/client-inbox", self.client_inbox),
         ]
 
     # ---- the client's connection -------------------------------------------------------
@@ -131,7 +198,12 @@ class FakeWhatsApp:
         async for message in ws:
             if message.type == WSMsgType.ERROR:
                 break
-            if message.type == WSMsgType.TEXT and attempt is not None:
+            if message.type != WSMsgType.TEXT:
+                continue
+            device = self._device_on(ws)
+            if device is not None:
+                await self._device_request(ws, device, message.data)
+            elif attempt is not None:
                 await self._client_request(ws, attempt, message.data)
         for device in self.devices.values():
             if device.socket is ws:
@@ -157,7 +229,9 @@ class FakeWhatsApp:
             await device.socket.close()
         device.resumes += 1
         device.socket = ws
+        device.sent = 0  # nothing acked went out on this socket yet: all again, in order
         await ws.send_json({"type": "connected", "jid": device.jid})
+        await self._flush(device)
 
     async def _start_pairing(self, ws: web.WebSocketResponse, hello: dict[str, Any]) -> PairingAttempt:
         keys = (str(hello.get("noise", "")), str(hello.get("identity", "")), str(hello.get("adv", "")))
@@ -355,6 +429,212 @@ class FakeWhatsApp:
                 return web.json_response({"status": "sent"})
         return _error(404, "no connected device for this session")
 
+    # ---- chats: stanzas to a linked device -----------------------------------------------
+
+    def _device_on(self, ws: web.WebSocketResponse) -> Device | None:
+        return next((d for d in self.devices.values() if d.socket is ws), None)
+
+    def _device_of(self, session: str) -> Device | None:
+        return next((d for d in self.devices.values() if d.session == session), None)
+
+    def _stanza(self, device: Device, frame: dict[str, Any]) -> dict[str, Any]:
+        """Keep a stanza for the device until it acks it; the caller flushes."""
+        self.stanzas += 1
+        stanza = {**frame, "stanza": self.stanzas}
+        device.pending.append(stanza)
+        return stanza
+
+    async def _flush(self, device: Device) -> None:
+        """Send the device's stanzas not yet sent on its socket, in order (one flusher at a time:
+        stanzas added meanwhile go out behind the earlier ones)."""
+        if device.flushing:
+            return
+        device.flushing = True
+        try:
+            while device.live and device.sent < len(device.pending):
+                socket = device.socket
+                assert socket is not None
+                frame = device.pending[device.sent]
+                device.sent += 1
+                try:
+                    await socket.send_json(frame)
+                except (ConnectionError, RuntimeError):
+                    break  # the socket went away: the device gets it again on reconnect
+        finally:
+            device.flushing = False
+
+    async def _device_request(self, ws: web.WebSocketResponse, device: Device, data: str) -> None:
+        """A linked device's frames: `ack` of a stanza, `send` of a text."""
+        try:
+            request = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(request, dict):
+            return
+        if request.get("type") == "ack":
+            for index, stanza in enumerate(device.pending):
+                if stanza["stanza"] == request.get("id"):
+                    del device.pending[index]
+                    if index < device.sent:
+                        device.sent -= 1
+                    break
+        elif request.get("type") == "send":
+            await self._device_send(ws, device, request)
+
+    async def _device_send(self, ws: web.WebSocketResponse, device: Device, request: dict[str, Any]) -> None:
+        ref, to, text = request.get("ref"), request.get("to"), request.get("text")
+        if not isinstance(to, str) or not isinstance(text, str) or not text or len(text) > MAX_TEXT_CHARS:
+            await ws.send_json({"type": "send-error", "ref": ref, "error": "bad_request"})
+            return
+        if not self.on_whatsapp(to):
+            await ws.send_json({"type": "send-error", "ref": ref, "error": "not_on_whatsapp"})
+            return
+        entry = InboxEntry(_message_id(), device.session, device.phone, text, time.time())
+        phone = self._phone(to)
+        phone.inbox.append(entry)
+        await ws.send_json({"type": "send-ack", "ref": ref, "id": entry.wa_id, "at": entry.at})
+        if phone.online:
+            await self._receipt([entry], phone, "delivered")
+
+    async def _receipt(self, entries: list[InboxEntry], phone: ClientPhone, status: str) -> None:
+        """The client's phone reports `entries` delivered or read: one receipt per salon."""
+        at = time.time()
+        touched: list[Device] = []
+        for session in dict.fromkeys(e.session for e in entries):
+            ids = [e.wa_id for e in entries if e.session == session]
+            for entry in entries:
+                if entry.session == session:
+                    entry.status = status
+            device = self._device_of(session)
+            if device is not None:
+                self._stanza(device, {"type": "receipt", "ids": ids, "chat": f"{phone.phone}@{USER_SERVER}",
+                                      "status": status, "at": at})
+                touched.append(device)
+        for device in touched:
+            await self._flush(device)
+
+    def _phone(self, number: str) -> ClientPhone:
+        return self.phones.setdefault(number, ClientPhone(number))
+
+    def on_whatsapp(self, number: str) -> bool:
+        """Whether a number has a WhatsApp account: as `client-register` set it (a number that
+        wrote is registered); otherwise every valid number (7 to 15 international digits, no
+        leading 0) except those ending in 0000."""
+        if number in self.registered:
+            return self.registered[number]
+        return _valid_phone(number) and not number.endswith(NOT_ON_WHATSAPP_SUFFIX)
+
+    # ---- chats: the simulated phones -------------------------------------------------------
+
+    async def client_message(self, request: web.Request) -> web.Response:
+        """A client writes to the salon: `{"salon_id": 4101, "from": "79001112233", "text": "...",
+        "push_name": "Анна", "quoted_id": "<wa id>", "kind": "text"}` (all but the first three
+        optional; for a media kind `text` is its caption and may be empty)."""
+        body = await _json_body(request)
+        number, text, kind = body.get("from"), body.get("text", ""), body.get("kind", "text")
+        push_name, quoted_id = body.get("push_name", ""), body.get("quoted_id")
+        problem = _chat_problem(body, number, text)
+        if problem is None and kind not in MESSAGE_KINDS:
+            problem = f"kind must be one of {', '.join(MESSAGE_KINDS)}"
+        elif problem is None and kind == "text" and not str(text).strip():
+            problem = "a text message needs a text"
+        elif problem is None and (not isinstance(push_name, str) or not isinstance(quoted_id, str | None)):
+            problem = "push_name and quoted_id must be strings"
+        if problem is not None:
+            return _error(400, problem)
+        assert isinstance(number, str) and isinstance(text, str) and isinstance(push_name, str)
+        device = self._device_of(str(body["salon_id"]))
+        if device is None:
+            return _error(404, f"salon {body['salon_id']} has no linked WhatsApp device")
+        self.registered[number] = True
+        phone = self._phone(number)
+        phone.push_name = push_name or phone.push_name
+        frame = {"type": "message", "id": _message_id(), "chat": f"{number}@{USER_SERVER}", "from_me": False,
+                 "push_name": phone.push_name, "text": text, "kind": kind, "quoted_id": quoted_id, "at": time.time()}
+        stanza = self._stanza(device, frame)
+        await self._flush(device)
+        return web.json_response({"status": "delivered" if device.live else "queued", "id": frame["id"],
+                                  "at": frame["at"], "stanza": stanza["stanza"]})
+
+    async def salon_phone_message(self, request: web.Request) -> web.Response:
+        """The salon's own phone writes to a client: `{"salon_id": 4101, "to": "79001112233",
+        "text": "..."}`; the linked device sees it as `from_me`, the client's phone receives it."""
+        body = await _json_body(request)
+        number, text = body.get("to"), body.get("text")
+        problem = _chat_problem(body, number, text, field="to")
+        if problem is None and not str(text).strip():
+            problem = "a text message needs a text"
+        if problem is not None:
+            return _error(400, problem)
+        assert isinstance(number, str) and isinstance(text, str)
+        device = self._device_of(str(body["salon_id"]))
+        if device is None:
+            return _error(404, f"salon {body['salon_id']} has no linked WhatsApp device")
+        if not self.on_whatsapp(number):
+            return _error(422, f"{number} is not on WhatsApp")
+        entry = InboxEntry(_message_id(), device.session, device.phone, text, time.time(), from_me_phone=True)
+        phone = self._phone(number)
+        phone.inbox.append(entry)
+        frame = {"type": "message", "id": entry.wa_id, "chat": f"{number}@{USER_SERVER}", "from_me": True,
+                 "push_name": "", "text": text, "kind": "text", "quoted_id": None, "at": entry.at}
+        self._stanza(device, frame)
+        await self._flush(device)
+        if phone.online:
+            await self._receipt([entry], phone, "delivered")
+        return web.json_response({"status": "delivered" if device.live else "queued", "id": entry.wa_id,
+                                  "at": entry.at})
+
+    async def client_register(self, request: web.Request) -> web.Response:
+        """Script whether a number has WhatsApp: `{"phone": "79001110000", "on_whatsapp": true}`
+        (`null` returns it to the default rule)."""
+        body = await _json_body(request)
+        number, value = body.get("phone"), body.get("on_whatsapp", True)
+        if not isinstance(number, str) or not _valid_phone(number) or not isinstance(value, bool | None):
+            return _error(400, 'expected JSON {"phone": "<7 to 15 digits>", "on_whatsapp": true|false|null}')
+        if value is None:
+            self.registered.pop(number, None)
+        else:
+            self.registered[number] = value
+        return web.json_response({"phone": number, "on_whatsapp": self.on_whatsapp(number)})
+
+    async def client_offline(self, request: web.Request) -> web.Response:
+        """`{"phone": "79001112233", "offline": true}`: messages to it wait on the server (sent, not
+        delivered); `false`: it comes back, receives them and reports them delivered."""
+        body = await _json_body(request)
+        number, offline = body.get("phone"), body.get("offline", True)
+        if not isinstance(number, str) or not _valid_phone(number) or not isinstance(offline, bool):
+            return _error(400, 'expected JSON {"phone": "<7 to 15 digits>", "offline": true|false}')
+        phone = self._phone(number)
+        phone.online = not offline
+        delivered = [e for e in phone.inbox if e.status == "sent"] if phone.online else []
+        if delivered:
+            await self._receipt(delivered, phone, "delivered")
+        return web.json_response({"phone": number, "online": phone.online, "delivered": len(delivered)})
+
+    async def client_read(self, request: web.Request) -> web.Response:
+        """`{"phone": "79001112233"}`: the client opens the chats: every unread message is read."""
+        body = await _json_body(request)
+        number = body.get("phone")
+        if not isinstance(number, str) or not _valid_phone(number):
+            return _error(400, 'expected JSON {"phone": "<7 to 15 digits>"}')
+        phone = self._phone(number)
+        if not phone.online:
+            return _error(409, "the phone is offline: it cannot read")
+        unread = [e for e in phone.inbox if e.status != "read"]
+        if unread:
+            await self._receipt(unread, phone, "read")
+        return web.json_response({"phone": number, "read": len(unread)})
+
+    async def client_inbox(self, request: web.Request) -> web.Response:
+        """`GET ?phone=79001112233`: what the client's phone received, in order."""
+        number = request.query.get("phone", "")
+        if not _valid_phone(number):
+            return _error(400, "expected ?phone=<7 to 15 digits>")
+        phone = self.phones.get(number) or ClientPhone(number)
+        return web.json_response({"phone": number, "online": phone.online, "on_whatsapp": self.on_whatsapp(number),
+                                  "messages": [e.view() for e in phone.inbox]})
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; an empty one for anything else (the caller answers 400)."""
     try:
@@ -380,3 +660,24 @@ async def _phone_request(request: web.Request, field: str,
 
 def _error(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _valid_phone(number: object) -> bool:
+    return isinstance(number, str) and number.isdigit() and 7 <= len(number) <= 15 and not number.startswith("0")
+
+
+def _chat_problem(body: dict[str, Any], number: object, text: object, field: str = "from") -> str | None:
+    """What is wrong with a chat message request (None: nothing)."""
+    salon_id = body.get("salon_id")
+    if isinstance(salon_id, bool) or not isinstance(salon_id, int | str) or not str(salon_id).strip():
+        return f'expected JSON {{"salon_id": 4101, "{field}": "79001112233", "text": "..."}}'
+    if not _valid_phone(number):
+        return f"{field} must be a number of 7 to 15 international digits"
+    if not isinstance(text, str) or len(text) > MAX_TEXT_CHARS:
+        return f"text must be a string of at most {MAX_TEXT_CHARS} characters"
+    return None
+
+
+def _message_id() -> str:
+    """A WhatsApp-like message id (as WhatsApp Web makes them)."""
+    return "3EB0" + secrets.token_hex(8).upper()

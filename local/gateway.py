@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import json
 import multiprocessing
 import os
@@ -118,14 +119,42 @@ def _route_pattern(path: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}$")
 
 
+def iam_routes(template: Template) -> set[tuple[str, str]]:
+    """The HTTP routes (method, path) that take IAM auth in AWS (`Auth: Authorizer: AWS_IAM` on the
+    event, or the API's `DefaultAuthorizer` when the event names none), read from the template."""
+    defaults = {name: str((res.get("Properties", {}).get("Auth") or {}).get("DefaultAuthorizer", "NONE"))
+                for name, res in template.resources.items() if res.get("Type") == "AWS::Serverless::HttpApi"}
+    found: set[tuple[str, str]] = set()
+    for res in template.resources.values():
+        if res.get("Type") != "AWS::Serverless::Function":
+            continue
+        for event in (res["Properties"].get("Events") or {}).values():
+            if event.get("Type") != "HttpApi":
+                continue
+            props = event["Properties"]
+            api = props.get("ApiId")
+            default = defaults.get(str(api.get("Ref")) if isinstance(api, dict) else "", "NONE")
+            authorizer = (props.get("Auth") or {}).get("Authorizer", default)
+            if authorizer == "AWS_IAM":
+                found.add((str(props["Method"]).upper(), str(props["Path"])))
+    return found
+
+
 def _now_fields() -> dict[str, Any]:
     now = datetime.now(UTC)
     return {"requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"), "requestTimeEpoch": int(now.timestamp() * 1000)}
 
 
 class Gateway:
-    def __init__(self, template: Template, host: LambdaHost, ws_path: str = "/ws") -> None:
+    """`api_key`: what the routes that take IAM auth in AWS (`iam_routes`) accept locally, as
+    `Authorization: Bearer <key>`; without one they refuse every request. The key is checked
+    here, as API Gateway checks the signature, so the handlers hold no auth code."""
+
+    def __init__(self, template: Template, host: LambdaHost, ws_path: str = "/ws",
+                 api_key: str | None = None) -> None:
         self._host = host
+        self._iam_routes = iam_routes(template)
+        self._api_key = api_key
         self._ws_path = ws_path
         self._ws_routes = template.ws_routes
         self._ws_selection = template.ws_route_selection
@@ -148,7 +177,12 @@ class Gateway:
         for route, pattern in self._http:
             match = pattern.match(request.path)
             if match and route.method in (request.method, "ANY"):
-                event = await self._http_event(request, route, match.groupdict())
+                iam = (route.method, route.path) in self._iam_routes
+                if iam and not self._authorized(request):
+                    # API Gateway answers an unsigned request itself; locally: a missing or wrong key.
+                    return web.json_response({"message": "Unauthorized"}, status=401,
+                                             headers={"WWW-Authenticate": "Bearer"})
+                event = await self._http_event(request, route, match.groupdict(), iam)
                 try:
                     result = await self._host.invoke(route.function, event)
                 except Exception as exc:  # a crashed Lambda is a 500 from API Gateway, logged here
@@ -157,7 +191,14 @@ class Gateway:
                 return self._http_response(result)
         return web.json_response({"message": "Not Found"}, status=404)
 
-    async def _http_event(self, request: web.Request, route: HttpRoute, params: dict[str, str]) -> dict[str, Any]:
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if self._api_key is None or scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode(), self._api_key.encode())
+
+    async def _http_event(self, request: web.Request, route: HttpRoute, params: dict[str, str],
+                          iam: bool = False) -> dict[str, Any]:
         body = await request.read()
         try:
             text: str | None = body.decode("utf-8")
@@ -166,6 +207,8 @@ class Gateway:
         headers: dict[str, str] = {}
         for key, value in request.headers.items():
             key = key.lower()
+            if iam and key == "authorization":
+                continue  # the local key stays in the gateway, as a SigV4 signature is of no use to the handler
             headers[key] = f"{headers[key]},{value}" if key in headers else value
         query: dict[str, str] = {}
         for key, value in parse_qsl(request.query_string, keep_blank_values=True):
@@ -187,6 +230,11 @@ class Gateway:
             },
             "isBase64Encoded": text is None,
         }
+        if iam:  # as API Gateway describes the signing IAM principal (locally: the key's holder)
+            event["requestContext"]["authorizer"] = {"iam": {
+                "accessKey": "LOCAL", "accountId": "000000000000", "callerId": "local-ai-admin",
+                "principalOrgId": None, "userArn": "arn:aws:iam::000000000000:user/local-ai-admin",
+                "userId": "local-ai-admin"}}
         if request.cookies:
             event["cookies"] = [f"{k}={v}" for k, v in request.cookies.items()]
         if query:

@@ -30,6 +30,7 @@ class RunningStack:
     output: list[str] = field(default_factory=list)
     dynamodb_url: str = ""
     runners: dict[str, int] = field(default_factory=dict)  # runner id -> pid
+    inbound_queue_url: str = ""  # the SQS FIFO queue of clients' messages (in moto_url)
 
     def table(self) -> Any:
         """The stack's application table (in its moto server), for tests and benchmarks."""
@@ -41,6 +42,12 @@ class RunningStack:
     def moto_url(self) -> str:
         """The moto server (DynamoDB, its streams, SQS) behind the stack."""
         return self.dynamodb_url
+
+    def sqs(self) -> Any:
+        """An SQS client of the stack's moto server (the inbound queue)."""
+        return boto3.client("sqs", endpoint_url=self.dynamodb_url, region_name=REGION,
+                            aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106
+                            aws_session_token="testing")  # noqa: S106
 
     @property
     def ws_url(self) -> str:
@@ -77,7 +84,7 @@ class RunningStack:
 @contextmanager
 def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, str] | None = None,
                 data_dir: Path | None = None, restart_runners: bool = False,
-                dynamodb_faults: bool = False) -> Iterator[RunningStack]:
+                dynamodb_faults: bool = False, auto_reply: bool = True) -> Iterator[RunningStack]:
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "local", "--port", "0", "--time-scale", str(time_scale),
                "--runners", str(runners)]
@@ -87,12 +94,15 @@ def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, 
         command.append("--restart-runners")
     if dynamodb_faults:
         command.append("--dynamodb-faults")
+    if not auto_reply:
+        command.append("--no-auto-reply")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
     output: list[str] = []
     ready = threading.Event()
     base: list[str] = []
     dynamodb: list[str] = []
+    inbound: list[str] = []
     runner_pids: dict[str, int] = {}
 
     def pump() -> None:
@@ -104,6 +114,8 @@ def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, 
                 runner_pids[words[1]] = int(words[2])
             elif line.startswith("LOCAL_STACK_DYNAMODB "):
                 dynamodb.append(words[1])
+            elif line.startswith("LOCAL_STACK_INBOUND_QUEUE "):
+                inbound.append(words[1])
             elif line.startswith("LOCAL_STACK_READY "):
                 base.append(words[1])
                 ready.set()
@@ -114,7 +126,7 @@ def local_stack(time_scale: float = 1.0, runners: int = 1, extra_env: dict[str, 
         if process.poll() is not None or time.time() > deadline:
             process.kill()
             raise RuntimeError("local stack did not start:\n" + "".join(output))
-    stack = RunningStack(base[0], process, output, dynamodb[0], runner_pids)
+    stack = RunningStack(base[0], process, output, dynamodb[0], runner_pids, inbound[0] if inbound else "")
     try:
         yield stack
     finally:

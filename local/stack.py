@@ -1,6 +1,7 @@
-"""Starts the whole local stack: moto (DynamoDB and its streams), the gateway with the
+"""Starts the whole local stack: moto (DynamoDB and its streams, SQS), the gateway with the
 handlers, the simulated WhatsApp servers, the fake YClients marketplace (unless
-`YCLIENTS_BASE_URL` names another one) and the runner as a separate Python process."""
+`YCLIENTS_BASE_URL` names another one), the runner as a separate Python process, and (unless
+`--no-auto-reply`) a stand-in for AI Admin that answers clients' messages (`local.ai_admin`)."""
 
 from __future__ import annotations
 
@@ -23,15 +24,17 @@ import boto3
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
-from aiadmin.config import LOCAL_JWT_SECRET, LOCAL_PARTNER_TOKEN
+from aiadmin.config import LOCAL_JWT_SECRET, LOCAL_MESSAGES_API_KEY, LOCAL_PARTNER_TOKEN
 from aiadmin.observability import logger
 from aiadmin.yclients import RATE_LIMIT_FILE_ENV
 from local import moto_transactions
+from local.ai_admin import AiAdminStandIn
 from local.dynamo_faults import CONTROL_PATH, DynamoFaults
 from local.fake_whatsapp import FakeWhatsApp
 from local.fake_yclients import FakeYClients
 from local.gateway import Gateway, LambdaHost, StreamPoller
-from local.template import ROOT, create_queues, create_tables, load_template, resolve_environment
+from local.queues import INBOUND_QUEUE, create_all_queues, local_queue_url
+from local.template import ROOT, create_tables, load_template, resolve_environment
 
 # Built-in test credentials: good for this machine only, never for a real marketplace
 # (aiadmin.config refuses them in Lambda and on ECS).
@@ -76,6 +79,14 @@ class StackOptions:
     dynamodb_faults: bool = False
     # Listen on a non-loopback `host` (see `check_host`).
     allow_remote: bool = False
+    # A stand-in for AI Admin answers every client's text message (local.ai_admin).
+    auto_reply: bool = True
+
+
+def messages_api_key() -> str:
+    """The key the local gateway takes for the messages API (`Authorization: Bearer <key>`; in AWS
+    the API takes IAM auth): `MESSAGES_API_KEY`, or the built-in local value."""
+    return os.environ.get("MESSAGES_API_KEY") or LOCAL_MESSAGES_API_KEY
 
 
 def serialise_dynamodb() -> None:
@@ -150,12 +161,14 @@ def rate_limit_file(data_dir: Path) -> Path:
 
 
 def runner_environment(moto_url: str, base: str, data_dir: Path, time_scale: float,
-                       dynamodb_url: str | None = None) -> dict[str, str]:
+                       dynamodb_url: str | None = None, inbound_queue_url: str | None = None) -> dict[str, str]:
     """The environment of the stack's runner processes (the benchmark starts its own runners
-    against a running stack with it too)."""
+    against a running stack with it too). `inbound_queue_url`: the stack's inbound queue (by
+    default where moto serves it)."""
     environment = {
         **os.environ, **stack_settings(moto_url, base, dynamodb_url),
         "TABLE_NAME": APP_TABLE,
+        "INBOUND_QUEUE_URL": inbound_queue_url or local_queue_url(moto_url, INBOUND_QUEUE),
         "WA_ENGINE": "simulated", "WA_SIM_SERVER_URL": base, "WA_TIME_SCALE": str(time_scale),
         "SESSIONS_DIR": str(data_dir / "sessions"),
         RATE_LIMIT_FILE_ENV: str(rate_limit_file(data_dir)),
@@ -189,13 +202,15 @@ async def run_stack(options: StackOptions) -> None:
     moto_url = f"http://{options.host}:{moto_port}"
     os.environ.update(_aws_environment(moto_url))
     table_names = create_tables(boto3.client("dynamodb"), template)
-    resource_names = {**table_names, **create_queues(boto3.client("sqs"), template)}
+    resource_names = {**table_names, **create_all_queues(boto3.client("sqs"), template)}
+    inbound_queue_url = resource_names[INBOUND_QUEUE]
     faults = DynamoFaults(moto_url) if options.dynamodb_faults else None
     dynamodb_url = faults.start(options.host) if faults else None
     os.environ.update(_aws_environment(moto_url, dynamodb_url))  # tables are made: the service goes via the proxy
 
     host = LambdaHost(template)
-    gateway = Gateway(template, host)
+    api_key = messages_api_key()
+    gateway = Gateway(template, host, api_key=api_key)
     whatsapp = FakeWhatsApp(time_scale=options.time_scale)
     external_marketplace = os.environ.get("YCLIENTS_BASE_URL")
     partner_token = os.environ.get("YCLIENTS_PARTNER_TOKEN", DEFAULT_PARTNER_TOKEN)
@@ -231,7 +246,8 @@ async def run_stack(options: StackOptions) -> None:
     marketplace.callback_url = f"{base}/callback/yclients"
 
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="aiadmin-local-"))
-    overrides = {**stack_settings(moto_url, base, dynamodb_url), RATE_LIMIT_FILE_ENV: str(rate_limit_file(data_dir))}
+    overrides = {**stack_settings(moto_url, base, dynamodb_url), RATE_LIMIT_FILE_ENV: str(rate_limit_file(data_dir)),
+                 "INBOUND_QUEUE_URL": inbound_queue_url}
     function_env: dict[str, str] = {}
     for spec in template.functions.values():
         function_env.update(resolve_environment({**template.globals_env, **spec.environment}, overrides,
@@ -240,7 +256,7 @@ async def run_stack(options: StackOptions) -> None:
     host.start()
     logger.setLevel(overrides["POWERTOOLS_LOG_LEVEL"])  # created at import, before the overrides
 
-    runner_env = runner_environment(moto_url, base, data_dir, options.time_scale, dynamodb_url)
+    runner_env = runner_environment(moto_url, base, data_dir, options.time_scale, dynamodb_url, inbound_queue_url)
     runners = {f"local-runner-{index + 1}": start_runner(f"local-runner-{index + 1}", runner_env)
                for index in range(options.runners)}
     stop = asyncio.Event()
@@ -248,7 +264,10 @@ async def run_stack(options: StackOptions) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     poller = asyncio.create_task(StreamPoller(template, host).run(stop))
+    ai_admin = (asyncio.create_task(AiAdminStandIn(boto3.client("sqs"), inbound_queue_url, base, api_key).run(stop))
+                if options.auto_reply else None)
 
+    stand_in = "answers every client's text message (--no-auto-reply: off)" if ai_admin else "off"
     faults_line = (f"  DynamoDB faults:        POST {base}{CONTROL_PATH} {{\"delay_seconds\": 2, \"for_seconds\": 20}}"
                    f" (handlers and runners call DynamoDB through {dynamodb_url})\n" if faults else "")
     print(
@@ -260,9 +279,21 @@ async def run_stack(options: StackOptions) -> None:
         f"  Simulated phone:        POST {base}/_local/whatsapp/scan {{\"qr\": \"<decoded QR>\"}}\n"
         f"  DynamoDB (moto):        {moto_url}\n"
         f"{faults_line}"
+        f"  Messages API (AI Admin): Authorization: Bearer {api_key} (in AWS: IAM, SigV4)\n"
+        f"    curl -X POST {base}/salons/<salon id>/messages -H 'Authorization: Bearer {api_key}' \\\n"
+        "      -H 'Content-Type: application/json' -d '{\"id\": \"hello-1\", \"to\": \"+79001112233\", "
+        "\"text\": \"Здравствуйте!\"}'\n"
+        f"    curl {base}/salons/<salon id>/messages/hello-1 -H 'Authorization: Bearer {api_key}'\n"
+        f"  Inbound queue (FIFO):   {inbound_queue_url}\n"
+        f"  AI Admin stand-in:      {stand_in}\n"
+        f"  A client writes to a linked salon, then reads what it received:\n"
+        f"    curl -X POST {base}/_local/whatsapp/client-message -d '{{\"salon_id\": <salon id>, "
+        "\"from\": \"79001112233\", \"text\": \"Можно записаться?\"}'\n"
+        f"    curl '{base}/_local/whatsapp/client-inbox?phone=79001112233'\n"
         f"  Marketplace in use:     {overrides['YCLIENTS_BASE_URL']}\n"
         "Press Ctrl-C to stop.\n"
         f"LOCAL_STACK_DYNAMODB {moto_url}\n"
+        f"LOCAL_STACK_INBOUND_QUEUE {inbound_queue_url}\n"
         f"LOCAL_STACK_READY {base}",
         flush=True,
     )
@@ -296,6 +327,8 @@ async def run_stack(options: StackOptions) -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
         poller.cancel()
+        if ai_admin is not None:
+            ai_admin.cancel()
         await site_runner.cleanup()
         host.shutdown()
         if faults:

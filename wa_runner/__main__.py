@@ -40,14 +40,18 @@ from aiadmin.db import Store
 from aiadmin.db.memberships import Memberships
 from aiadmin.observability import logger
 from aiadmin.push import Pusher
+from aiadmin.settings import RunnerMessagesSettings
 from aiadmin.yclients import YClientsClient
 from wa_runner.engine import WhatsAppEngine
+from wa_runner.inbound import SqsQueue
 from wa_runner.keys import KeyStore, PostgresKeys, SqliteKeyFiles
+from wa_runner.pace import PacePolicy
 from wa_runner.runner import IO_THREADS, RELEASE_THREADS, Runner, RunnerLimits
 
 
-class RunnerSettings(ComponentSettings):
-    """What the runner reads (never the onboarding-token secret: it issues and checks no token)."""
+class RunnerSettings(RunnerMessagesSettings):
+    """What the runner reads (never the onboarding-token secret: it issues and checks no token);
+    its messages' settings (inbound queue, pace) with them."""
 
     table_name: TableName
     yclients_base_url: YClientsBaseUrl
@@ -137,6 +141,11 @@ async def main() -> None:
         limits=RunnerLimits(max_pairings=settings.runner_max_pairings,
                             resume_concurrency=settings.runner_resume_concurrency,
                             abandon_seconds=settings.runner_abandon_seconds),
+        inbound_queue=SqsQueue(boto3.client("sqs"), settings.inbound_queue_url),
+        pace=PacePolicy(reply_per_second=settings.messages_reply_per_second,
+                        reply_burst=settings.messages_reply_burst,
+                        first_contact_per_minute=settings.messages_first_contact_per_minute,
+                        per_minute=settings.messages_per_minute),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

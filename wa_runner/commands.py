@@ -9,18 +9,20 @@ from wa_runner.activations import ActivationWorker
 from wa_runner.book import SessionBook
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.linking import LinkingAttempts
+from wa_runner.outbox import OutboxSender
 from wa_runner.resumes import ResumePacer
 from wa_runner.sessions import OwnedSession, Phase
 
 
 class CommandApplier:
     def __init__(self, book: SessionBook, engine: WhatsAppEngine, linking: LinkingAttempts, resumes: ResumePacer,
-                 activations: ActivationWorker) -> None:
+                 activations: ActivationWorker, outbox: OutboxSender) -> None:
         self._book = book
         self._engine = engine
         self._linking = linking
         self._resumes = resumes
         self._activations = activations
+        self._outbox = outbox
 
     async def adopt(self, lease: SessionLease, now: float, salon: Salon | None = None) -> None:
         """A session just claimed or taken over: run what its command asks. `salon`: its record
@@ -48,6 +50,8 @@ class CommandApplier:
             except Exception:
                 owned.lease = previous
                 raise
+        # Every new outbound message nudges the session like a command: send what waits.
+        self._outbox.wake(lease.salon_id)
 
     async def apply(self, owned: OwnedSession, now: float) -> None:
         """Make the engine match what the session's command asks for."""
@@ -55,10 +59,12 @@ class CommandApplier:
         salon_id = lease.salon_id
         if lease.desired == "stop":
             await self._engine.stop(salon_id, logout=True)
+            await self._outbox.settle(salon_id)  # what waits can never be sent: failed, while still ours
             await self._book.retire(owned)
         elif lease.desired == "pause":
             await self._engine.stop(salon_id)
             owned.enter(Phase.PAUSED, now)
+            await self._outbox.quiesce(salon_id)  # what waits stays queued for the next owner
             await self._book.retire(owned)  # a later command makes it claimable again
         elif lease.desired == "run":
             if owned.phase == Phase.CONNECTED:
@@ -66,6 +72,7 @@ class CommandApplier:
             elif owned.phase not in (Phase.QUEUED, Phase.STARTING, Phase.RETRYING):
                 self._resumes.enqueue(owned, now)
         elif owned.started_generation != lease.generation:
+            await self._outbox.settle(salon_id)  # a new link may be another number: nothing old goes out
             await self._linking.start(owned, now)
 
     async def restart(self, owned: OwnedSession, now: float) -> None:

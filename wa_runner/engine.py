@@ -27,6 +27,54 @@ class EventKind(StrEnum):
     BANNED = "banned"
     CLIENT_OUTDATED = "client_outdated"
     DISCONNECTED = "disconnected"      # transport lost; the engine may reconnect
+    MESSAGE = "message"                # a chat message to or from the salon's number (`message`)
+    RECEIPT = "receipt"                # a message we sent was delivered or read (`receipt`)
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """A one-to-one chat message the salon's linked device received (a client wrote) or sent
+    from the salon's own phone (`from_me`). Engines report no group, status broadcast,
+    newsletter or history-sync message."""
+
+    wa_id: str               # WhatsApp's message id
+    chat_phone: str          # the client's number, international digits ("79001112233")
+    chat_jid: str            # the chat's JID ("79001112233@s.whatsapp.net")
+    at: float                # WhatsApp's timestamp, epoch seconds
+    kind: str                # "text", "image", "video", "audio", "document", "sticker", "location",
+                             # "contact", "reaction", "other"
+    text: str = ""           # the text, or a media message's caption
+    push_name: str = ""      # the client's WhatsApp display name
+    quoted_id: str | None = None  # the WhatsApp id of the message it replies to
+    from_me: bool = False    # written on the salon's own phone, not by the client
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """WhatsApp says messages we sent reached the client's phone (`delivered`) or were seen
+    (`read`)."""
+
+    wa_ids: tuple[str, ...]
+    chat_phone: str
+    status: str              # "delivered" or "read"
+    at: float
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A message WhatsApp's server took: its id (receipts name it) and when."""
+
+    wa_id: str
+    at: float
+
+
+class SendFailed(Exception):
+    """A send that did not happen; `reason` is the message's failure reason (`not_on_whatsapp`,
+    `salon_not_linked`, `send_error`). Nothing reached WhatsApp: it is safe to say `failed`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -37,6 +85,8 @@ class EngineEvent:
     code: str | None = None
     expires_at: float | None = None
     detail: str = ""
+    message: ChatMessage | None = None  # MESSAGE
+    receipt: Receipt | None = None      # RECEIPT
 
 
 class WhatsAppEngine(Protocol):
@@ -58,6 +108,11 @@ class WhatsAppEngine(Protocol):
 
     def running(self) -> set[int]:
         """Salons whose session task is alive."""
+
+    async def send_text(self, salon_id: int, to_phone: str, text: str) -> Sent:
+        """Send `text` to `to_phone` (international digits) from the salon's connected session.
+        Raises SendFailed when nothing was sent (not connected, the number is not on WhatsApp);
+        any other exception leaves it unknown whether WhatsApp took it."""
 
     async def close(self) -> None:
         """Stop every session (keys are kept)."""

@@ -16,9 +16,11 @@ from aiadmin.observability import logger, metrics
 from aiadmin.states import CONNECTS_FROM, IllegalTransition, SalonState
 from wa_runner.activations import ActivationWorker
 from wa_runner.book import SessionBook
-from wa_runner.engine import EngineEvent, WhatsAppEngine
+from wa_runner.engine import EngineEvent, EventKind, WhatsAppEngine
+from wa_runner.inbound import InboundPublisher
 from wa_runner.linking import LinkingAttempts
 from wa_runner.mapping import FollowUp, react
+from wa_runner.outbox import OutboxSender
 from wa_runner.resumes import ResumePacer
 from wa_runner.salons import SalonWriter
 from wa_runner.sessions import LIVE_PHASES, OwnedSession
@@ -28,6 +30,7 @@ class EventHandler:
     def __init__(self, engine: WhatsAppEngine, book: SessionBook, resumes: ResumePacer, linking: LinkingAttempts,
                  writer: SalonWriter, sessions: Sessions, activations: ActivationWorker,
                  fence: Callable[[], Fence], holds: Callable[[float], bool], stale_owner_seconds: float,
+                 outbox: OutboxSender, inbound: InboundPublisher | None,
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._book = book
@@ -40,6 +43,8 @@ class EventHandler:
         self._holds = holds
         # How long another runner that still connects with a salon's keys may take to stop itself.
         self._stale_owner_seconds = stale_owner_seconds
+        self._outbox = outbox
+        self._inbound = inbound
         self._clock = clock
         self._inboxes: dict[int, deque[EngineEvent]] = {}
         self.workers: dict[int, asyncio.Task[None]] = {}
@@ -79,7 +84,8 @@ class EventHandler:
 
     async def handle(self, event: EngineEvent) -> None:
         owned = self._book.get(event.salon_id)
-        if owned is None or event.generation != owned.started_generation:
+        carried = event.kind in (EventKind.MESSAGE, EventKind.RECEIPT)  # WhatsApp will not send it again
+        if owned is None or (event.generation != owned.started_generation and not carried):
             return  # not ours (any more), or left over from an earlier attempt
         now = self._clock()
         if not self._holds(now):
@@ -102,6 +108,16 @@ class EventHandler:
                                           reaction.expected, attempt=event.generation if reaction.of_attempt else None)
         await self._follow_up(reaction.follow_up, owned, event, now)
 
+    async def _carry(self, event: EngineEvent) -> None:
+        """A chat message or a receipt: to AI Admin's queue (nothing about the salon's state)."""
+        if self._inbound is None:
+            metrics.add_metric(name="InboundDropped", unit="Count", value=1)
+            logger.warning("no inbound queue: message not delivered", extra={"salon_id": event.salon_id})
+        elif event.message is not None:
+            await self._inbound.message(event.salon_id, event.message)
+        elif event.receipt is not None:
+            await self._inbound.receipt(event.salon_id, event.receipt)
+
     async def _follow_up(self, follow_up: FollowUp, owned: OwnedSession, event: EngineEvent, now: float) -> None:
         salon_id = owned.salon_id
         if follow_up == FollowUp.MARK_LINKED:
@@ -113,12 +129,15 @@ class EventHandler:
             if salon is not None and salon.state in CONNECTS_FROM:
                 salon = await self._writer.transition(salon_id, SalonState.WHATSAPP_CONNECTED, "session connected")
             await self._activations.consider(owned, salon)  # one read of the salon for both (a mass resume)
+            self._outbox.wake(salon_id)  # messages that waited for the session
         elif follow_up == FollowUp.RETIRE:
             await self._book.retire(owned)
         elif follow_up == FollowUp.END_LINKING:
             await self._linking.end(owned, now, event.detail or "no scan within 160 s")
         elif follow_up == FollowUp.STREAM_REPLACED:
             await self._stream_replaced(owned, now)
+        elif follow_up == FollowUp.CARRY:
+            await self._carry(event)
         elif follow_up == FollowUp.RECONNECT:
             delay = owned.schedule_retry(now)
             logger.warning("session disconnected, reconnecting",

@@ -36,6 +36,7 @@ from typing import Any
 from aiadmin.activation import ActivationPolicy, Activator
 from aiadmin.db import Store
 from aiadmin.db.memberships import Fence, Memberships
+from aiadmin.db.outbox import Outbox
 from aiadmin.models import SessionLease
 from aiadmin.observability import logger, metrics
 from aiadmin.push import RUNNER_ACTOR, Pusher
@@ -47,10 +48,13 @@ from wa_runner.commands import CommandApplier
 from wa_runner.engine import WhatsAppEngine
 from wa_runner.events import EventHandler
 from wa_runner.health import Health
+from wa_runner.inbound import InboundPublisher, MessageQueue
 from wa_runner.intake import CommandIntake
 from wa_runner.limits import RunnerLimits
 from wa_runner.linking import LinkingAttempts
 from wa_runner.membership import Membership, MembershipKeeper
+from wa_runner.outbox import OutboxSender
+from wa_runner.pace import PacePolicy
 from wa_runner.restarts import Restarts
 from wa_runner.resumes import ResumePacer
 from wa_runner.salons import SalonWriter
@@ -75,7 +79,8 @@ class Runner:
                  lease_seconds: float = 20, limits: RunnerLimits | None = None,
                  activation_policy: ActivationPolicy | None = None, command_poll_seconds: float = 0.5,
                  reconcile_seconds: float = 300.0, activation_workers: int = ACTIVATION_WORKERS,
-                 membership_store: Memberships | None = None, clock: Callable[[], float] = time.time) -> None:
+                 membership_store: Memberships | None = None, clock: Callable[[], float] = time.time,
+                 inbound_queue: MessageQueue | None = None, pace: PacePolicy | None = None) -> None:
         self.runner_id = runner_id
         self._clock = clock
         self._store = store
@@ -100,11 +105,15 @@ class Runner:
         self.restarts = Restarts(self.book, engine, holds)
         self.resumes = ResumePacer(self.book, self.restarts, holds, limits)
         self.linking = LinkingAttempts(self.book, engine, self.restarts, self.writer, store, limits)
-        self.commands = CommandApplier(self.book, engine, self.linking, self.resumes, self.activations)
+        outbox = Outbox(store.table, sessions)
+        self.inbound = InboundPublisher(inbound_queue, outbox, clock) if inbound_queue is not None else None
+        self.outbox = OutboxSender(outbox, engine, self.book, fence, clock, pace,
+                                   on_sent=self.inbound.sent if self.inbound is not None else None)
+        self.commands = CommandApplier(self.book, engine, self.linking, self.resumes, self.activations, self.outbox)
         times = self.membership.times
         self.events = EventHandler(engine, self.book, self.resumes, self.linking, self.writer, sessions,
                                    self.activations, fence, holds, stale_owner_seconds=times.margin + times.grace + 1,
-                                   clock=clock)
+                                   outbox=self.outbox, inbound=self.inbound, clock=clock)
         self.claimer = Claimer(sessions, store.members, self.commands, self.linking, self.resumes,
                                store.salons.get_many, fence, holds, times.grace)
         self.intake = CommandIntake(sessions, self.book, self.commands, fence, holds)

@@ -10,6 +10,13 @@ the attempt can also ask for a pairing code for a phone number (`pair-phone`), v
 the rest of the attempt. WhatsApp may instead refuse the link (`pair-error`) or ask for a
 passkey (`passkey-request`).
 
+Chats, once `connected`: the server sends `message` and `receipt` stanzas (reported as MESSAGE /
+RECEIPT) and the engine acks each once it is on the runner's queue (as whatsmeow acks after its
+handlers ran: until then the server keeps it and sends it again on the next connection);
+`send_text` sends `{"type": "send", "ref", "to", "text"}` and waits for `send-ack` (WhatsApp's
+id and time) or `send-error` (`not_on_whatsapp`). One socket per session, read by one task:
+messages and receipts keep the server's order.
+
 Keys: one SQLite file per salon in the sessions directory, the same layout as neonize's
 (`wa_runner.keys`), written atomically at pair success and removed on logout.
 """
@@ -23,17 +30,21 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from aiadmin.observability import logger
-from wa_runner.engine import EngineEvent, EventKind
+from wa_runner.engine import ChatMessage, EngineEvent, EventKind, Receipt, SendFailed, Sent
 from wa_runner.keys import SqliteKeyFiles
 
 QR_PREFIX = "https://wa.me/settings/linked_devices#"
 CLIENT_TYPE = "1"
+SEND_TIMEOUT_SECONDS = 30.0
+MESSAGE_KINDS = frozenset({"text", "image", "video", "audio", "document", "sticker", "location", "contact",
+                           "reaction", "other"})
 
 _SERVER_EVENTS = {
     "logged-out": EventKind.LOGGED_OUT,
@@ -56,6 +67,8 @@ class _Attempt:
     ws: aiohttp.ClientWebSocketResponse | None = None
     deadline: float | None = None        # end of the attempt, once `pair-device` has arrived
     pending_phone: str | None = None     # a pairing code asked for before the attempt was up
+    connected: bool = False              # the linked session is up: it may send
+    sends: dict[str, asyncio.Future[Sent]] = field(default_factory=dict)  # by `ref`, awaiting the answer
 
 
 class SimulatedEngine:
@@ -65,6 +78,7 @@ class SimulatedEngine:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._attempts: dict[int, _Attempt] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._refs = 0
         self.events: asyncio.Queue[EngineEvent] = asyncio.Queue()
 
     def has_credentials(self, salon_id: int) -> bool:
@@ -106,6 +120,25 @@ class SimulatedEngine:
                                           json={"device_id": device[0]})
             self._keys.remove(salon_id)
 
+    async def send_text(self, salon_id: int, to_phone: str, text: str) -> Sent:
+        attempt = self._attempts.get(salon_id)
+        ws = attempt.ws if attempt is not None else None
+        if attempt is None or ws is None or ws.closed or not attempt.connected:
+            raise SendFailed("salon_not_linked", "the salon's session is not connected")
+        self._refs += 1
+        ref = str(self._refs)
+        answer: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
+        attempt.sends[ref] = answer
+        try:
+            try:
+                await ws.send_json({"type": "send", "ref": ref, "to": to_phone, "text": text})
+            except (ConnectionError, RuntimeError) as exc:  # the frame never left: nothing was sent
+                raise SendFailed("salon_not_linked", type(exc).__name__) from exc
+            # A lost connection from here on leaves it unknown whether WhatsApp took it.
+            return await asyncio.wait_for(answer, SEND_TIMEOUT_SECONDS)
+        finally:
+            attempt.sends.pop(ref, None)
+
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(salon_id) for salon_id in list(self._tasks)))  # all at once
         if self._http is not None:
@@ -126,7 +159,7 @@ class SimulatedEngine:
         attempt = self._attempts[salon_id]
         device = self._keys.read_row(salon_id, "sim_device_id")
         keys = {"noise": _key(), "identity": _key(), "adv": _key()}
-        hello: dict[str, object] = {"type": "hello", "session": str(salon_id)}
+        hello: dict[str, Any] = {"type": "hello", "session": str(salon_id)}
         if device:
             hello["device_id"] = device[0]
         else:
@@ -167,7 +200,17 @@ class SimulatedEngine:
                         })
                         emit(EventKind.PAIR_SUCCESS, detail=data["jid"])
                     elif kind == "connected":
+                        attempt.connected = True
                         emit(EventKind.CONNECTED)
+                    elif kind in ("message", "receipt"):
+                        if kind == "message":
+                            emit(EventKind.MESSAGE, message=chat_message(data))
+                        else:
+                            emit(EventKind.RECEIPT, receipt=receipt(data))
+                        # On the runner's queue now: WhatsApp may forget it.
+                        await ws.send_json({"type": "ack", "id": data["stanza"]})
+                    elif kind in ("send-ack", "send-error"):
+                        _answer(attempt.sends.get(str(data.get("ref"))), data)
                     elif kind in _SERVER_EVENTS:
                         if kind == "logged-out":
                             self._keys.remove(salon_id)
@@ -181,6 +224,10 @@ class SimulatedEngine:
             emit(EventKind.DISCONNECTED, detail=type(exc).__name__)
         finally:
             attempt.ws = None
+            attempt.connected = False
+            for answer in attempt.sends.values():
+                if not answer.done():
+                    answer.set_exception(ConnectionError("the connection ended before WhatsApp answered"))
             if schedule:
                 schedule.cancel()
 
@@ -191,3 +238,34 @@ class SimulatedEngine:
             emit(EventKind.QR, code=code, expires_at=time.time() + timeout)
             await asyncio.sleep(timeout)
         emit(EventKind.QR_TIMEOUT)
+
+
+def chat_message(frame: dict[str, Any]) -> ChatMessage:
+    """A `message` stanza of the simulated server."""
+    chat = str(frame["chat"])
+    kind = str(frame.get("kind") or "text")
+    quoted = frame.get("quoted_id")
+    return ChatMessage(wa_id=str(frame["id"]), chat_phone=chat.partition("@")[0], chat_jid=chat,
+                       at=float(frame["at"]), kind=kind if kind in MESSAGE_KINDS else "other",
+                       text=str(frame.get("text") or ""), push_name=str(frame.get("push_name") or ""),
+                       quoted_id=str(quoted) if quoted else None, from_me=bool(frame.get("from_me")))
+
+
+def receipt(frame: dict[str, Any]) -> Receipt:
+    """A `receipt` stanza of the simulated server."""
+    ids = frame["ids"]
+    if not isinstance(ids, list) or frame.get("status") not in ("delivered", "read"):
+        raise ValueError("malformed receipt")
+    return Receipt(wa_ids=tuple(str(i) for i in ids), chat_phone=str(frame["chat"]).partition("@")[0],
+                   status=str(frame["status"]), at=float(frame["at"]))
+
+
+def _answer(answer: asyncio.Future[Sent] | None, frame: dict[str, Any]) -> None:
+    if answer is None or answer.done():
+        return  # a send we gave up on
+    if frame.get("type") == "send-ack":
+        answer.set_result(Sent(wa_id=str(frame["id"]), at=float(frame["at"])))
+    else:
+        error = str(frame.get("error") or "")
+        reason = "not_on_whatsapp" if error == "not_on_whatsapp" else "send_error"
+        answer.set_exception(SendFailed(reason, "" if error == reason else error))

@@ -18,7 +18,9 @@ from aiadmin.push import Pusher
 from aiadmin.states import SalonState
 from aiadmin.yclients import ActivationOutcome, ActivationResult, PartnerApiError, YClientsClient
 from tests.unit.fakes import FakeClock
-from wa_runner.engine import EngineEvent, EventKind
+from wa_runner.engine import EngineEvent, EventKind, SendFailed, Sent
+from wa_runner.inbound import MessageQueue
+from wa_runner.pace import PacePolicy
 from wa_runner.runner import Runner, RunnerLimits
 
 LEASE = 20.0
@@ -33,6 +35,9 @@ class InMemoryEngine:
         self.keys: set[int] = set()
         self.log: list[tuple[str, int]] = []
         self.fail_start: set[int] = set()
+        self.sent: list[tuple[int, str, str, str]] = []  # (salon, to, text, WhatsApp id), in order
+        self.not_on_whatsapp: set[str] = set()
+        self.connected: set[int] = set()  # salons whose session can send (CONNECTED was reported)
 
     def has_credentials(self, salon_id: int) -> bool:
         return salon_id in self.keys
@@ -55,6 +60,15 @@ class InMemoryEngine:
 
     def running(self) -> set[int]:
         return set(self.sessions)
+
+    async def send_text(self, salon_id: int, to_phone: str, text: str) -> Sent:
+        if salon_id not in self.sessions:
+            raise SendFailed("salon_not_linked")
+        if to_phone in self.not_on_whatsapp:
+            raise SendFailed("not_on_whatsapp")
+        wa_id = f"WA{len(self.sent) + 1:06d}"
+        self.sent.append((salon_id, to_phone, text, wa_id))
+        return Sent(wa_id, time.time())
 
     async def close(self) -> None:
         self.sessions.clear()
@@ -119,11 +133,12 @@ class ScriptedYClients(YClientsClient):
 
 def make_runner(store: Store, clock: FakeClock, engine: InMemoryEngine | None = None,
                 yclients: ScriptedYClients | None = None, runner_id: str = "runner-a",
-                limits: RunnerLimits | None = None, activation_workers: int = 2) -> Runner:
+                limits: RunnerLimits | None = None, activation_workers: int = 2,
+                inbound_queue: MessageQueue | None = None, pace: PacePolicy | None = None) -> Runner:
     return Runner(runner_id, store, engine or InMemoryEngine(), RecordingPusher(), yclients or ScriptedYClients(),
                   "https://aiadmin.example", lease_seconds=LEASE, limits=limits,
                   activation_policy=ActivationPolicy(first_delay=0.01), activation_workers=activation_workers,
-                  clock=clock)
+                  clock=clock, inbound_queue=inbound_queue, pace=pace)
 
 
 def engine_of(runner: Runner) -> InMemoryEngine:

@@ -111,7 +111,7 @@ def test_201_activates_with_a_per_salon_key_webhook_url_and_channel(store: Store
     secrets = store.secrets.get(SALON)
     assert activation["api_key"] == secrets["api_key"] and len(secrets["api_key"]) >= 40
     assert activation["webhook_urls"] == [f"{BASE}/webhook/yclients/{SALON}/{secrets['webhook_secret']}"]
-    assert activation["channels"] == ["whatsapp"]
+    assert activation["channels"] is None  # no channel declared unless YCLIENTS_CHANNELS names one
     assert [e["to_state"] for e in store.events.of(SALON)][-2:] == ["activating", "active"]
 
 
@@ -394,3 +394,9 @@ def test_an_unreachable_yclients_is_asked_again_after_short_pauses_then_named(mo
         client.app_status(SALON)
     assert refused.value.status is None and refused.value.message == "ConnectionError"
     assert pauses == [0.5, 1.0]
+
+
+def test_the_channels_named_are_declared(store: Store, client: YClientsClient, fake: FakeYClients) -> None:
+    _connected_salon(store)
+    assert _activate(store, client, channels=("whatsapp",)) == ActivationEnd.ACTIVE
+    assert [a["channels"] for a in fake.activations] == [["whatsapp"]]

@@ -127,7 +127,9 @@ def test_the_variable_wins_over_the_parameter(ssm: dict[str, Any]) -> None:
 def test_activation_channels_are_a_checked_list() -> None:
     assert Channels.load({"YCLIENTS_CHANNELS": "whatsapp, sms"}).yclients_channels == ("whatsapp", "sms")
     assert Channels.load({"YCLIENTS_CHANNELS": "none"}).yclients_channels == ()
-    assert Channels.load({}).yclients_channels == ("whatsapp",)
+    # None unless named: declaring `whatsapp` offers YClients' notifications to us.
+    assert Channels.load({}).yclients_channels == ()
+    assert Channels.load({"YCLIENTS_CHANNELS": ""}).yclients_channels == ()
     with pytest.raises(SettingsError, match="YCLIENTS_CHANNELS"):
         Channels.load({"YCLIENTS_CHANNELS": "telegram"})
 

@@ -63,7 +63,9 @@ class ActivationEnd(StrEnum):
 class ActivationPolicy:
     first_delay: float = 1.0
     max_delay: float = 60.0
-    channels: tuple[str, ...] = ("whatsapp",)
+    # Channels declared to YClients at activation: none unless `YCLIENTS_CHANNELS` names some
+    # (declaring `whatsapp` offers YClients' client notifications to us).
+    channels: tuple[str, ...] = ()
     # The longest we keep trying after the owner's consent, whatever YClients says.
     cap_seconds: float = 12 * 3600.0
     # Past the owner's hour, how often YClients is asked whether the consent is still pending.

@@ -34,6 +34,9 @@ SECRET_MAX_AGE_SECONDS = 300
 # marker is refused there too, so a copied variant is caught as well.
 LOCAL_PARTNER_TOKEN = "local-partner-token-not-a-secret"  # noqa: S105
 LOCAL_JWT_SECRET = "local-jwt-secret-not-a-secret-0123456789"  # noqa: S105
+# The local stack's key for the messages API (`Authorization: Bearer <key>`, checked by its
+# gateway); in AWS the API takes IAM (SigV4) only, and `MESSAGES_API_KEY` is refused there.
+LOCAL_MESSAGES_API_KEY = "local-messages-api-key-not-a-secret"
 _LOCAL_SECRET_MARKER = "not-a-secret"  # noqa: S105
 # Set by the Lambda runtime and by the ECS (Fargate) agent respectively.
 _AWS_RUNTIME_VARIABLES = ("AWS_LAMBDA_FUNCTION_NAME", "ECS_CONTAINER_METADATA_URI_V4")
@@ -315,6 +318,16 @@ def _local_frame_ancestors(given: _Given | str) -> list[str]:
     return value.split()
 
 
+def _local_only_text(given: _Given | None) -> str | None:
+    """A local-only value: None when unset or empty; refused in AWS."""
+    if given is None:
+        return None
+    value = (given.value or "").strip()
+    if given.in_aws and value:
+        raise ValueError("is for the local stack only, refused in AWS")
+    return value or None
+
+
 def _text(check: Callable[[str], Any]) -> PlainValidator:
     """`check` applied to the variable's text (a default is written as text too)."""
 
@@ -372,9 +385,32 @@ RunnerResumeConcurrency = Annotated[int, _var("RUNNER_RESUME_CONCURRENCY", "5"),
 # A linking attempt with no page open and no scan for this long is stopped.
 RunnerAbandonSeconds = Annotated[float, _var("RUNNER_ABANDON_SECONDS", "160"), _text(_positive_float)]
 ActivationRetrySeconds = Annotated[float, _var("ACTIVATION_RETRY_SECONDS", "1"), _text(_positive_float)]
-# Channels announced at activation (chat-bot category apps): comma-separated, or `none`.
-YClientsChannels = Annotated[tuple[str, ...], _var("YCLIENTS_CHANNELS", "whatsapp"), _text(_channels)]
+# Channels announced at activation (chat-bot category apps): comma-separated (`whatsapp`, `sms`).
+# None by default: declaring `whatsapp` offers YClients' client notifications to us, which we
+# do not serve (YClients sends them to the partner, `../shared/yclients-protocol.md` §2).
+YClientsChannels = Annotated[tuple[str, ...], _var("YCLIENTS_CHANNELS", ""), _text(_channels)]
 EntityQueueUrl = Annotated[str, _var("ENTITY_QUEUE_URL"), _text(_url)]
+# ---- messages through the salon's WhatsApp (README "Messages") ----
+# The SQS FIFO queue the runner puts clients' messages and receipts on, for AI Admin. Required by
+# the runner: WhatsApp has acknowledged a message by the time it reaches us, so one with nowhere to
+# go would be lost.
+InboundQueueUrl = Annotated[str, _var("INBOUND_QUEUE_URL"), _text(_url)]
+# Messages a salon's outbox holds at most (accepted, not sent yet): past it the API answers 429.
+MessagesOutboxMax = Annotated[int, _var("MESSAGES_OUTBOX_MAX", "500"), _text(_positive_int)]
+# Pace of replies in chats whose client wrote within the last 24 h: a token bucket of this rate
+# per salon, with this burst (a conversation's quick answers go at once).
+MessagesReplyPerSecond = Annotated[float, _var("MESSAGES_REPLY_PER_SECOND", "1"), _text(_positive_float)]
+MessagesReplyBurst = Annotated[int, _var("MESSAGES_REPLY_BURST", "100"), _text(_positive_int)]
+# Pace of messages to chats whose client has not written (reminders, first contact) per salon:
+# what unofficial WhatsApp clients get banned for first.
+MessagesFirstContactPerMinute = Annotated[float, _var("MESSAGES_FIRST_CONTACT_PER_MINUTE", "6"),
+                                          _text(_positive_float)]
+# Every message of one salon, whatever the chat: the ceiling over both paces.
+MessagesPerMinute = Annotated[int, _var("MESSAGES_PER_MINUTE", "120"), _text(_positive_int)]
+# The local stack's key for the messages API (its gateway checks it); refused in AWS, where the
+# API takes IAM auth.
+MessagesApiKey = Annotated[str | None, Field(validation_alias="MESSAGES_API_KEY", default=None), _LOCAL_ONLY,
+                           PlainValidator(_local_only_text)]
 # Least time between two pairing-code requests of one salon (each makes WhatsApp notify a phone).
 PairingMinIntervalSeconds = Annotated[float, _var("PAIRING_MIN_INTERVAL_SECONDS", "30"), _text(_positive_float)]
 # Where the owner's page sends them back to: YClients' web app (the local stack: its fake).

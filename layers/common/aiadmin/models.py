@@ -110,6 +110,8 @@ class SessionLease(BaseModel):
     # The index sort key (see aiadmin.db.sessions): `S#<salon id>` for an owned session with no
     # command waiting.
     session_sk: str | None = None
+    # Messages in the salon's outbox not yet sent (`aiadmin.db.messages`: bounded at enqueue).
+    queued: int = 0
 
     @property
     def command(self) -> tuple[str, int]:

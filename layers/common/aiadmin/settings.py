@@ -12,8 +12,15 @@ from aiadmin.config import (
     CheckSalonUsers,
     ComponentSettings,
     EntityQueueUrl,
+    InboundQueueUrl,
     JwtSecret,
     LocalFrameAncestors,
+    MessagesApiKey,
+    MessagesFirstContactPerMinute,
+    MessagesOutboxMax,
+    MessagesPerMinute,
+    MessagesReplyBurst,
+    MessagesReplyPerSecond,
     PairingMinIntervalSeconds,
     PartnerToken,
     SigningKey,
@@ -75,3 +82,24 @@ class StateStreamSettings(ComponentSettings):
 
     table_name: TableName
     websocket_management_url: WebSocketManagementUrl
+
+
+class MessagesSettings(ComponentSettings):
+    """functions/messages: AI Admin's messages API (IAM auth in AWS: no secret here)."""
+
+    table_name: TableName
+    messages_outbox_max: MessagesOutboxMax
+    # Read only so that a local key set in AWS fails the function's first request (in AWS the
+    # routes take IAM auth; the local stack's gateway checks the key, never the handler).
+    messages_api_key: MessagesApiKey
+
+
+class RunnerMessagesSettings(ComponentSettings):
+    """What the runner reads for messages (its `RunnerSettings`, in `wa_runner.__main__`, takes
+    these fields): where inbound messages go, and the pace of sending (README "Messages")."""
+
+    inbound_queue_url: InboundQueueUrl
+    messages_reply_per_second: MessagesReplyPerSecond
+    messages_reply_burst: MessagesReplyBurst
+    messages_first_contact_per_minute: MessagesFirstContactPerMinute
+    messages_per_minute: MessagesPerMinute

@@ -14,9 +14,13 @@ Key schema (single table, string keys `pk`/`sk`):
 | token's messages  | TOKEN#<token id>     | TOKEN             | connections   | message count per window; TTL         |
 | WhatsApp session  | SALON#<id>           | SESSION           | sessions      | `SessionLease`; GSI SessionIndex      |
 | runner membership | RUNNERS              | <runner id>       | memberships   | epoch, expires, status (heartbeat)    |
+| outbound message  | SALON#<id>           | MSG#<caller id>   | messages      | to, text, status, times; TTL          |
+| salon's outbox    | SALON#<id>           | Q#<ms>#<caller id>| messages      | a message not sent yet, in order      |
 | idempotency       | idempotency#...      | <hash>            | (powertools)  | written by powertools Idempotency     |
 
 A state change, with everything written in its transaction, is a `Transition` (`transitions`).
+Messages (the outbound ones above, and the runner's receipt pointers and chat items) are laid out
+in `aiadmin.db.message_keys`; the API writes them with `messages`, the runner with `outbox`.
 
 `SessionIndex` (pk `session_pk`, sk `session_sk`, sparse) holds claimable sessions and owned ones
 by owner: `aiadmin.db.sessions` says how ownership works. TTL attribute: `ttl` (epoch seconds).
@@ -33,6 +37,7 @@ from typing import Any
 from aiadmin.db.connections import Connections
 from aiadmin.db.events import EventLog
 from aiadmin.db.memberships import Memberships
+from aiadmin.db.messages import Messages
 from aiadmin.db.pairing import PairingLimits
 from aiadmin.db.salon_secrets import SalonSecrets
 from aiadmin.db.salons import Salons
@@ -42,7 +47,7 @@ from aiadmin.db.transitions import Transitions
 
 class Store:
     """The repositories of one application table (a boto3 Table resource): `salons`,
-    `transitions`, `events`, `secrets`, `connections`, `pairing`, `sessions`, `members`."""
+    `transitions`, `events`, `secrets`, `connections`, `pairing`, `sessions`, `members`, `messages`."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -53,6 +58,7 @@ class Store:
         self.pairing = PairingLimits(table)
         self.sessions = Sessions(table)
         self.members = Memberships(table)
+        self.messages = Messages(table)
         self.transitions = Transitions(table, self.salons, self.sessions)
 
 
