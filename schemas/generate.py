@@ -14,15 +14,16 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "inbound-v1.json"
 def inbound_schema() -> dict[str, Any]:
     from pydantic import TypeAdapter
 
-    from aiadmin.messages import INBOUND_SCHEMA, INBOUND_SCHEMA_VERSION, InboundMessage, ReceiptEvent
+    from aiadmin.messages import INBOUND_SCHEMA_VERSION, InboundMessage, ReceiptEvent
 
-    schema = TypeAdapter(InboundMessage | ReceiptEvent).json_schema(by_alias=True)
+    schema = TypeAdapter(InboundMessage | ReceiptEvent).json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"{INBOUND_SCHEMA}/v{INBOUND_SCHEMA_VERSION}",
+        "$id": f"aiadmin.inbound/v{INBOUND_SCHEMA_VERSION}",
         "title": "AI Admin inbound queue record (a client's message, or a receipt of a message AI Admin sent)",
-        "description": ("One SQS FIFO message body: `type` is `message` or `receipt`; `schema` and `version` name "
-                        "this schema. Group: `<salon id>:<chat>`; deduplication id: WhatsApp's message id."),
+        "description": ("One SQS FIFO message body: `type` is `message` or `receipt`; `schema_version` names "
+                        "this schema's version. Group: `<salon id>-<client's digits>`; deduplication id: "
+                        "WhatsApp's message id (a receipt's: `<id>-<status>`)."),
         **schema,
     }
 

@@ -95,7 +95,7 @@ def test_bad_requests_are_refused_with_a_clear_error(linked: RunningStack) -> No
 def _inbound(wa_message_id: str, text: str, **fields: Any) -> str:
     record = InboundMessage(salon_id=LINKED, chat={"phone": "+79005554433", "jid": "79005554433@s.whatsapp.net"},
                             wa_message_id=wa_message_id, at=time.time(), kind="text", text=text, **fields)
-    return record.model_dump_json(by_alias=True)
+    return record.model_dump_json()
 
 
 def test_the_stand_in_answers_a_clients_message_through_the_api(linked: RunningStack) -> None:

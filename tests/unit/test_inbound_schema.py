@@ -20,7 +20,7 @@ def test_the_schema_describes_both_records_by_their_wire_names() -> None:
     definitions = schema["$defs"]
     assert {"InboundMessage", "ReceiptEvent", "Chat"} <= set(definitions)
     message = definitions["InboundMessage"]["properties"]
-    assert "schema" in message and "schema_" not in message  # by alias, as the runner writes it
+    assert message["schema_version"]["const"] == 1
     assert message["type"]["const"] == "message" and definitions["ReceiptEvent"]["properties"]["type"]["const"] == \
         "receipt"
     assert {"salon_id", "chat", "wa_message_id", "at", "kind"} <= set(definitions["InboundMessage"]["required"])
@@ -29,8 +29,8 @@ def test_the_schema_describes_both_records_by_their_wire_names() -> None:
 def test_a_record_as_the_runner_writes_it_reads_back() -> None:
     record = InboundMessage(salon_id=1, chat={"phone": "+79001112233", "jid": "79001112233@s.whatsapp.net"},
                             wa_message_id="3EB0", at=1.5, kind="text", text="Привет")
-    body = json.loads(record.model_dump_json(by_alias=True))
-    assert body["schema"] == "aiadmin.inbound" and body["version"] == 1 and body["type"] == "message"
+    body = json.loads(record.model_dump_json())
+    assert body["schema_version"] == 1 and body["type"] == "message"
     assert InboundMessage.model_validate(body) == record
     receipt = ReceiptEvent(salon_id=1, id="m-1", wa_message_id="3EB1", status="read", at=2.0)
-    assert ReceiptEvent.model_validate_json(receipt.model_dump_json(by_alias=True)) == receipt
+    assert ReceiptEvent.model_validate_json(receipt.model_dump_json()) == receipt
