@@ -12,8 +12,9 @@ measured. Figures:
   the inbound queue; outbound = the API's 202 -> the message in the client's inbox (the
   simulated server's clock when the salon's device sent it: what `sent` records);
 - the rate one runner sustains: a steady mix (half inbound, half outbound, salons in turn) at
-  `--rate` messages a second, doubled every `--seconds` step, until the p95 of either way is
-  twice the first step's (or a step does not drain): the last step before that is the figure.
+  `--rate` messages a second, times `--factor` every `--seconds` step, until the p95 of either
+  way is twice the first step's (or a step does not drain in 45 s): the last step before that is
+  the figure.
   Everything (moto, the gateway's Lambda workers, the simulated WhatsApp, the runner, this
   load) shares the machine's cores: on a small machine moto's single lock is the bottleneck
   long before the runner is (the runner's own CPU share is printed);
@@ -38,7 +39,7 @@ $0.1525 per RRU, $0.7625 per WRU); SQS FIFO $0.50 per request (each 64 KB of a r
 the first million a month is free, not counted). From memory: check
 https://aws.amazon.com/dynamodb/pricing/on-demand/ and https://aws.amazon.com/sqs/pricing/.
 
-Run: `python bench/messages.py` (200 salons, steps of 15 s from 10 messages/s; a few minutes),
+Run: `python bench/messages.py` (200 salons, steps of 15 s from 5 messages/s; a few minutes),
 `--salons 50 --seconds 10 --rate 5`, `--no-lock` / `--lock-only`.
 """
 
@@ -311,11 +312,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def step_figures(load: Load, rate: float, seconds: float, steps: int, runner_pid: int) -> list[dict[str, Any]]:
+def step_figures(load: Load, rate: float, factor: float, seconds: float, steps: int,
+                 runner_pid: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     base_p95: tuple[float, float] | None = None
     for index in range(steps):
-        step_rate = rate * 2 ** index
+        step_rate = rate * factor ** index
         cpu_before, wall_before = cpu_seconds(runner_pid), time.monotonic()
         wa_ids, texts, took = load.run(step_rate, seconds, f"s{index}")
         drained = load.wait_drained(wa_ids, texts)
@@ -501,8 +503,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--salons", type=int, default=200, help="linked salons (default 200)")
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds per rate step (default 15)")
-    parser.add_argument("--rate", type=float, default=10.0, help="messages/s of the first step, doubled each step")
-    parser.add_argument("--steps", type=int, default=5, help="rate steps at most (default 5)")
+    parser.add_argument("--rate", type=float, default=5.0, help="messages/s of the first step (default 5)")
+    parser.add_argument("--factor", type=float, default=1.5, help="each step's rate over the last one's (default 1.5)")
+    parser.add_argument("--steps", type=int, default=6, help="rate steps at most (default 6)")
     parser.add_argument("--cost-messages", type=int, default=100, help="messages per cost window, each way")
     parser.add_argument("--read-price", type=float, default=DYNAMODB_READ_PRICE)
     parser.add_argument("--write-price", type=float, default=DYNAMODB_WRITE_PRICE)
@@ -542,9 +545,10 @@ def main() -> None:
             print("Cost windows...", flush=True)
             windows = [("inbound", cost_window(load, calls_dir, args.cost_messages, args.rate, True, runner_pid)),
                        ("outbound", cost_window(load, calls_dir, args.cost_messages, args.rate, False, runner_pid))]
+            time.sleep(2)
             print(f"Rate steps ({args.seconds:.0f} s each, half inbound, half outbound, {args.salons} salons in turn):",
                   flush=True)
-            steps = step_figures(load, args.rate, args.seconds, args.steps, runner_pid)
+            steps = step_figures(load, args.rate, args.factor, args.seconds, args.steps, runner_pid)
         refused = dict(load.refused)
 
     print(f"\nMessages on the local stack: {args.salons} salons, one runner (simulated engine), "

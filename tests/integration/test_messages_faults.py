@@ -8,7 +8,11 @@ WhatsApp, runner processes):
   each ends sent or `unknown` (at most the one it was handing over), none lost, none twice, in
   the caller's order;
 - DynamoDB slow, then throttling, while messages are sent and clients write: nothing lost, the
-  backlog drains in order, every client message reaches the inbound queue.
+  backlog drains in order, every client message reaches the inbound queue; and throttling longer
+  than botocore's retries that begins while a backlog that is all in is being sent: it drains by
+  itself afterwards, in order, each message sent once. SQS faults are not played: the stack
+  has no SQS fault proxy (the runner's publishing retries until the queue takes a record,
+  `wa_runner.inbound`: tests/unit/test_runner_messages.py plays the queue away).
 
 The paces are raised (first contacts 10 a second): the faults, not ban protection, are tested.
 Salons of this module: 1741 to 1749."""
@@ -48,6 +52,7 @@ ENV = {
     "MESSAGES_REPLY_PER_SECOND": "100",
 }
 SENT = {"sent", "delivered", "read"}
+LONG_THROTTLE_SECONDS = 30  # longer than botocore's retries of one DynamoDB call (about 25 s)
 FINAL = SENT | {"failed", "unknown"}
 
 
@@ -302,4 +307,22 @@ def test_slow_then_throttled_dynamodb_loses_no_message_and_the_backlog_drains(fa
     for chat in chats:
         in_chat = [r["wa_message_id"] for r in messages if r["chat"]["phone"] == "+" + chat]
         assert in_chat == written[chat], chat  # in the chat's order
+
+    # Throttling that starts while the runner drains a backlog that is all in (no new message
+    # will nudge the session), and outlasts botocore's own retries of one call (about 25 s): the
+    # drain's read of the outbox fails meanwhile; once it ends the backlog goes on, in order, each
+    # message once. (Only queries: the runner keeps its membership. The outbox's own retries
+    # after botocore's are unit-tested: tests/unit/test_runner_messages.py.)
+    chat = "79001117772"
+    backlog = [f"backlog-{n:03d}" for n in range(100)]  # 10 s at the first-contact pace
+    for caller_id in backlog:
+        _post(stack, salon, caller_id, chat, f"Хвост {caller_id}")
+    wait_until(lambda: len(_inbox(stack, chat)) >= 3, 20, interval=0.05, what="the backlog is being sent")
+    stack.dynamodb_fault(throttle=True, for_seconds=LONG_THROTTLE_SECONDS, operations=["Query"])
+    assert len(_inbox(stack, chat)) < len(backlog), "the backlog was sent before the throttling"
+    drained = _wait_final(stack, salon, backlog, LONG_THROTTLE_SECONDS + 40, "the backlog drained after the throttling",
+                          SENT)
+    inbox = _inbox(stack, chat)
+    assert [m["text"] for m in inbox] == [f"Хвост {c}" for c in backlog]
+    assert [drained[c]["wa_message_id"] for c in backlog] == [m["id"] for m in inbox]
 
