@@ -296,3 +296,26 @@ def test_a_clients_message_waits_for_an_unavailable_queue_and_is_published_once_
         assert [e["wa_message_id"] for e in _received(sqs, url)] == ["3EB00", "3EB01"]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.xfail(strict=True, reason="wa_runner.events.EventHandler.handle drops a MESSAGE of a session that is "
+                                       "not (any more) in the book or while the membership lapsed; the engine has "
+                                       "already acknowledged it to WhatsApp, so it is lost (not fixed here: events.py)")
+def test_a_clients_message_that_arrives_as_the_session_is_dropped_still_reaches_the_queue(
+        store: Store, aws: None) -> None:
+    """The engine hands a message over (and WhatsApp forgets it) just as the runner drops the
+    session (its lease lost, or its membership lapsed): the message is still published (the
+    queue deduplicates on WhatsApp's id, so publishing from a runner that no longer owns the
+    session is harmless)."""
+    clock = FakeClock()
+    sqs, url = _queue(aws)
+
+    async def scenario() -> None:
+        runner = await _connected(store, clock, inbound_queue=SqsQueue(sqs, url))
+        await runner.book.drop(SALON, "the session is no longer ours")
+        message = ChatMessage(wa_id="3EB0LATE", chat_phone=CLIENT, chat_jid=f"{CLIENT}@s.whatsapp.net",
+                              at=1_700_000_000.0, kind="text", text="ещё тут?", push_name="Анна")
+        await handle(runner, EventKind.MESSAGE, SALON, message=message)
+        assert [e["wa_message_id"] for e in _received(sqs, url)] == ["3EB0LATE"]
+
+    asyncio.run(scenario())
