@@ -285,6 +285,20 @@ class Load:
                     sent_at[entry["text"]] = float(entry["at"])
         return [sent_at[t] - self.outbound[t][1] for t in texts if t in sent_at]
 
+    def explain(self, wa_ids: list[str], texts: list[str]) -> None:
+        """What did not drain: client messages not read off the queue, messages not in the
+        client's inbox, delivered receipts not read (with the message's status)."""
+        unread = [w for w in wa_ids if w not in self._reader.messages]
+        no_receipt = [t for t in texts if t.removeprefix("Ответ ") not in self._reader.receipts]
+        table = self._stack.table()
+        statuses: Counter[str] = Counter()
+        for text in no_receipt:
+            tag = text.removeprefix("Ответ ")
+            item = table.get_item(Key={"pk": f"SALON#{self.outbound[text][0]}", "sk": f"MSG#{tag}"}).get("Item") or {}
+            statuses[str(item.get("status"))] += 1
+        print(f"    not drained: {len(unread)} client messages not read off the queue; {len(no_receipt)} sent "
+              f"messages without a delivered receipt on the queue (their statuses: {dict(statuses)})", flush=True)
+
     def inbound_latencies(self, wa_ids: list[str]) -> list[float]:
         return [self._reader.messages[w] - self.inbound[w] for w in wa_ids if w in self._reader.messages]
 
@@ -324,6 +338,8 @@ def step_figures(load: Load, rate: float, factor: float, seconds: float, steps: 
         cpu = (cpu_seconds(runner_pid) - cpu_before) / max(1e-9, time.monotonic() - wall_before)
         inbound, outbound = load.inbound_latencies(wa_ids), load.outbound_latencies(texts)
         p95 = (percentile(inbound, 0.95), percentile(outbound, 0.95))
+        if not drained:
+            load.explain(wa_ids, texts)
         result = {"rate": step_rate, "achieved": (len(wa_ids) + len(texts)) / took, "inbound": inbound,
                   "outbound": outbound, "drained": drained, "runner_cpu": cpu,
                   "missing": len(wa_ids) - len(inbound) + len(texts) - len(outbound)}
@@ -344,7 +360,8 @@ def cost_window(load: Load, calls_dir: Path, count: int, rate: float, inbound: b
 
     start = time.time()
     wa_ids, texts, _ = load.run(rate, count / rate, "in" if inbound else "out", inbound=inbound, outbound=not inbound)
-    load.wait_drained(wa_ids, texts)
+    if not load.wait_drained(wa_ids, texts):
+        load.explain(wa_ids, texts)
     time.sleep(1.0)  # the last receipts' writes
     end = time.time()
     messages = len(wa_ids) + len(texts)
