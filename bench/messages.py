@@ -137,7 +137,9 @@ def ms(values: list[float]) -> str:
 
 
 def phone_of(salon_id: int) -> str:
-    return f"79{salon_id:09d}"
+    """The salon's client (one per salon). Never ending in 0000: the simulated server has no
+    WhatsApp account for those (local.fake_whatsapp)."""
+    return f"79{salon_id:09d}1"
 
 
 class QueueReader:
