@@ -298,9 +298,6 @@ def test_a_clients_message_waits_for_an_unavailable_queue_and_is_published_once_
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(strict=True, reason="wa_runner.events.EventHandler.handle drops a MESSAGE of a session that is "
-                                       "not (any more) in the book or while the membership lapsed; the engine has "
-                                       "already acknowledged it to WhatsApp, so it is lost (not fixed here: events.py)")
 def test_a_clients_message_that_arrives_as_the_session_is_dropped_still_reaches_the_queue(
         store: Store, aws: None) -> None:
     """The engine hands a message over (and WhatsApp forgets it) just as the runner drops the
