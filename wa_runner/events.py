@@ -83,9 +83,14 @@ class EventHandler:
             self.workers.pop(salon_id, None)
 
     async def handle(self, event: EngineEvent) -> None:
+        if event.kind in (EventKind.MESSAGE, EventKind.RECEIPT):
+            # Whatever the session's fate since: the engine has acknowledged it to WhatsApp, which
+            # will not send it again. Publishing it is harmless even if the session is no longer
+            # ours (the queue deduplicates on WhatsApp's id), and nothing else is written.
+            await self._carry(event)
+            return
         owned = self._book.get(event.salon_id)
-        carried = event.kind in (EventKind.MESSAGE, EventKind.RECEIPT)  # WhatsApp will not send it again
-        if owned is None or (event.generation != owned.started_generation and not carried):
+        if owned is None or event.generation != owned.started_generation:
             return  # not ours (any more), or left over from an earlier attempt
         now = self._clock()
         if not self._holds(now):
@@ -136,8 +141,6 @@ class EventHandler:
             await self._linking.end(owned, now, event.detail or "no scan within 160 s")
         elif follow_up == FollowUp.STREAM_REPLACED:
             await self._stream_replaced(owned, now)
-        elif follow_up == FollowUp.CARRY:
-            await self._carry(event)
         elif follow_up == FollowUp.RECONNECT:
             delay = owned.schedule_retry(now)
             logger.warning("session disconnected, reconnecting",

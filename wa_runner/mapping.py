@@ -34,7 +34,6 @@ class FollowUp(StrEnum):
     END_LINKING = "end_linking"          # the attempt's codes expired: `qr_expired`, then retire
     STREAM_REPLACED = "stream_replaced"  # another client has the keys: whose session is it?
     RECONNECT = "reconnect"              # the transport dropped: retry with backoff
-    CARRY = "carry"                      # a chat message or a receipt: to AI Admin's queue
 
 
 @dataclass(frozen=True)
@@ -83,8 +82,9 @@ _TABLE: dict[EventKind, Reaction] = {
     EventKind.STREAM_REPLACED: Reaction(metric="StreamReplaced", follow_up=FollowUp.STREAM_REPLACED),
     # Not a stop of ours (those cancel the session quietly): reconnect if it should run.
     EventKind.DISCONNECTED: Reaction(follow_up=FollowUp.RECONNECT, only_if_live=True),
-    EventKind.MESSAGE: Reaction(follow_up=FollowUp.CARRY),
-    EventKind.RECEIPT: Reaction(follow_up=FollowUp.CARRY),
+    # Chat messages and receipts go to AI Admin's queue (`EventHandler.handle`): no state, no phase.
+    EventKind.MESSAGE: Reaction(),
+    EventKind.RECEIPT: Reaction(),
 }
 
 

@@ -13,6 +13,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from aiadmin.db.memberships import Fence
 from aiadmin.db.outbox import CONVERSATION_SECONDS, Outbox, QueuedMessage
@@ -24,6 +27,12 @@ from wa_runner.pace import Audience, PacePolicy, SalonPace
 from wa_runner.sessions import Phase
 
 PAGE = 50
+# After a DynamoDB call failed (botocore's own retries, about 25 s for DynamoDB, spent): the
+# drain looks again, and a status that must be recorded (the message was handed to WhatsApp) is
+# written again, after these pauses (the last one repeats).
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+RECORD_ATTEMPTS = 30  # then it stays `sending`: the next look (or owner) records it `unknown`
+_THROTTLED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 # Commands after which a linked number's outbox can never be sent: the salon was uninstalled,
 # or is being linked again (perhaps to another number).
 _UNLINKED = ("stop", "link")
@@ -74,10 +83,22 @@ class OutboxSender:
 
     async def _drain(self, salon_id: int) -> None:
         wakeup = self._wakeups.setdefault(salon_id, asyncio.Event())
+        failures = 0
         try:
             while salon_id in self._again:
                 self._again.discard(salon_id)
-                wait = await self._round(salon_id)
+                try:
+                    wait = await self._round(salon_id)
+                    failures = 0
+                except Exception:
+                    # DynamoDB throttling or away for longer than botocore retries: look again
+                    # later, as nothing else may wake this outbox (its messages are all in).
+                    if self._book.get(salon_id) is None:
+                        raise
+                    wait = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                    failures += 1
+                    logger.exception("outbox drain failed, trying again", extra={"salon_id": salon_id,
+                                                                                 "retry_in": wait})
                 if wait is not None and salon_id not in self._again:
                     wakeup.clear()
                     with contextlib.suppress(TimeoutError):
@@ -145,7 +166,7 @@ class OutboxSender:
         except SendFailed as failed:
             if failed.reason == FailureReason.SALON_NOT_LINKED.value:
                 # Not connected after all: nothing reached WhatsApp, so it may wait for the session.
-                await asyncio.to_thread(self._outbox.requeue, entry, self._fence(), self._clock())
+                await self._record(self._outbox.requeue, entry)
                 return False
             await self._finish(entry, MessageStatus.FAILED, failed.reason)
             return True
@@ -154,8 +175,7 @@ class OutboxSender:
             await self._finish(entry, MessageStatus.UNKNOWN, f"send error: {type(exc).__name__}")
             return True
         metrics.add_metric(name="MessageSent", unit="Count", value=1)
-        await asyncio.to_thread(self._outbox.finish, entry, self._fence(), self._clock(), MessageStatus.SENT,
-                                None, sent.wa_id)
+        await self._record(self._outbox.finish, entry, MessageStatus.SENT, None, sent.wa_id)
         if self._on_sent is not None:
             await self._on_sent(entry.salon_id, sent.wa_id)
         return True
@@ -165,4 +185,24 @@ class OutboxSender:
             metrics.add_metric(name=f"Message_{status.value}", unit="Count", value=1)
             logger.warning("message not sent", extra={"salon_id": entry.salon_id, "status": status.value,
                                                        "reason": reason})
-        await asyncio.to_thread(self._outbox.finish, entry, self._fence(), self._clock(), status, reason)
+        await self._record(self._outbox.finish, entry, status, reason)
+
+    async def _record(self, write: Callable[..., bool], entry: QueuedMessage, *args: Any) -> bool:
+        """A status write that must land (what WhatsApp did is known only here): tried again
+        while DynamoDB throttles or cannot be reached (neither applied the write, so a retry
+        cannot count a message twice), as long as the salon is ours. False when the fence
+        refused it (not ours any more)."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(write, entry, self._fence(), self._clock(), *args)
+            except (ClientError, EndpointConnectionError) as exc:
+                code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else "unreachable"
+                if code not in _THROTTLED and code != "unreachable":
+                    raise
+                if attempt + 1 == RECORD_ATTEMPTS or self._book.get(entry.salon_id) is None:
+                    raise
+                delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
+                logger.warning("message status not recorded, trying again",
+                               extra={"salon_id": entry.salon_id, "error": code, "retry_in": delay})
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from aiadmin.db import Store
 from aiadmin.db.dynamo import salon_pk
@@ -217,5 +218,101 @@ def test_a_clients_message_is_published_with_its_chat_and_the_chat_counts_as_a_c
         assert events[0]["salon_id"] == SALON and events[0]["schema_version"] == 1 and events[2]["quoted_id"] == "3EB00"
         assert {e["_group"] for e in events} == {f"{SALON}-{CLIENT}"} and events[0]["_dedup"] == "3EB00"
         assert runner.outbox._outbox.client_wrote_since(SALON, CLIENT, 1_700_000_000.0)
+
+    asyncio.run(scenario())
+
+
+def _throttled(operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                       operation)
+
+
+def test_a_throttled_dynamodb_neither_stalls_the_outbox_nor_turns_a_sent_message_unknown(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DynamoDB throttling for longer than botocore's retries (about 25 s): a failed read ended
+    the drain for good, and a failed `sent` after WhatsApp took the message left it `sending` (the
+    next look makes it `unknown`). The drain looks again by itself (nothing else may wake it:
+    every message is in), and the `sent` is written again until it lands."""
+    monkeypatch.setattr("wa_runner.outbox.RETRY_SECONDS", (0.01,))
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        runner = await _connected(store, clock)
+        outbox = runner.outbox._outbox
+        failures = {"pending": 2, "finish": 2}
+
+        def flaky(name: str) -> Any:
+            real = getattr(outbox, name)
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if failures[name]:
+                    failures[name] -= 1
+                    raise _throttled(name)
+                return real(*args, **kwargs)
+            return call
+
+        monkeypatch.setattr(outbox, "pending", flaky("pending"))
+        monkeypatch.setattr(outbox, "finish", flaky("finish"))
+        for n in range(2):
+            _enqueue(store, f"m{n}", CLIENT, f"text {n}", time.time() + n / 1000)
+        runner.outbox.wake(SALON)
+        await asyncio.wait_for(_drained(runner), 5)
+        assert failures == {"pending": 0, "finish": 0}
+        assert [text for *_x, text, _id in engine_of(runner).sent] == ["text 0", "text 1"]  # once each, in order
+        for n in range(2):
+            record = _status(store, f"m{n}")
+            assert record["status"] == "sent" and record["wa_message_id"] == engine_of(runner).sent[n][3]
+        assert store.table.get_item(Key=session_key(SALON))["Item"]["queued"] == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_clients_message_waits_for_an_unavailable_queue_and_is_published_once_it_is_back(
+        store: Store, aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQS away for a while: the message (WhatsApp already has it acknowledged) is kept and sent
+    again until the queue takes it; nothing behind it in the salon's events overtakes it."""
+    monkeypatch.setattr("wa_runner.inbound.RETRY_SECONDS", (0.01,))
+    clock = FakeClock()
+    sqs, url = _queue(aws)
+
+    class Unavailable(SqsQueue):
+        failures = 3
+
+        def send(self, group: str, dedup: str, body: str) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("the queue is away")
+            super().send(group, dedup, body)
+
+    queue = Unavailable(sqs, url)
+
+    async def scenario() -> None:
+        runner = await _connected(store, clock, inbound_queue=queue)
+        for n in range(2):
+            message = ChatMessage(wa_id=f"3EB0{n}", chat_phone=CLIENT, chat_jid=f"{CLIENT}@s.whatsapp.net",
+                                  at=1_700_000_000.0 + n, kind="text", text=f"hi {n}", push_name="Анна")
+            await handle(runner, EventKind.MESSAGE, SALON, message=message)
+        assert queue.failures == 0
+        assert [e["wa_message_id"] for e in _received(sqs, url)] == ["3EB00", "3EB01"]
+
+    asyncio.run(scenario())
+
+
+def test_a_clients_message_that_arrives_as_the_session_is_dropped_still_reaches_the_queue(
+        store: Store, aws: None) -> None:
+    """The engine hands a message over (and WhatsApp forgets it) just as the runner drops the
+    session (its lease lost, or its membership lapsed): the message is still published (the
+    queue deduplicates on WhatsApp's id, so publishing from a runner that no longer owns the
+    session is harmless)."""
+    clock = FakeClock()
+    sqs, url = _queue(aws)
+
+    async def scenario() -> None:
+        runner = await _connected(store, clock, inbound_queue=SqsQueue(sqs, url))
+        await runner.book.drop(SALON, "the session is no longer ours")
+        message = ChatMessage(wa_id="3EB0LATE", chat_phone=CLIENT, chat_jid=f"{CLIENT}@s.whatsapp.net",
+                              at=1_700_000_000.0, kind="text", text="ещё тут?", push_name="Анна")
+        await handle(runner, EventKind.MESSAGE, SALON, message=message)
+        assert [e["wa_message_id"] for e in _received(sqs, url)] == ["3EB0LATE"]
 
     asyncio.run(scenario())
