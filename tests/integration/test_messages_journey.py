@@ -78,3 +78,22 @@ def test_messages_sent_through_the_api_arrive_in_order_and_follow_their_receipts
     failed = _until(lambda: _status(stack, 1732, "journey-nobody")["status"] == "failed"
                     and _status(stack, 1732, "journey-nobody"))
     assert failed and failed["reason"] == "not_on_whatsapp"
+
+
+def test_a_chat_that_never_wrote_is_paced_and_a_conversation_is_not_held_up(stack: RunningStack) -> None:
+    """The default pace protects the number: at most 3 messages at once (then 6 a minute) to a
+    chat whose client never wrote; a client who wrote first gets replies at once meanwhile."""
+    asyncio.run(link_whatsapp(stack.base_url, stack.marketplace, 1733, {"active"}))
+    stranger, talking = "79001117733", "79001117734"
+    assert requests.post(f"{stack.base_url}/_local/whatsapp/client-message", timeout=10,
+                         json={"salon_id": 1733, "from": talking, "text": "Здравствуйте"}).status_code == 200
+    for n in range(5):
+        assert requests.post(f"{stack.base_url}/salons/1733/messages", headers=AUTH, timeout=10,
+                             json={"id": f"cold-{n}", "to": "+" + stranger, "text": f"Акция {n}"}).status_code == 202
+    assert requests.post(f"{stack.base_url}/salons/1733/messages", headers=AUTH, timeout=10,
+                         json={"id": "warm-0", "to": "+" + talking, "text": "Ответ"}).status_code == 202
+    assert _until(lambda: _status(stack, 1733, "warm-0")["status"] in ("sent", "delivered", "read"))
+    assert _until(lambda: len(_inbox(stack, stranger)) >= 3)
+    statuses = [_status(stack, 1733, f"cold-{n}")["status"] for n in range(5)]
+    assert statuses[3:] == ["queued", "queued"], statuses  # the next one goes some 10 s later
+    assert [m["text"] for m in _inbox(stack, stranger)] == [f"Акция {n}" for n in range(3)]
