@@ -101,7 +101,7 @@ class Runner:
             make_activator=lambda: Activator(store, yclients, public_base_url, fence, policy,
                                              notify=self.writer.notify, clock=clock, actor=RUNNER_ACTOR))
         limits = limits or RunnerLimits()
-        self.book = SessionBook(sessions, engine, fence, on_forget=self.activations.cancel)
+        self.book = SessionBook(sessions, engine, fence, on_forget=self._forgotten)
         self.restarts = Restarts(self.book, engine, holds)
         self.resumes = ResumePacer(self.book, self.restarts, holds, limits)
         self.linking = LinkingAttempts(self.book, engine, self.restarts, self.writer, store, limits)
@@ -124,6 +124,11 @@ class Runner:
 
     def _fence(self) -> Fence:
         return self.membership.fence
+
+    def _forgotten(self, salon_id: int) -> None:
+        """A session left the book: its work in the other parts ends (its activation, its pace)."""
+        self.activations.cancel(salon_id)
+        self.outbox.forget(salon_id)
 
     # ---- what the runner is doing ---------------------------------------------------------
 
