@@ -79,13 +79,19 @@ def set_clause(fields: Mapping[str, Any], prefix: str = "f") -> tuple[str, dict[
     return "SET " + ", ".join(f"#{prefix}{i} = :{prefix}{i}" for i in range(len(fields))), names, values
 
 
-def batch_get(table: Any, keys: Iterable[Mapping[str, str]]) -> Iterator[dict[str, Any]]:
-    """The items of `keys` that exist, read consistently, 100 per request (what DynamoDB allows),
-    unprocessed keys asked for again."""
+def batch_get(table: Any, keys: Iterable[Mapping[str, str]],
+              attributes: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The items of `keys` that exist (only `attributes` of them, if named), read consistently,
+    100 per request (what DynamoDB allows), unprocessed keys asked for again."""
     wanted = [dict(key) for key in keys]
     client = table.meta.client  # the resource's client accepts plain Python types
+    projection: dict[str, Any] = {}
+    if attributes is not None:
+        names = {f"#p{i}": name for i, name in enumerate(attributes)}
+        projection = {"ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names}
     for start in range(0, len(wanted), 100):
-        request: dict[str, Any] = {table.name: {"Keys": wanted[start:start + 100], "ConsistentRead": True}}
+        request: dict[str, Any] = {table.name: {"Keys": wanted[start:start + 100], "ConsistentRead": True,
+                                                **projection}}
         while request:
             response = client.batch_get_item(RequestItems=request)
             yield from (from_dynamo(item) for item in response["Responses"].get(table.name, []))

@@ -11,7 +11,7 @@ from typing import Any
 
 from boto3.dynamodb.conditions import Key
 
-from aiadmin.db.dynamo import conditional_write, conditionally, from_dynamo, salon_pk, to_dynamo
+from aiadmin.db.dynamo import batch_get, conditional_write, conditionally, from_dynamo, salon_pk, set_clause, to_dynamo
 from aiadmin.db.memberships import Fence
 from aiadmin.db.message_keys import RECEIPT_POINTER_TTL_SECONDS, chat_sk, message_sk, receipt_sk
 from aiadmin.db.sessions import Sessions, session_key
@@ -58,13 +58,8 @@ class Outbox:
         if not caller_ids:
             return {}
         keys = [{"pk": salon_pk(salon_id), "sk": message_sk(caller_id)} for caller_id in dict.fromkeys(caller_ids)]
-        response = self._client.batch_get_item(RequestItems={self._table.name: {
-            "Keys": keys, "ConsistentRead": True, "ProjectionExpression": "id, #s",
-            "ExpressionAttributeNames": {"#s": "status"}}})
-        found = {str(item["id"]): MessageStatus(str(item["status"]))
-                 for item in response["Responses"].get(self._table.name, [])}
-        # Unprocessed keys (throttling) read as queued: their entry is looked at again later.
-        return found
+        return {str(item["id"]): MessageStatus(str(item["status"]))
+                for item in batch_get(self._table, keys, ("id", "status"))}
 
     def start_sending(self, entry: QueuedMessage, fence: Fence, now: float) -> bool:
         """`queued` -> `sending`, recorded before the message is handed to WhatsApp: a runner that
@@ -110,14 +105,12 @@ class Outbox:
 
     def _status_update(self, entry: QueuedMessage, status: MessageStatus, now: float, condition: str,
                        values: dict[str, Any], fields: dict[str, Any] | None = None) -> dict[str, Any]:
-        sets = {"status": status.value, "updated_at": now, **(fields or {})}
-        names = {f"#f{i}": name for i, name in enumerate(sets)}
-        expression = "SET " + ", ".join(f"#f{i} = :f{i}" for i in range(len(sets)))
+        expression, names, sets = set_clause({"status": status.value, "updated_at": now, **(fields or {})})
         return {"Update": {
             "TableName": self._table.name, "Key": {"pk": salon_pk(entry.salon_id), "sk": message_sk(entry.caller_id)},
             "UpdateExpression": expression, "ConditionExpression": condition,
             "ExpressionAttributeNames": {**names, **({"#s": "status"} if "#s" in condition else {})},
-            "ExpressionAttributeValues": {**{f":f{i}": to_dynamo(v) for i, v in enumerate(sets.values())}, **values}}}
+            "ExpressionAttributeValues": {**sets, **values}}}
 
     def receipt(self, salon_id: int, wa_id: str, status: MessageStatus, now: float) -> str | None:
         """A delivery or read receipt for a message we sent: its status moves forward (never back:
